@@ -1,0 +1,8 @@
+//! `kiln bench` (being built).
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {}
+
+pub fn run(c: BenchCommand) -> anyhow::Result<()> {
+    match c {}
+}
