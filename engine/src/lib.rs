@@ -1,1 +1,69 @@
-//! placeholder
+//! Kiln's feature ETL on DataFusion.
+//!
+//! A [`spec::JobSpec`] names sources, SQL statements and outputs. [`job::run_features`]
+//! renders it for a run date, registers the sources ([`sources`]; CSV/JSON lines through
+//! [`text`], which names or rejects bad rows), plans every statement before reading data,
+//! then writes each output with a DataFusion plan that ends in [`sink::ShardSinkExec`] (one
+//! shard writer per partition) and commits the dataset's manifest once every shard is done.
+
+pub mod job;
+pub mod sink;
+pub mod sources;
+pub mod spec;
+pub mod stores;
+pub mod template;
+pub mod text;
+
+pub use job::{FeaturesReport, run_features};
+pub use spec::{JobSpec, Overrides};
+
+/// Errors of the feature engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A mistake in the spec (names the spec file and the item).
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    /// A source could not be registered or read.
+    #[error("source `{source_name}`: {message}")]
+    Source {
+        /// Source name.
+        source_name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A malformed input row under `on_bad_rows = "fail"`.
+    #[error("{file}:{line}: {message}")]
+    BadRow {
+        /// File URL.
+        file: String,
+        /// 1-based line.
+        line: u64,
+        /// Reason.
+        message: String,
+    },
+    /// A bad URL or an object store failure.
+    #[error("{url}: {message}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Writing or committing an output failed.
+    #[error("output `{statement}`: {message}")]
+    Output {
+        /// Statement being written.
+        statement: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Row counts do not reconcile.
+    #[error("row accounting failed: {0}")]
+    Accounting(String),
+    /// A DataFusion error (planning or execution).
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+/// Result with [`EngineError`].
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

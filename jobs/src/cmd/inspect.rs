@@ -1,9 +1,20 @@
-//! `kiln inspect` (being built).
+//! `kiln inspect`: print records of a TFRecord/Parquet file or a committed dataset.
 
 /// Arguments of `kiln inspect`.
 #[derive(clap::Args)]
-pub struct InspectArgs {}
+pub struct InspectArgs {
+    /// A `.tfrecord[.gz|.zz]` or `.parquet` file, or a dataset directory (with `_manifest.json`);
+    /// a path or a file:// / s3:// URL.
+    pub path: String,
+    /// How many records (rows) to print.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+}
 
-pub fn run(_args: InspectArgs) -> anyhow::Result<()> {
-    anyhow::bail!("kiln inspect: being built")
+pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    kiln_connectors::inspect::inspect(&args.path, args.limit, &mut out)?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
 }

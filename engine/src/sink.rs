@@ -1,0 +1,322 @@
+//! Sharded dataset writes as a DataFusion plan: one writer per partition, then a commit.
+//!
+//! ```text
+//! ShardSinkExec                      P partitions; each writes the shards it receives and
+//!   SortExec [__kiln_shard, key]     returns one row per shard file it wrote
+//!     RepartitionExec Hash(__kiln_shard, P)
+//!       Projection +__kiln_shard = kiln_shard(key, N)
+//!         <the statement's plan>
+//! ```
+//!
+//! Row -> shard is Kiln's own hash ([`kiln_connectors::shard`]), so it is the same in every
+//! engine. Rows arrive in each partition grouped by shard and ordered by key; the writer
+//! opens shard `s` when its first row arrives and finishes it when the shard id changes.
+//! Shards that receive no rows are written empty by the commit step
+//! ([`commit_sharded_output`]), which runs once, after every partition has succeeded, and
+//! writes `_manifest.json` last.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
+};
+use futures::StreamExt;
+use kiln_connectors::dataset::{ShardFile, ShardOptions, ShardWriter};
+use object_store::ObjectStore;
+use object_store::path::Path as StorePath;
+
+/// Name of the shard-id column added before repartitioning.
+pub const SHARD_COLUMN: &str = "__kiln_shard";
+
+/// `kiln_shard(key, n)`: Kiln's shard of each key, as UInt32 in `0..n`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct KilnShardUdf {
+    signature: Signature,
+}
+
+impl KilnShardUdf {
+    /// The UDF, ready to register or call.
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for KilnShardUdf {
+    fn name(&self) -> &str {
+        "kiln_shard"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::UInt32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = match &args.args[1] {
+            ColumnarValue::Scalar(s) => s
+                .to_string()
+                .parse::<u32>()
+                .map_err(|_| DataFusionError::Plan(format!("kiln_shard: bad shard count {s}")))?,
+            ColumnarValue::Array(_) => {
+                return Err(DataFusionError::Plan(
+                    "kiln_shard: the shard count must be a constant".into(),
+                ));
+            }
+        };
+        let keys = args.args[0].to_array(args.number_rows)?;
+        let ids: UInt32Array = kiln_connectors::shard::shard_ids(keys.as_ref(), n)
+            .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        Ok(ColumnarValue::Array(Arc::new(ids)))
+    }
+}
+
+/// Writes each input partition's rows into shard files; emits one row per file written.
+#[derive(Debug)]
+pub struct ShardSinkExec {
+    input: Arc<dyn ExecutionPlan>,
+    store: Arc<dyn ObjectStore>,
+    location: StorePath,
+    run_id: String,
+    /// Schema of the written data (the input without the shard column).
+    data_schema: SchemaRef,
+    options: ShardOptions,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShardSinkExec {
+    /// A sink writing `input` (which carries [`SHARD_COLUMN`] as its last column).
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        store: Arc<dyn ObjectStore>,
+        location: StorePath,
+        run_id: String,
+        options: ShardOptions,
+    ) -> DfResult<Self> {
+        let in_schema = input.schema();
+        let shard_idx = in_schema.index_of(SHARD_COLUMN)?;
+        if shard_idx + 1 != in_schema.fields().len() {
+            return Err(DataFusionError::Plan(format!(
+                "{SHARD_COLUMN} must be the last input column"
+            )));
+        }
+        let data_schema = Arc::new(Schema::new_with_metadata(
+            in_schema.fields()[..shard_idx].to_vec(),
+            in_schema.metadata().clone(),
+        ));
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(result_schema()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            input,
+            store,
+            location,
+            run_id,
+            data_schema,
+            options,
+            properties,
+        })
+    }
+
+    /// Schema of the data as written.
+    pub fn data_schema(&self) -> &SchemaRef {
+        &self.data_schema
+    }
+}
+
+/// One column, `shard_file`: a JSON [`ShardFile`] per written file.
+pub fn result_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "shard_file",
+        DataType::Utf8,
+        false,
+    )]))
+}
+
+impl DisplayAs for ShardSinkExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ShardSinkExec: location={}, run={}, shards={}, formats={:?}",
+            self.location, self.run_id, self.options.num_shards, self.options.formats
+        )
+    }
+}
+
+impl ExecutionPlan for ShardSinkExec {
+    fn name(&self) -> &str {
+        "ShardSinkExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::new(
+            Arc::clone(&children[0]),
+            Arc::clone(&self.store),
+            self.location.clone(),
+            self.run_id.clone(),
+            self.options.clone(),
+        )?))
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let writer = PartitionWriter {
+            store: Arc::clone(&self.store),
+            location: self.location.clone(),
+            run_id: self.run_id.clone(),
+            data_schema: Arc::clone(&self.data_schema),
+            options: self.options.clone(),
+        };
+        let stream = futures::stream::once(writer.write_all(input));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            result_schema(),
+            stream,
+        )))
+    }
+}
+
+struct PartitionWriter {
+    store: Arc<dyn ObjectStore>,
+    location: StorePath,
+    run_id: String,
+    data_schema: SchemaRef,
+    options: ShardOptions,
+}
+
+impl PartitionWriter {
+    /// Streams one partition (grouped by shard, ordered by key) into shard files.
+    async fn write_all(self, mut input: SendableRecordBatchStream) -> DfResult<RecordBatch> {
+        let mut files: Vec<ShardFile> = Vec::new();
+        let mut current: Option<(u32, ShardWriter)> = None;
+        let shard_col = self.data_schema.fields().len();
+        while let Some(batch) = input.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let shards = batch
+                .column(shard_col)
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .ok_or_else(|| DataFusionError::Internal(format!("{SHARD_COLUMN} is not UInt32")))?
+                .clone();
+            let data = RecordBatch::try_new(
+                Arc::clone(&self.data_schema),
+                batch.columns()[..shard_col].to_vec(),
+            )?;
+            // Split the batch into runs of equal shard id (rows are grouped by shard).
+            let mut start = 0;
+            while start < data.num_rows() {
+                let shard = shards.value(start);
+                let mut end = start + 1;
+                while end < data.num_rows() && shards.value(end) == shard {
+                    end += 1;
+                }
+                if current.as_ref().map(|(s, _)| *s) != Some(shard) {
+                    if let Some((_, w)) = current.take() {
+                        files.extend(w.finish().await.map_err(io_error)?);
+                    }
+                    let w = ShardWriter::new(
+                        Arc::clone(&self.store),
+                        &self.location,
+                        &self.run_id,
+                        shard,
+                        Arc::clone(&self.data_schema),
+                        &self.options,
+                    )
+                    .map_err(io_error)?;
+                    current = Some((shard, w));
+                }
+                let (_, w) = current.as_mut().expect("writer just opened");
+                w.write(&data.slice(start, end - start))
+                    .await
+                    .map_err(io_error)?;
+                start = end;
+            }
+        }
+        if let Some((_, w)) = current.take() {
+            files.extend(w.finish().await.map_err(io_error)?);
+        }
+        let json: Vec<String> = files
+            .iter()
+            .map(|f| serde_json::to_string(f).expect("ShardFile serialises"))
+            .collect();
+        Ok(RecordBatch::try_new(
+            result_schema(),
+            vec![Arc::new(StringArray::from(json)) as ArrayRef],
+        )?)
+    }
+}
+
+/// Shard write failures are I/O errors, so a distributed scheduler retries the task.
+fn io_error(e: impl fmt::Display) -> DataFusionError {
+    DataFusionError::IoError(std::io::Error::other(e.to_string()))
+}
+
+/// Parses the sink's result rows back into shard files.
+pub fn shard_files_from_batches(batches: &[RecordBatch]) -> DfResult<Vec<ShardFile>> {
+    let mut files = Vec::new();
+    for b in batches {
+        let col = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| DataFusionError::Internal("shard_file is not Utf8".into()))?;
+        for i in 0..col.len() {
+            files.push(serde_json::from_str(col.value(i)).map_err(|e| {
+                DataFusionError::Internal(format!("bad shard_file row: {e}"))
+            })?);
+        }
+    }
+    Ok(files)
+}

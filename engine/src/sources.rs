@@ -1,0 +1,404 @@
+//! Registering a job's sources as DataFusion tables, with lineage and bad-row accounting.
+//!
+//! - Parquet sources are DataFusion listing tables (Hive partitions, pruning, statistics).
+//! - CSV and JSON-lines sources are parsed by Kiln itself ([`crate::text`]) so a malformed
+//!   row is reported with its file and line, or rejected and counted, never dropped.
+//! - A source with `days = [a, b]` reads exactly the partitions `D+a ..= D+b`; every one
+//!   must exist, or the run fails naming the path it looked at.
+
+use std::sync::Arc;
+
+use chrono::{Duration, NaiveDate};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path as StorePath;
+use serde::Serialize;
+
+use crate::spec::{RenderedJob, SourceFormat, SourceSpec};
+use crate::text::{TextFileStream, TextFormat};
+use crate::{EngineError, Result};
+
+/// One input file read by a run (recorded in the manifest's lineage).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InputFile {
+    /// Full URL of the file.
+    pub url: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Object-store ETag, when the store has one (S3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+}
+
+/// What was registered for one source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceLineage {
+    /// Source name.
+    pub name: String,
+    /// Root URL.
+    pub url: String,
+    /// Format.
+    pub format: String,
+    /// Partition values read (e.g. the `dt` values), empty when unpartitioned.
+    pub partitions: Vec<String>,
+    /// Every file read, sorted by URL.
+    pub files: Vec<InputFile>,
+}
+
+/// Parses `"column type"` strings into an Arrow schema (all columns nullable).
+pub fn parse_schema(columns: &[String]) -> std::result::Result<Schema, String> {
+    let mut fields = Vec::with_capacity(columns.len());
+    for (i, c) in columns.iter().enumerate() {
+        let mut parts = c.split_whitespace();
+        let (Some(name), Some(ty), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!(
+                "entry {i} `{c}`: expected \"COLUMN TYPE\", e.g. \"user_id int64\""
+            ));
+        };
+        let dt = match ty.to_ascii_lowercase().as_str() {
+            "bool" | "boolean" => DataType::Boolean,
+            "int32" | "int" => DataType::Int32,
+            "int64" | "bigint" => DataType::Int64,
+            "float32" | "float" => DataType::Float32,
+            "float64" | "double" => DataType::Float64,
+            "string" | "utf8" => DataType::Utf8,
+            "date" => DataType::Date32,
+            "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            other => {
+                return Err(format!(
+                    "column `{name}`: unknown type `{other}` (expected bool, int32, int64, \
+                     float32, float64, string, date or timestamp)"
+                ));
+            }
+        };
+        if fields.iter().any(|f: &Field| f.name() == name) {
+            return Err(format!("column `{name}` appears twice"));
+        }
+        fields.push(Field::new(name, dt, true));
+    }
+    Ok(Schema::new(fields))
+}
+
+/// Registers every source of `job` in `ctx` and returns their lineage.
+pub async fn register_sources(
+    ctx: &SessionContext,
+    job: &RenderedJob,
+    text_counters: &Arc<crate::text::BadRowLedger>,
+) -> Result<Vec<SourceLineage>> {
+    let mut lineage = Vec::new();
+    for source in &job.sources {
+        let (store, root) = crate::stores::store_for(ctx, &source.url)?;
+        let partitions = selected_partitions(source, job.date);
+        let files = list_input_files(source, &store, &root, &partitions).await?;
+        match source.format {
+            SourceFormat::Parquet => register_parquet(ctx, source, &partitions).await?,
+            SourceFormat::Csv | SourceFormat::Jsonl => {
+                register_text(ctx, source, &store, &files, text_counters)?
+            }
+        }
+        lineage.push(SourceLineage {
+            name: source.name.clone(),
+            url: source.url.clone(),
+            format: format!("{:?}", source.format).to_lowercase(),
+            partitions: partitions.iter().map(|(_, v)| v.clone()).collect(),
+            files,
+        });
+    }
+    Ok(lineage)
+}
+
+/// The `(column, value)` partitions a source reads for `date` (empty: the whole root).
+fn selected_partitions(source: &SourceSpec, date: NaiveDate) -> Vec<(String, String)> {
+    match (&source.partition_column, source.days) {
+        (Some(col), Some([from, to])) => (from..=to)
+            .map(|d| {
+                (
+                    col.clone(),
+                    (date + Duration::days(d)).format("%Y-%m-%d").to_string(),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn file_extension(format: SourceFormat) -> &'static str {
+    match format {
+        SourceFormat::Parquet => ".parquet",
+        SourceFormat::Csv => ".csv",
+        SourceFormat::Jsonl => ".jsonl",
+    }
+}
+
+/// Lists the data files a source will read; fails naming the path of a missing partition.
+async fn list_input_files(
+    source: &SourceSpec,
+    store: &Arc<dyn ObjectStore>,
+    root: &StorePath,
+    partitions: &[(String, String)],
+) -> Result<Vec<InputFile>> {
+    let prefixes: Vec<StorePath> = if partitions.is_empty() {
+        vec![root.clone()]
+    } else {
+        partitions
+            .iter()
+            .map(|(c, v)| root.clone().join(format!("{c}={v}")))
+            .collect()
+    };
+    let base = source.url.trim_end_matches('/');
+    let ext = file_extension(source.format);
+    let mut files = Vec::new();
+    for prefix in prefixes {
+        let metas: Vec<_> = store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| EngineError::Source {
+                source_name: source.name.clone(),
+                message: format!("cannot list {prefix}: {e}"),
+            })?;
+        let mut found = 0;
+        for meta in metas {
+            let name = meta.location.filename().unwrap_or_default();
+            if !name.ends_with(ext) || name.starts_with('.') || name.starts_with('_') {
+                continue;
+            }
+            found += 1;
+            let rel = meta
+                .location
+                .as_ref()
+                .strip_prefix(root.as_ref())
+                .unwrap_or(meta.location.as_ref())
+                .trim_start_matches('/')
+                .to_string();
+            files.push(InputFile {
+                url: format!("{base}/{rel}"),
+                size: meta.size,
+                e_tag: meta.e_tag.filter(|_| !base.starts_with("file://")),
+            });
+        }
+        if found == 0 {
+            let looked_at = if prefix == *root {
+                format!("{base}/")
+            } else {
+                format!(
+                    "{base}/{}/",
+                    prefix
+                        .as_ref()
+                        .strip_prefix(root.as_ref())
+                        .unwrap_or(prefix.as_ref())
+                        .trim_start_matches('/')
+                )
+            };
+            return Err(EngineError::Source {
+                source_name: source.name.clone(),
+                message: format!("no input: no `*{ext}` file under {looked_at}"),
+            });
+        }
+    }
+    files.sort_by(|a, b| a.url.cmp(&b.url));
+    Ok(files)
+}
+
+async fn register_parquet(
+    ctx: &SessionContext,
+    source: &SourceSpec,
+    partitions: &[(String, String)],
+) -> Result<()> {
+    let src_err = |e: &dyn std::fmt::Display| EngineError::Source {
+        source_name: source.name.clone(),
+        message: e.to_string(),
+    };
+    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_collect_stat(true);
+    if let Some(col) = &source.partition_column {
+        options = options.with_table_partition_cols(vec![(col.clone(), DataType::Utf8)]);
+    }
+    let dir_url = format!("{}/", source.url.trim_end_matches('/'));
+    let table_url = ListingTableUrl::parse(&dir_url).map_err(|e| src_err(&e))?;
+    let state = ctx.state();
+    let file_schema: SchemaRef = match &source.schema {
+        Some(cols) => {
+            let declared = Arc::new(parse_schema(cols).map_err(|e| src_err(&e))?);
+            let inferred = options
+                .infer_schema(&state, &table_url)
+                .await
+                .map_err(|e| src_err(&e))?;
+            check_declared_schema(&declared, &inferred).map_err(|e| src_err(&e))?;
+            declared
+        }
+        None => options
+            .infer_schema(&state, &table_url)
+            .await
+            .map_err(|e| src_err(&e))?,
+    };
+    let config = ListingTableConfig::new(table_url)
+        .with_listing_options(options)
+        .with_schema(file_schema);
+    let table = ListingTable::try_new(config).map_err(|e| src_err(&e))?;
+    let all_name = format!("__kiln_all_{}", source.name);
+    ctx.register_table(all_name.as_str(), Arc::new(table))
+        .map_err(|e| src_err(&e))?;
+    register_partition_view(ctx, source, &all_name, partitions).await
+}
+
+/// Exposes `name` as the selected partitions of `__kiln_all_name` (pruned at planning).
+async fn register_partition_view(
+    ctx: &SessionContext,
+    source: &SourceSpec,
+    all_name: &str,
+    partitions: &[(String, String)],
+) -> Result<()> {
+    let filter = match partitions.first() {
+        Some((col, _)) => format!(
+            " WHERE \"{col}\" IN ({})",
+            partitions
+                .iter()
+                .map(|(_, v)| format!("'{v}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => String::new(),
+    };
+    let df = ctx
+        .sql(&format!("SELECT * FROM \"{all_name}\"{filter}"))
+        .await
+        .map_err(|e| EngineError::Source {
+            source_name: source.name.clone(),
+            message: e.to_string(),
+        })?;
+    ctx.register_table(source.name.as_str(), df.into_view())
+        .map_err(|e| EngineError::Source {
+            source_name: source.name.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// Every declared column must exist in the files with the same type.
+fn check_declared_schema(declared: &Schema, found: &Schema) -> std::result::Result<(), String> {
+    for f in declared.fields() {
+        match found.field_with_name(f.name()) {
+            Ok(g) if g.data_type() == f.data_type() => {}
+            Ok(g) => {
+                return Err(format!(
+                    "column `{}`: schema says {}, files have {}",
+                    f.name(),
+                    f.data_type(),
+                    g.data_type()
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "column `{}` of the declared schema is not in the files",
+                    f.name()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn register_text(
+    ctx: &SessionContext,
+    source: &SourceSpec,
+    store: &Arc<dyn ObjectStore>,
+    files: &[InputFile],
+    ledger: &Arc<crate::text::BadRowLedger>,
+) -> Result<()> {
+    let declared = parse_schema(source.schema.as_deref().unwrap_or_default()).map_err(|e| {
+        EngineError::Source {
+            source_name: source.name.clone(),
+            message: e,
+        }
+    })?;
+    let mut fields: Vec<Field> = declared.fields().iter().map(|f| (**f).clone()).collect();
+    if let Some(col) = &source.partition_column {
+        fields.push(Field::new(col, DataType::Utf8, false));
+    }
+    let table_schema = Arc::new(Schema::new(fields));
+    let format = match source.format {
+        SourceFormat::Csv => TextFormat::Csv {
+            delimiter: source.csv.delimiter as u8,
+            has_header: source.csv.has_header,
+        },
+        _ => TextFormat::Jsonl,
+    };
+    let streams: Vec<Arc<dyn PartitionStream>> = files
+        .iter()
+        .map(|f| {
+            let partition_value = source.partition_column.as_ref().map(|col| {
+                partition_value_of(&f.url, col).unwrap_or_default()
+            });
+            Arc::new(TextFileStream {
+                source: source.name.clone(),
+                url: f.url.clone(),
+                store: Arc::clone(store),
+                file_schema: Arc::new(declared.clone()),
+                table_schema: Arc::clone(&table_schema),
+                partition_value,
+                format,
+                ledger: Arc::clone(ledger),
+            }) as Arc<dyn PartitionStream>
+        })
+        .collect();
+    let table =
+        StreamingTable::try_new(Arc::clone(&table_schema), streams).map_err(|e| EngineError::Source {
+            source_name: source.name.clone(),
+            message: e.to_string(),
+        })?;
+    ctx.register_table(source.name.as_str(), Arc::new(table))
+        .map_err(|e| EngineError::Source {
+            source_name: source.name.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// `.../dt=2026-11-21/part-0.csv` -> `2026-11-21` for column `dt`.
+fn partition_value_of(url: &str, column: &str) -> Option<String> {
+    let key = format!("{column}=");
+    url.split('/')
+        .find_map(|seg| seg.strip_prefix(&key))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_schema_strings() {
+        let s = parse_schema(&["a int64".into(), "ts timestamp".into(), "c string".into()])
+            .unwrap();
+        assert_eq!(s.fields().len(), 3);
+        assert_eq!(
+            s.field(1).data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        );
+        assert!(parse_schema(&["a".into()]).unwrap_err().contains("entry 0"));
+        assert!(
+            parse_schema(&["a int128".into()])
+                .unwrap_err()
+                .contains("unknown type `int128`")
+        );
+    }
+
+    #[test]
+    fn finds_partition_values() {
+        assert_eq!(
+            partition_value_of("file:///x/dt=2026-11-21/p.csv", "dt").as_deref(),
+            Some("2026-11-21")
+        );
+        assert_eq!(partition_value_of("file:///x/p.csv", "dt"), None);
+    }
+}

@@ -1,0 +1,582 @@
+//! The job spec (TOML): sources, feature SQL, outputs. See `docs/job-spec.md`.
+//!
+//! A spec is loaded once ([`JobSpec::load`]), then rendered for a run date and command-line
+//! overrides ([`JobSpec::render`]) into a [`RenderedJob`] whose every URL is absolute and
+//! whose every template has been expanded. Mistakes are reported with the spec path and the
+//! offending name before any data is read.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::template;
+
+/// A spec mistake, always naming the spec file and the offending item.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {what}")]
+pub struct SpecError {
+    /// The spec file.
+    pub path: String,
+    /// What is wrong, naming the section/source/statement/field.
+    pub what: String,
+}
+
+/// The job spec as written in TOML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Job name (used for model names, run records, default paths).
+    pub name: String,
+    /// Optional description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Engine settings (partitions, batch size, memory pool).
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Input tables.
+    #[serde(default)]
+    pub sources: Vec<SourceSpec>,
+    /// Named SQL statements, run in order; each may use sources and earlier statements.
+    #[serde(default)]
+    pub features: Vec<FeatureSpec>,
+    /// Which statements to write as committed sharded datasets.
+    #[serde(default)]
+    pub outputs: Vec<OutputSpec>,
+    /// What to do with malformed input rows: `fail` (default) or `reject`.
+    #[serde(default)]
+    pub on_bad_rows: BadRowPolicy,
+    /// Where rejected rows go when `on_bad_rows = "reject"` (templated).
+    #[serde(default)]
+    pub rejects_location: Option<String>,
+    /// The trainer's section, interpreted by `kiln-trainer` (kept raw here).
+    #[serde(default)]
+    pub train: Option<toml::Table>,
+    /// Sections for later pipeline stages (gate, schedule, ...), kept raw.
+    #[serde(flatten)]
+    pub other: toml::Table,
+    /// The file this spec came from.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// SHA-256 of the spec file's bytes.
+    #[serde(skip)]
+    pub sha256: String,
+}
+
+/// DataFusion session settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Partitions per operator; default 2 x the number of cores.
+    pub target_partitions: Option<usize>,
+    /// Rows per Arrow batch; default 32768.
+    pub batch_size: Option<usize>,
+    /// Memory pool for sorts/joins/aggregations, e.g. `"4GiB"`; they spill to disk above it.
+    /// Default: half of physical memory.
+    pub memory_limit: Option<String>,
+    /// Directory for spill files (default: the system temporary directory).
+    pub spill_dir: Option<String>,
+}
+
+/// Input file formats.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// Comma-separated values with a header line (options: `delimiter`, `has_header`).
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// One input table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Table name in SQL.
+    pub name: String,
+    /// `file://`, `s3://` URL or a path (relative to the spec file's directory); templated.
+    pub url: String,
+    /// File format.
+    pub format: SourceFormat,
+    /// Explicit schema as `"column type"` strings, in file column order (required for CSV
+    /// and JSON lines; optional for Parquet, where it is checked against the files).
+    /// Types: bool, int32, int64, float32, float64, string, date, timestamp (UTC, µs).
+    #[serde(default)]
+    pub schema: Option<Vec<String>>,
+    /// Hive-style partition column (directories `COLUMN=VALUE/`), e.g. `dt`.
+    #[serde(default)]
+    pub partition_column: Option<String>,
+    /// Day partitions to read, relative to the run date, inclusive: `[-7, 1]` reads
+    /// `dt=D-7` .. `dt=D+1`. Each must exist, or the run fails naming the missing path.
+    #[serde(default)]
+    pub days: Option<[i64; 2]>,
+    /// CSV options.
+    #[serde(default)]
+    pub csv: CsvOptions,
+}
+
+/// CSV format options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    /// Field delimiter (one byte), default `,`.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Whether the first line of each file is a header, default true.
+    #[serde(default = "default_true")]
+    pub has_header: bool,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self {
+            delimiter: ',',
+            has_header: true,
+        }
+    }
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+fn default_true() -> bool {
+    true
+}
+
+/// One named SQL statement.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    /// Name the statement's result is registered under (a view).
+    pub name: String,
+    /// The SQL, templated with the run date.
+    pub sql: String,
+    /// Compute once and keep in memory instead of recomputing at each use.
+    #[serde(default)]
+    pub materialize: bool,
+}
+
+/// Shard file formats of an output.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// TFRecord files of tf.train.Example.
+    Tfrecord,
+    /// Parquet files.
+    Parquet,
+}
+
+/// One committed dataset written from a statement.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// The statement (feature name) to write.
+    pub statement: String,
+    /// Dataset location (templated); relative paths resolve against the spec directory.
+    pub location: String,
+    /// Column that assigns rows to shards (hash) and orders rows inside each shard.
+    pub key: String,
+    /// Number of shards.
+    pub shards: u32,
+    /// One or both formats, written side by side.
+    pub formats: Vec<OutputFormat>,
+    /// TFRecord compression: none | gzip | zlib (default gzip).
+    #[serde(default = "default_tfrecord_compression")]
+    pub tfrecord_compression: String,
+    /// Parquet compression: none | snappy | zstd | gzip (default zstd).
+    #[serde(default = "default_parquet_compression")]
+    pub parquet_compression: String,
+}
+
+fn default_tfrecord_compression() -> String {
+    "gzip".into()
+}
+fn default_parquet_compression() -> String {
+    "zstd".into()
+}
+
+/// Malformed input row policy.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRowPolicy {
+    /// The job fails, naming the file and line.
+    #[default]
+    Fail,
+    /// Bad rows go to `rejects_location` and are counted; the job continues.
+    Reject,
+}
+
+/// Command-line overrides applied when rendering.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--source NAME=URL`.
+    pub sources: Vec<(String, String)>,
+    /// `--out URL`: base location replacing the directory part of every output location
+    /// (outputs then go to `URL/<statement>/`).
+    pub out: Option<String>,
+}
+
+/// A spec rendered for one date: templates expanded, URLs absolute, names checked.
+#[derive(Debug, Clone)]
+pub struct RenderedJob {
+    /// The spec as written.
+    pub spec: JobSpec,
+    /// The run date.
+    pub date: NaiveDate,
+    /// Sources with rendered absolute URLs.
+    pub sources: Vec<SourceSpec>,
+    /// Statements with rendered SQL.
+    pub features: Vec<FeatureSpec>,
+    /// Outputs with rendered absolute locations.
+    pub outputs: Vec<OutputSpec>,
+    /// Rendered absolute rejects location (when the policy is `reject`).
+    pub rejects_location: Option<String>,
+}
+
+impl JobSpec {
+    /// Reads and parses a spec file; checks names and structure (not SQL).
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let err = |what: String| SpecError {
+            path: path.display().to_string(),
+            what,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read spec: {e}")))?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| err(format!("not UTF-8: {e}")))?;
+        let mut spec: JobSpec = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        spec.path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        spec.sha256 = hex::encode(Sha256::digest(&bytes));
+        spec.check_names()?;
+        Ok(spec)
+    }
+
+    /// Builds an error naming this spec's file.
+    pub fn error(&self, what: impl Into<String>) -> SpecError {
+        SpecError {
+            path: self.path.display().to_string(),
+            what: what.into(),
+        }
+    }
+
+    /// The directory relative paths resolve against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    fn check_names(&self) -> Result<(), SpecError> {
+        let mut names = BTreeSet::new();
+        for s in &self.sources {
+            check_identifier(&s.name).map_err(|e| self.error(format!("source `{}`: {e}", s.name)))?;
+            if !names.insert(s.name.to_ascii_lowercase()) {
+                return Err(self.error(format!("source `{}` is defined twice", s.name)));
+            }
+            if matches!(s.format, SourceFormat::Csv | SourceFormat::Jsonl) && s.schema.is_none()
+            {
+                return Err(self.error(format!(
+                    "source `{}`: format {:?} needs an explicit `schema`",
+                    s.name, s.format
+                )));
+            }
+            if s.days.is_some() && s.partition_column.is_none() {
+                return Err(self.error(format!(
+                    "source `{}`: `days` needs `partition_column` (e.g. \"dt\")",
+                    s.name
+                )));
+            }
+            if let Some(schema) = &s.schema {
+                crate::sources::parse_schema(schema)
+                    .map_err(|e| self.error(format!("source `{}`: schema: {e}", s.name)))?;
+            }
+        }
+        for f in &self.features {
+            check_identifier(&f.name)
+                .map_err(|e| self.error(format!("features `{}`: {e}", f.name)))?;
+            if !names.insert(f.name.to_ascii_lowercase()) {
+                return Err(self.error(format!(
+                    "features `{}`: name already used by a source or an earlier statement",
+                    f.name
+                )));
+            }
+        }
+        if self.outputs.is_empty() {
+            return Err(self.error("no [[outputs]]: nothing would be written"));
+        }
+        for o in &self.outputs {
+            if !self.features.iter().any(|f| f.name == o.statement) {
+                return Err(self.error(format!(
+                    "outputs: unknown statement `{}` (statements: {})",
+                    o.statement,
+                    self.features
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if o.shards == 0 || o.shards > 100_000 {
+                return Err(self.error(format!(
+                    "outputs `{}`: shards must be in 1..=100000, got {}",
+                    o.statement, o.shards
+                )));
+            }
+            if o.formats.is_empty() {
+                return Err(self.error(format!(
+                    "outputs `{}`: formats is empty (use [\"tfrecord\"], [\"parquet\"] or both)",
+                    o.statement
+                )));
+            }
+            if !matches!(o.tfrecord_compression.as_str(), "none" | "gzip" | "zlib") {
+                return Err(self.error(format!(
+                    "outputs `{}`: tfrecord_compression `{}` (expected none, gzip or zlib)",
+                    o.statement, o.tfrecord_compression
+                )));
+            }
+            if !matches!(
+                o.parquet_compression.as_str(),
+                "none" | "snappy" | "zstd" | "gzip"
+            ) {
+                return Err(self.error(format!(
+                    "outputs `{}`: parquet_compression `{}` (expected none, snappy, zstd or gzip)",
+                    o.statement, o.parquet_compression
+                )));
+            }
+        }
+        if self.on_bad_rows == BadRowPolicy::Reject && self.rejects_location.is_none() {
+            return Err(self.error("on_bad_rows = \"reject\" needs `rejects_location`"));
+        }
+        Ok(())
+    }
+
+    /// Expands templates for `date`, applies overrides and resolves relative paths.
+    pub fn render(&self, date: NaiveDate, overrides: &Overrides) -> Result<RenderedJob, SpecError> {
+        for (name, _) in &overrides.sources {
+            if !self.sources.iter().any(|s| &s.name == name) {
+                return Err(self.error(format!(
+                    "--source {name}=...: unknown source `{name}` (sources: {})",
+                    self.sources
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let render = |what: &str, text: &str| {
+            template::render(text, date).map_err(|e| self.error(format!("{what}: {e}")))
+        };
+        let mut sources = Vec::new();
+        for s in &self.sources {
+            let mut s = s.clone();
+            let raw = overrides
+                .sources
+                .iter()
+                .rev()
+                .find(|(n, _)| n == &s.name)
+                .map(|(_, u)| u.clone())
+                .unwrap_or_else(|| s.url.clone());
+            let url = render(&format!("source `{}` url", s.name), &raw)?;
+            s.url = self
+                .absolute_url(&url)
+                .map_err(|e| self.error(format!("source `{}` url: {e}", s.name)))?;
+            sources.push(s);
+        }
+        let mut features = Vec::new();
+        for f in &self.features {
+            let mut f = f.clone();
+            f.sql = render(&format!("features `{}` sql", f.name), &f.sql)?;
+            features.push(f);
+        }
+        let mut outputs = Vec::new();
+        for o in &self.outputs {
+            let mut o = o.clone();
+            let location = render(&format!("outputs `{}` location", o.statement), &o.location)?;
+            let location = match &overrides.out {
+                Some(base) => format!("{}/{}/", base.trim_end_matches('/'), o.statement),
+                None => location,
+            };
+            o.location = self
+                .absolute_url(&location)
+                .map_err(|e| self.error(format!("outputs `{}` location: {e}", o.statement)))?;
+            outputs.push(o);
+        }
+        let rejects_location = match &self.rejects_location {
+            Some(r) => {
+                let r = render("rejects_location", r)?;
+                Some(
+                    self.absolute_url(&r)
+                        .map_err(|e| self.error(format!("rejects_location: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        Ok(RenderedJob {
+            spec: self.clone(),
+            date,
+            sources,
+            features,
+            outputs,
+            rejects_location,
+        })
+    }
+
+    /// Turns a path or URL into an absolute URL; relative paths resolve against the spec dir.
+    pub fn absolute_url(&self, url: &str) -> Result<String, String> {
+        absolute_url(url, &self.base_dir())
+    }
+}
+
+/// Turns a path or URL into an absolute URL ending in `/` for directories given with one;
+/// relative paths resolve against `base`. Only `file` and `s3` schemes are supported.
+pub fn absolute_url(url: &str, base: &Path) -> Result<String, String> {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        return match scheme {
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err(format!("`{url}`: file:// URLs must be absolute"));
+                }
+                Ok(url.to_string())
+            }
+            "s3" => {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return Err(format!("`{url}`: expected s3://BUCKET/PREFIX"));
+                }
+                Ok(url.to_string())
+            }
+            other => Err(format!(
+                "`{url}`: unsupported scheme `{other}` (expected file:// or s3://)"
+            )),
+        };
+    }
+    if url.is_empty() {
+        return Err("empty path".into());
+    }
+    let path = Path::new(url);
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    let mut s = format!("file://{}", normalize(&abs).display());
+    if url.ends_with('/') && !s.ends_with('/') {
+        s.push('/');
+    }
+    Ok(s)
+}
+
+/// Removes `.` and `..` components without touching the filesystem.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn check_identifier(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err("names must be SQL identifiers ([A-Za-z_][A-Za-z0-9_]*)".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_spec(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("job.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const GOOD: &str = r#"
+name = "t"
+[[sources]]
+name = "events"
+url = "data/events"
+format = "parquet"
+partition_column = "dt"
+days = [-7, 1]
+[[features]]
+name = "x"
+sql = "SELECT * FROM events WHERE ts >= TIMESTAMP '{{ ds | add_days(-7) }}'"
+[[outputs]]
+statement = "x"
+location = "out/x/dt={{ ds }}/"
+key = "event_id"
+shards = 4
+formats = ["tfrecord", "parquet"]
+"#;
+
+    #[test]
+    fn renders_relative_paths_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = JobSpec::load(&write_spec(dir.path(), GOOD)).unwrap();
+        let date = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+        let r = spec.render(date, &Overrides::default()).unwrap();
+        let base = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(r.sources[0].url, format!("file://{}/data/events", base.display()));
+        assert_eq!(
+            r.outputs[0].location,
+            format!("file://{}/out/x/dt=2026-11-21/", base.display())
+        );
+        assert!(r.features[0].sql.contains("TIMESTAMP '2026-11-14'"));
+        let o = Overrides {
+            sources: vec![("events".into(), "s3://b/ev/".into())],
+            out: Some("/tmp/o".into()),
+        };
+        let r = spec.render(date, &o).unwrap();
+        assert_eq!(r.sources[0].url, "s3://b/ev/");
+        assert_eq!(r.outputs[0].location, "file:///tmp/o/x/");
+    }
+
+    #[test]
+    fn reports_mistakes_with_path_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_spec(dir.path(), &GOOD.replace("statement = \"x\"", "statement = \"y\""));
+        let e = JobSpec::load(&p).unwrap_err().to_string();
+        assert!(e.starts_with(&p.display().to_string()), "{e}");
+        assert!(e.contains("unknown statement `y`"), "{e}");
+
+        let p = write_spec(dir.path(), &GOOD.replace("{{ ds }}/", "{{ dz }}/"));
+        let spec = JobSpec::load(&p).unwrap();
+        let date = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+        let e = spec.render(date, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("outputs `x` location") && e.contains("unknown variable `dz`"), "{e}");
+
+        let o = Overrides {
+            sources: vec![("evnts".into(), "/x".into())],
+            out: None,
+        };
+        let e = spec.render(date, &o).unwrap_err().to_string();
+        assert!(e.contains("unknown source `evnts`"), "{e}");
+
+        let p = write_spec(dir.path(), &GOOD.replace("data/events", "ftp://h/x"));
+        let spec = JobSpec::load(&p).unwrap();
+        let e = spec.render(date, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("source `events` url") && e.contains("unsupported scheme `ftp`"), "{e}");
+
+        let p = write_spec(dir.path(), &GOOD.replace("format = \"parquet\"", "format = \"csv\""));
+        let e = JobSpec::load(&p).unwrap_err().to_string();
+        assert!(e.contains("source `events`: format Csv needs an explicit `schema`"), "{e}");
+    }
+}

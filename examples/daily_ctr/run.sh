@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The example daily job on embedded defaults: local files, local DataFusion, CPU training.
+# Usage: bash examples/daily_ctr/run.sh [DATE]   (default 2026-11-20)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+date="${1:-2026-11-20}"
+kiln() { cargo run --manifest-path "$root/Cargo.toml" --release -q -p kiln-jobs --bin kiln -- "$@"; }
+
+if [ ! -d "$here/data/events" ]; then
+  echo "== generating sample events (2M events, 9 days ending 2026-11-21)"
+  kiln gen events --rows 2000000 --days 9 --end-date 2026-11-21 --seed 42 \
+    --out "$here/data/events" --format parquet
+fi
+
+echo "== features for $date"
+kiln features "$here/job.toml" --date "$date"
+
+if grep -q '^\[train\]' "$here/job.toml"; then
+  echo "== training on dt=$date"
+  kiln train "$here/job.toml" --date "$date" --workers 2
+fi
