@@ -41,6 +41,8 @@ pub struct FeaturesReport {
     pub inputs: Vec<SourceLineage>,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Peak resident memory of this process (Linux `VmHWM`), when known.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// One committed output dataset.
@@ -247,6 +249,7 @@ pub async fn run_features(
         rejects_file,
         inputs,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
@@ -369,4 +372,12 @@ async fn write_rejects(
             message: e.to_string(),
         })?;
     Ok(Some(url))
+}
+
+/// Peak resident set size of this process from `/proc/self/status` (Linux only).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -1,0 +1,260 @@
+//! End-to-end tests of `kiln features` on the example job and on bad input.
+
+mod common;
+
+use std::path::Path;
+
+use common::reference;
+use kiln_connectors::dataset::{Dataset, OpenOptions, ShardFormat};
+
+const DATE: &str = "2026-11-20";
+/// 2026-11-20T00:00:00Z in microseconds.
+const D0_US: i64 = 1_763_596_800_000_000;
+
+fn file_url(p: &Path) -> String {
+    format!("file://{}", std::path::absolute(p).unwrap().display())
+}
+
+fn run_example(events: &Path, out: &Path) -> serde_json::Value {
+    let stdout = common::kiln_ok(&[
+        "features",
+        common::example_spec().to_str().unwrap(),
+        "--date",
+        DATE,
+        "--source",
+        &format!("events={}", events.display()),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+#[test]
+fn example_job_matches_the_reference_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    common::gen_events(&events, 150_000, 7);
+
+    let out1 = dir.path().join("out1");
+    let report = run_example(&events, &out1);
+    let dataset = format!("{}/examples/", file_url(&out1));
+    assert_eq!(report["outputs"][0]["location"], dataset);
+
+    // Every value, recomputed from the raw events by the reference implementation.
+    let expected = reference::examples(&reference::read_events(&events), D0_US);
+    assert!(expected.len() > 1000, "enough examples: {}", expected.len());
+    let positives = expected
+        .values()
+        .filter(|r| r[28] == reference::Value::Int(1))
+        .count();
+    assert!(positives > 10, "some positive labels: {positives}");
+    let from_parquet =
+        reference::rows_from_batches(&common::read_dataset(&dataset, ShardFormat::Parquet));
+    reference::assert_same(&expected, &from_parquet);
+    let from_tfrecord =
+        reference::rows_from_batches(&common::read_dataset(&dataset, ShardFormat::TfRecord));
+    assert_eq!(from_tfrecord.len(), expected.len());
+    for (id, row) in &from_tfrecord {
+        // TFRecord stores floats as float32; integers and text are exact.
+        let want = &expected[id];
+        for (c, (w, g)) in want.iter().zip(row).enumerate() {
+            match (w, g) {
+                (reference::Value::Float(a), reference::Value::Float(b)) => {
+                    assert_eq!(*a as f32, *b as f32, "event {id} {}", reference::COLUMNS[c])
+                }
+                _ => assert_eq!(w, g, "event {id} {}", reference::COLUMNS[c]),
+            }
+        }
+    }
+    assert_eq!(report["outputs"][0]["rows"], expected.len() as u64);
+
+    // Manifest: 16 shards per format, rows reconcile, shards ordered by event_id.
+    let ds = Dataset::open_blocking(&dataset, OpenOptions { verify_checksums: true }).unwrap();
+    let m = ds.manifest();
+    assert_eq!(m.num_shards, 16);
+    assert_eq!(m.total_rows, expected.len() as u64);
+    assert_eq!(m.shards.len(), 32);
+    let shard_sum: u64 = ds.shard_rows().iter().sum();
+    assert_eq!(shard_sum, expected.len() as u64);
+    for shard in 0..16 {
+        let batches: Vec<_> = ds
+            .read_shards(&[shard], Some(ShardFormat::Parquet), 4096)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "shard {shard} ordered by event_id");
+        for id in ids {
+            assert_eq!(kiln_connectors::shard::shard_of_i64(id, 16), shard as u32);
+        }
+    }
+    let lineage = &m.lineage;
+    assert_eq!(lineage["date"], DATE);
+    let files = lineage["inputs"][0]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 9, "D-7 ..= D+1 day partitions, one file each");
+    assert!(files.iter().all(|f| f["size"].as_u64().unwrap() > 0));
+    assert_eq!(lineage["spec_sha256"].as_str().unwrap().len(), 64);
+
+    // Same input, same bytes: a second run writes identical shards.
+    let out2 = dir.path().join("out2");
+    run_example(&events, &out2);
+    let m2 = Dataset::open_blocking(&format!("{}/examples/", file_url(&out2)), OpenOptions::default())
+        .unwrap()
+        .manifest()
+        .clone();
+    let sums = |m: &kiln_connectors::dataset::Manifest| {
+        m.shards
+            .iter()
+            .map(|s| (s.index, format!("{:?}", s.format), s.sha256.clone(), s.rows))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sums(m), sums(&m2));
+}
+
+#[test]
+fn rerun_replaces_output_and_removes_the_old_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    common::gen_events(&events, 40_000, 3);
+    let out = dir.path().join("out");
+    let first = run_example(&events, &out);
+    let second = run_example(&events, &out);
+    assert_ne!(first["run_id"], second["run_id"]);
+    let runs: Vec<String> = std::fs::read_dir(out.join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("run-"))
+        .collect();
+    assert_eq!(runs, vec![format!("run-{}", second["run_id"].as_str().unwrap())]);
+    let ds = Dataset::open_blocking(&format!("{}/examples/", file_url(&out)), OpenOptions {
+        verify_checksums: true,
+    })
+    .unwrap();
+    assert_eq!(ds.manifest().total_rows, second["outputs"][0]["rows"].as_u64().unwrap());
+}
+
+#[test]
+fn missing_day_partition_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    common::gen_events(&events, 20_000, 3);
+    // 2026-11-21 needs dt=2026-11-22 (clicks after midnight), which does not exist.
+    let out = common::kiln(&[
+        "features",
+        common::example_spec().to_str().unwrap(),
+        "--date",
+        "2026-11-21",
+        "--source",
+        &format!("events={}", events.display()),
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("source `events`"), "{err}");
+    assert!(
+        err.contains(&format!("{}/dt=2026-11-22/", file_url(&events))),
+        "{err}"
+    );
+    assert!(!dir.path().join("out").join("examples").join("_manifest.json").exists());
+}
+
+const CSV_SPEC: &str = r#"
+name = "csv_job"
+on_bad_rows = "POLICY"
+rejects_location = "rejects/dt={{ ds }}/"
+[[sources]]
+name = "clicks"
+url = "input"
+format = "csv"
+partition_column = "dt"
+days = [0, 0]
+schema = ["id int64", "user string", "amount float64"]
+[[features]]
+name = "totals"
+sql = "SELECT id, user, amount * 2 AS doubled FROM clicks"
+[[outputs]]
+statement = "totals"
+location = "out/totals/dt={{ ds }}/"
+key = "id"
+shards = 2
+formats = ["parquet"]
+"#;
+
+fn csv_job(dir: &Path, policy: &str) -> std::path::PathBuf {
+    let day = dir.join("input").join("dt=2026-11-20");
+    std::fs::create_dir_all(&day).unwrap();
+    std::fs::write(
+        day.join("part-0.csv"),
+        "id,user,amount\n1,ann,1.5\n2,bob,2.0\n3,cat,oops\n4,dan\n5,eve,0.25\n",
+    )
+    .unwrap();
+    let spec = dir.join("job.toml");
+    std::fs::write(&spec, CSV_SPEC.replace("POLICY", policy)).unwrap();
+    spec
+}
+
+#[test]
+fn malformed_csv_row_fails_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = csv_job(dir.path(), "fail");
+    let out = common::kiln(&["features", spec.to_str().unwrap(), "--date", DATE]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = format!("{}/input/dt=2026-11-20/part-0.csv", file_url(dir.path()));
+    assert!(
+        err.contains(&format!("{file}:4")) || err.contains(&format!("{file}:5")),
+        "{err}"
+    );
+    assert!(!dir.path().join("out/totals/dt=2026-11-20/_manifest.json").exists());
+}
+
+#[test]
+fn rejected_rows_are_written_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = csv_job(dir.path(), "reject");
+    let stdout = common::kiln_ok(&["features", spec.to_str().unwrap(), "--date", DATE, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["bad_rows"]["clicks"]["rows_in"], 5);
+    assert_eq!(report["bad_rows"]["clicks"]["rows_out"], 3);
+    assert_eq!(report["bad_rows"]["clicks"]["rows_rejected"], 2);
+    assert_eq!(report["outputs"][0]["rows"], 3);
+    let rejects = std::fs::read_to_string(dir.path().join("rejects/dt=2026-11-20/rejects-2026-11-20.jsonl"))
+        .unwrap();
+    let lines: Vec<serde_json::Value> = rejects
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[0]["line"].as_u64(), lines[0]["raw"].as_str()), (Some(4), Some("3,cat,oops")));
+    assert_eq!((lines[1]["line"].as_u64(), lines[1]["raw"].as_str()), (Some(5), Some("4,dan")));
+    // Human output prints the reconciliation.
+    let human = common::kiln_ok(&["features", spec.to_str().unwrap(), "--date", DATE]);
+    assert!(human.contains("clicks: rows_in 5 = rows_out 3 + rows_rejected 2"), "{human}");
+}
+
+#[test]
+fn spec_mistakes_are_reported_before_reading_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = csv_job(dir.path(), "fail");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text.replace("amount * 2", "amout * 2")).unwrap();
+    let out = common::kiln(&["features", spec.to_str().unwrap(), "--date", DATE]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&spec.display().to_string()), "{err}");
+    assert!(err.contains("features `totals`") && err.contains("amout"), "{err}");
+    assert!(!dir.path().join("out").exists());
+    assert!(!dir.path().join("rejects").exists());
+}
