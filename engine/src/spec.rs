@@ -54,9 +54,6 @@ pub struct JobSpec {
     /// The trainer's section, interpreted by `kiln-trainer` (kept raw here).
     #[serde(default)]
     pub train: Option<toml::Table>,
-    /// Sections for later pipeline stages (gate, schedule, ...), kept raw.
-    #[serde(flatten)]
-    pub other: toml::Table,
     /// The file this spec came from.
     #[serde(skip)]
     pub path: PathBuf,
