@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod reference;
 
 use std::path::{Path, PathBuf};
