@@ -1,9 +1,195 @@
-//! `kiln train` (being built).
+//! `kiln train`: train the spec's `[train]` model on a committed examples dataset, on one or
+//! several worker processes (see `docs/training.md`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kiln_trainer::comm::{Comm, WorldEnv};
+use kiln_trainer::source::DatasetSource;
+use kiln_trainer::{TrainConfig, TrainOptions};
 
 /// Arguments of `kiln train`.
-#[derive(clap::Args)]
-pub struct TrainArgs {}
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Job spec (TOML) with a `[train]` section; its `examples` output (for `--date`) is the
+    /// training data unless `--data` is given.
+    pub spec: Option<PathBuf>,
+    /// Run date (YYYY-MM-DD) whose committed examples to train on.
+    #[arg(long)]
+    pub date: Option<String>,
+    /// A TOML file with a `[train]` table (instead of a job spec).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Committed dataset to train on (path or URL), overriding the spec's output.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Start this many local worker processes (ranks 0..N-1).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Model directory (local path or file:// URL). Default: ./models/<spec name>/<date>.
+    #[arg(long)]
+    pub model_dir: Option<String>,
+    /// Continue from the latest checkpoint in the model directory.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override `[train] steps`.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Print one JSON object with the results to stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds a silent peer may take before it counts as lost.
+    #[arg(long, default_value_t = 30)]
+    pub peer_timeout: u64,
+    /// Seconds to wait for all workers to join.
+    #[arg(long, default_value_t = 120)]
+    pub rendezvous_timeout: u64,
+}
 
-pub fn run(_args: TrainArgs) -> anyhow::Result<()> {
-    anyhow::bail!("kiln train: being built")
+/// Loads the `[train]` table and the data location.
+fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
+    let (table, data, name) = if let Some(cfg) = &args.config {
+        let text = std::fs::read_to_string(cfg).with_context(|| format!("reading {}", cfg.display()))?;
+        let doc: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
+        let t = match doc.get("train") {
+            Some(toml::Value::Table(t)) => t.clone(),
+            _ => bail!("{}: no [train] table", cfg.display()),
+        };
+        let name = cfg.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        (t, None, name)
+    } else if let Some(spec_path) = &args.spec {
+        let spec = kiln_engine::spec::JobSpec::load(spec_path)?;
+        let t = spec.train.clone().with_context(|| format!("{}: no [train] section", spec_path.display()))?;
+        let data = match (&args.data, &args.date) {
+            (Some(_), _) => None,
+            (None, Some(date)) => {
+                let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+                    .with_context(|| format!("--date {date}: expected YYYY-MM-DD"))?;
+                let job = spec.render(date, &Default::default())?;
+                let out = job
+                    .outputs
+                    .iter()
+                    .find(|o| o.statement == "examples")
+                    .or_else(|| (job.outputs.len() == 1).then(|| &job.outputs[0]))
+                    .with_context(|| format!("{}: no `examples` output to train on; pass --data", spec_path.display()))?;
+                Some(out.location.clone())
+            }
+            (None, None) => bail!("kiln train SPEC needs --date D (or --data DATASET)"),
+        };
+        let name = spec_path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        (t, data, name)
+    } else {
+        bail!("kiln train needs a job spec (SPEC --date D) or --config FILE --data DATASET");
+    };
+    let mut config: TrainConfig = toml::Value::Table(table).try_into().context("[train]")?;
+    if let Some(s) = args.steps {
+        config.steps = Some(s);
+    }
+    let data = args.data.clone().or(data).context("no training data: pass --data DATASET")?;
+    let model_dir = args.model_dir.clone().unwrap_or_else(|| {
+        format!("models/{name}/{}", args.date.clone().unwrap_or_else(|| "latest".into()))
+    });
+    Ok((config, data, model_dir))
+}
+
+fn local_dir(url: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = url.strip_prefix("file://") {
+        return Ok(PathBuf::from(p));
+    }
+    if url.contains("://") {
+        bail!("--model-dir {url}: only local paths and file:// URLs are supported");
+    }
+    Ok(std::path::absolute(url)?)
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let env = WorldEnv::from_env()?;
+    if env.is_none() && args.workers > 1 {
+        return launch(&args);
+    }
+    let (config, data, model_dir) = resolve(&args)?;
+    let model_dir = local_dir(&model_dir)?;
+    let env = env.unwrap_or(WorldEnv {
+        rank: 0,
+        world: 1,
+        master_addr: "127.0.0.1".into(),
+        master_port: 0,
+    });
+    let source = Arc::new(DatasetSource::open(&data)?);
+    let mut comm = Comm::connect(&env, Duration::from_secs(args.rendezvous_timeout))
+        .with_context(|| format!("rank {} of {}", env.rank, env.world))?;
+    let mut opts = TrainOptions::new(config, source, model_dir);
+    opts.resume = args.resume;
+    opts.progress = true;
+    opts.step_timeout = Duration::from_secs(args.peer_timeout);
+    let report = kiln_trainer::train(&opts, &mut comm).with_context(|| format!("rank {}", env.rank))?;
+    comm.shutdown();
+    if args.json && env.rank == 0 {
+        let mut v = serde_json::to_value(&report)?;
+        v["data"] = serde_json::Value::String(data);
+        println!("{v}");
+    }
+    Ok(())
+}
+
+/// `--workers N`: start N copies of this binary as ranks 0..N-1 on this machine and wait.
+fn launch(args: &TrainArgs) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let exe = std::env::current_exe()?;
+    let mut child_args: Vec<String> = Vec::new();
+    let mut it = std::env::args().skip(1).peekable();
+    while let Some(a) = it.next() {
+        if a == "--workers" {
+            it.next();
+        } else if !a.starts_with("--workers=") {
+            child_args.push(a);
+        }
+    }
+    let mut children = Vec::new();
+    for rank in 0..args.workers {
+        let child = std::process::Command::new(&exe)
+            .args(&child_args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", args.workers.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .with_context(|| format!("starting worker {rank}"))?;
+        eprintln!("kiln train: worker rank {rank} pid {}", child.id());
+        children.push(Some(child));
+    }
+    let mut failed: Vec<(usize, String)> = Vec::new();
+    let mut first_failure: Option<Instant> = None;
+    while children.iter().any(Option::is_some) {
+        for (rank, slot) in children.iter_mut().enumerate() {
+            if let Some(c) = slot
+                && let Some(status) = c.try_wait()?
+            {
+                if !status.success() {
+                    failed.push((rank, status.to_string()));
+                    first_failure.get_or_insert_with(Instant::now);
+                }
+                *slot = None;
+            }
+        }
+        // Survivors notice a lost peer within seconds; stop stragglers after a grace period.
+        if first_failure.is_some_and(|t| t.elapsed() > Duration::from_secs(args.peer_timeout + 5)) {
+            for (rank, slot) in children.iter_mut().enumerate() {
+                if let Some(c) = slot.take() {
+                    let mut c = c;
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    failed.push((rank, "killed after a peer failed".into()));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(|(r, s)| format!("rank {r}: {s}")).collect();
+        bail!("training failed: {}", list.join("; "));
+    }
+    Ok(())
 }

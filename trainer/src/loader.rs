@@ -1,0 +1,297 @@
+//! The data loader: balanced shard assignment, seeded shuffling (shard order per epoch plus a
+//! bounded shuffle buffer), decoding and batching on a background thread with a bounded
+//! read-ahead channel, and a position that checkpoints save and restore exactly.
+//!
+//! Each rank streams its shards epoch after epoch without a break: a batch may span the end
+//! of one epoch and the start of the next, so every rank can take any number of steps (the
+//! trainer fixes the step count globally, so ranks with fewer rows simply wrap sooner).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, bounded};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::source::ShardSource;
+use crate::transform::{Prepared, RowFilter, Transform};
+use crate::{Error, Result};
+
+/// Assigns shards to `world` ranks: largest first (ties by index) into the least-loaded rank
+/// (ties by rank). No rank ends with more than one shard's worth of rows above another.
+/// Each rank's list is sorted by shard index.
+pub fn assign_shards(rows: &[u64], world: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| rows[b].cmp(&rows[a]).then(a.cmp(&b)));
+    let mut load = vec![0u64; world];
+    let mut out = vec![Vec::new(); world];
+    for s in order {
+        let r = (0..world).min_by_key(|&r| (load[r], r)).expect("world > 0");
+        load[r] += rows[s];
+        out[r].push(s);
+    }
+    for o in &mut out {
+        o.sort_unstable();
+    }
+    out
+}
+
+/// Where a rank's loader stands, between two batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoaderPosition {
+    /// Epoch being read.
+    pub epoch: u64,
+    /// Index into this epoch's shard order.
+    pub shard_pos: usize,
+    /// Rows of that shard already read (all rows, held-out ones included).
+    pub rows_in_shard: u64,
+    /// Word position of the shuffle RNG (decimal u128).
+    pub rng_word_pos: String,
+    /// Batches emitted so far.
+    pub batches: u64,
+}
+
+/// A position plus the shuffle buffer's rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoaderState {
+    /// Position.
+    pub position: LoaderPosition,
+    /// Rows waiting in the shuffle buffer.
+    pub buffer: Prepared,
+}
+
+/// Settings of one rank's loader.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    /// Seed of shard orders and shuffling.
+    pub seed: u64,
+    /// This rank (seeds differ per rank).
+    pub rank: usize,
+    /// Shards of this rank.
+    pub shards: Vec<usize>,
+    /// Rows per batch.
+    pub batch_rows: usize,
+    /// Shuffle buffer rows.
+    pub shuffle_buffer: usize,
+    /// Batches decoded ahead.
+    pub read_ahead: usize,
+    /// Batch index at which to stop (exclusive).
+    pub end_batch: u64,
+    /// Attach a [`LoaderState`] to batch `i` when `(i + 1) % snapshot_every == 0` (0: never)
+    /// and to the last batch.
+    pub snapshot_every: u64,
+}
+
+/// One batch of transformed rows.
+#[derive(Debug)]
+pub struct Batch {
+    /// 0-based batch index (= training step).
+    pub index: u64,
+    /// The rows.
+    pub rows: Prepared,
+    /// The loader state right after this batch, when a snapshot was requested.
+    pub state_after: Option<LoaderState>,
+}
+
+/// A running loader: a background thread filling a bounded channel.
+pub struct Loader {
+    rx: Option<Receiver<Result<Batch>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    /// Starts reading at `state` (or the beginning).
+    pub fn start(
+        source: Arc<dyn ShardSource>,
+        transform: Arc<Transform>,
+        config: LoaderConfig,
+        state: Option<LoaderState>,
+    ) -> Result<Loader> {
+        if config.shards.is_empty() && config.end_batch > 0 {
+            return Err(Error::Data(format!("rank {} was assigned no shards: fewer shards than workers", config.rank)));
+        }
+        let (tx, rx) = bounded(config.read_ahead);
+        let handle = std::thread::Builder::new()
+            .name(format!("kiln-loader-{}", config.rank))
+            .spawn(move || {
+                let mut w = Worker::new(source, transform, config, state);
+                if let Err(e) = w.run(&|b| tx.send(Ok(b)).is_ok()) {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::Data(format!("starting the loader thread: {e}")))?;
+        Ok(Loader {
+            rx: Some(rx),
+            handle: Some(handle),
+        })
+    }
+
+    /// The next batch (blocks while the background thread decodes).
+    pub fn next_batch(&mut self) -> Result<Batch> {
+        self.rx
+            .as_ref()
+            .expect("running")
+            .recv()
+            .map_err(|_| Error::Data("the loader stopped early".into()))?
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut bytes = [0u8; 24];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&a.to_le_bytes());
+    bytes[16..].copy_from_slice(&b.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+/// This rank's shard order in `epoch`.
+pub fn epoch_order(seed: u64, rank: usize, epoch: u64, shards: &[usize]) -> Vec<usize> {
+    let mut order = shards.to_vec();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed, rank as u64, epoch)));
+    order
+}
+
+struct Worker {
+    source: Arc<dyn ShardSource>,
+    transform: Arc<Transform>,
+    cfg: LoaderConfig,
+    rng: ChaCha8Rng,
+    buffer: Prepared,
+    pos: LoaderPosition,
+}
+
+impl Worker {
+    fn new(source: Arc<dyn ShardSource>, transform: Arc<Transform>, cfg: LoaderConfig, state: Option<LoaderState>) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, cfg.rank as u64, u64::MAX));
+        let nf = transform.categorical.len();
+        let nd = transform.dense_width();
+        let (buffer, pos) = match state {
+            Some(s) => {
+                rng.set_word_pos(s.position.rng_word_pos.parse().unwrap_or(0));
+                (s.buffer, s.position)
+            }
+            None => (
+                Prepared::new(nf, nd),
+                LoaderPosition {
+                    epoch: 0,
+                    shard_pos: 0,
+                    rows_in_shard: 0,
+                    rng_word_pos: "0".into(),
+                    batches: 0,
+                },
+            ),
+        };
+        Worker {
+            source,
+            transform,
+            cfg,
+            rng,
+            buffer,
+            pos,
+        }
+    }
+
+    fn run(&mut self, emit: &dyn Fn(Batch) -> bool) -> Result<()> {
+        let nf = self.transform.categorical.len();
+        let nd = self.transform.dense_width();
+        let mut out = Prepared::new(nf, nd);
+        let mut chunk = Prepared::new(nf, nd);
+        let mut rows_this_epoch_pass = 0u64;
+        while self.pos.batches < self.cfg.end_batch {
+            let order = epoch_order(self.cfg.seed, self.cfg.rank, self.pos.epoch, &self.cfg.shards);
+            while self.pos.shard_pos < order.len() {
+                let shard = order[self.pos.shard_pos];
+                let skip = self.pos.rows_in_shard;
+                let mut start = 0u64;
+                for batch in self.source.read_shard(shard)? {
+                    let batch = batch?;
+                    let len = batch.num_rows() as u64;
+                    if start + len <= skip {
+                        start += len;
+                        continue;
+                    }
+                    let mut rows = self.transform.rows(&batch, RowFilter::Train)?;
+                    rows.retain(|&r| start + r as u64 >= skip);
+                    chunk.clear();
+                    self.transform.prepare(&batch, &rows, &mut chunk).map_err(|e| shard_err(shard, start, e))?;
+                    rows_this_epoch_pass += chunk.len() as u64;
+                    for k in 0..chunk.len() {
+                        let consumed = start + chunk.source_rows[k] as u64 + 1;
+                        if self.buffer.len() < self.cfg.shuffle_buffer {
+                            self.buffer.push_row(&chunk, k);
+                        } else {
+                            let j = self.rng.random_range(0..self.buffer.len());
+                            out.push_row(&self.buffer, j);
+                            self.buffer.set_row(j, &chunk, k);
+                        }
+                        if out.len() == self.cfg.batch_rows {
+                            self.pos.rows_in_shard = consumed;
+                            if !self.emit_batch(&mut out, emit) {
+                                return Ok(());
+                            }
+                            if self.pos.batches >= self.cfg.end_batch {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    start += len;
+                }
+                self.pos.shard_pos += 1;
+                self.pos.rows_in_shard = 0;
+            }
+            if rows_this_epoch_pass == 0 && self.buffer.len() < self.cfg.batch_rows {
+                return Err(Error::Data(format!(
+                    "rank {}: a full pass over shards {:?} yielded no training rows",
+                    self.cfg.rank, self.cfg.shards
+                )));
+            }
+            rows_this_epoch_pass = 0;
+            self.pos.epoch += 1;
+            self.pos.shard_pos = 0;
+            self.pos.rows_in_shard = 0;
+        }
+        Ok(())
+    }
+
+    fn emit_batch(&mut self, out: &mut Prepared, emit: &dyn Fn(Batch) -> bool) -> bool {
+        let index = self.pos.batches;
+        self.pos.batches += 1;
+        let snap = (self.cfg.snapshot_every > 0 && self.pos.batches % self.cfg.snapshot_every == 0)
+            || self.pos.batches == self.cfg.end_batch;
+        let state_after = snap.then(|| {
+            let mut position = self.pos.clone();
+            position.rng_word_pos = self.rng.get_word_pos().to_string();
+            LoaderState {
+                position,
+                buffer: self.buffer.clone(),
+            }
+        });
+        let rows = std::mem::replace(out, Prepared::new(out.nf, out.nd));
+        emit(Batch {
+            index,
+            rows,
+            state_after,
+        })
+    }
+}
+
+fn shard_err(shard: usize, start: u64, e: Error) -> Error {
+    match e {
+        Error::Column { column, message } => Error::Column {
+            column,
+            message: format!("{message} (shard {shard}, rows from {start})"),
+        },
+        e => e,
+    }
+}

@@ -1,0 +1,107 @@
+//! Where training rows come from: a list of shards with row counts, each readable as a stream
+//! of Arrow record batches in a fixed order.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::{Error, Result};
+
+/// Record batches of one shard, in the shard's row order.
+pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+/// A sharded dataset as the trainer sees it.
+pub trait ShardSource: Send + Sync {
+    /// Schema of every shard.
+    fn schema(&self) -> SchemaRef;
+    /// Rows per shard, from the manifest.
+    fn shard_rows(&self) -> Vec<u64>;
+    /// Streams shard `index` from its first row.
+    fn read_shard(&self, index: usize) -> Result<BatchIter>;
+    /// Human-readable location (for messages and `--json`).
+    fn describe(&self) -> String;
+}
+
+/// Shards held in memory (tests, benchmarks).
+#[derive(Clone)]
+pub struct MemorySource {
+    schema: SchemaRef,
+    shards: Vec<Arc<Vec<RecordBatch>>>,
+}
+
+impl MemorySource {
+    /// Shards given as lists of batches sharing one schema.
+    pub fn new(schema: SchemaRef, shards: Vec<Vec<RecordBatch>>) -> Result<Self> {
+        for (i, s) in shards.iter().enumerate() {
+            for b in s {
+                if b.schema().fields() != schema.fields() {
+                    return Err(Error::Data(format!("memory shard {i}: batch schema differs from the dataset schema")));
+                }
+            }
+        }
+        Ok(Self {
+            schema,
+            shards: shards.into_iter().map(Arc::new).collect(),
+        })
+    }
+}
+
+impl ShardSource for MemorySource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn shard_rows(&self) -> Vec<u64> {
+        self.shards.iter().map(|s| s.iter().map(|b| b.num_rows() as u64).sum()).collect()
+    }
+    fn read_shard(&self, index: usize) -> Result<BatchIter> {
+        let shard = self
+            .shards
+            .get(index)
+            .ok_or_else(|| Error::Data(format!("memory shard {index} does not exist")))?
+            .clone();
+        let n = shard.len();
+        Ok(Box::new((0..n).map(move |i| Ok(shard[i].clone()))))
+    }
+    fn describe(&self) -> String {
+        format!("memory ({} shards)", self.shards.len())
+    }
+}
+
+/// A committed dataset read through its manifest (`kiln_connectors::dataset::Dataset`).
+#[cfg(feature = "dataset")]
+pub struct DatasetSource {
+    dataset: kiln_connectors::dataset::Dataset,
+    batch_rows: usize,
+}
+
+#[cfg(feature = "dataset")]
+impl DatasetSource {
+    /// Opens the dataset at `url` (path, `file://` or `s3://`); fails if it is not committed.
+    pub fn open(url: &str) -> Result<Self> {
+        let dataset = kiln_connectors::dataset::Dataset::open_blocking(url, Default::default())
+            .map_err(|e| Error::Data(format!("{url}: {e}")))?;
+        Ok(Self { dataset, batch_rows: 4096 })
+    }
+}
+
+#[cfg(feature = "dataset")]
+impl ShardSource for DatasetSource {
+    fn schema(&self) -> SchemaRef {
+        self.dataset.schema()
+    }
+    fn shard_rows(&self) -> Vec<u64> {
+        self.dataset.shard_rows()
+    }
+    fn read_shard(&self, index: usize) -> Result<BatchIter> {
+        let url = self.dataset.location().url.clone();
+        let it = self
+            .dataset
+            .read_shards(&[index], None, self.batch_rows)
+            .map_err(|e| Error::Data(format!("{url}: shard {index}: {e}")))?;
+        Ok(Box::new(it.map(move |r| r.map_err(|e| Error::Data(format!("{url}: shard {index}: {e}"))))))
+    }
+    fn describe(&self) -> String {
+        self.dataset.location().url.clone()
+    }
+}

@@ -1,0 +1,351 @@
+//! The training job on one rank: fit the transform (statistics merged across ranks), train
+//! with all-reduced gradients, check that ranks agree, checkpoint, evaluate and export.
+//!
+//! Steps: `steps`, or `epochs * floor(training rows of all ranks / global batch)`. Every rank
+//! takes exactly that many steps; its loader wraps into the next epoch when its own shards run
+//! out, so uneven shards never deadlock (ranks with fewer rows see theirs slightly more often).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::checkpoint::{self, Checkpoint, loader_state_bytes, loader_state_from_bytes};
+use crate::comm::Comm;
+use crate::config::{EvalSplit, TrainConfig};
+use crate::eval::{Metrics, metrics};
+use crate::export::{self, ModelFile};
+use crate::loader::{Loader, LoaderConfig, LoaderState, assign_shards};
+use crate::model::{ModelSpec, Params, SparseGrad, forward_backward};
+use crate::optim::Optimizer;
+use crate::source::ShardSource;
+use crate::transform::{RowFilter, Stats, Transform};
+use crate::{Error, Result};
+
+/// What to train and where.
+pub struct TrainOptions {
+    /// The `[train]` table.
+    pub config: TrainConfig,
+    /// Training data.
+    pub source: Arc<dyn ShardSource>,
+    /// Model directory (checkpoints under `checkpoints/`).
+    pub model_dir: PathBuf,
+    /// Continue from the latest checkpoint if there is one.
+    pub resume: bool,
+    /// Print progress to stderr (rank 0).
+    pub progress: bool,
+    /// Stop right after the checkpoint of this step (tests of resuming).
+    pub stop_after: Option<u64>,
+    /// Socket timeout of collectives during training.
+    pub step_timeout: Duration,
+}
+
+impl TrainOptions {
+    /// Options with defaults for everything but the essentials.
+    pub fn new(config: TrainConfig, source: Arc<dyn ShardSource>, model_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            config,
+            source,
+            model_dir: model_dir.into(),
+            resume: false,
+            progress: false,
+            stop_after: None,
+            step_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Outcome of a training run on one rank.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    /// Held-out metrics (rank 0, when there is a split).
+    pub metrics: Option<Metrics>,
+    /// Training examples per second over all ranks (wall time of the step loop).
+    pub examples_per_sec: f64,
+    /// Number of workers.
+    pub workers: usize,
+    /// Steps of the run.
+    pub steps: u64,
+    /// Step the run started at (non-zero when resumed).
+    pub start_step: u64,
+    /// Model directory.
+    pub model_dir: String,
+    /// Mean training loss over the last logging window.
+    pub train_loss: f64,
+    /// Checksum of the final parameters (identical on every rank).
+    pub param_checksum: String,
+    /// This rank.
+    pub rank: usize,
+    /// Whether the run stopped early (`stop_after`).
+    pub stopped_early: bool,
+    /// Held-out logits in evaluation order (rank 0).
+    #[serde(skip)]
+    pub eval_logits: Vec<f32>,
+    /// Final parameters.
+    #[serde(skip)]
+    pub params: Option<Params>,
+}
+
+fn fit_transform(config: &TrainConfig, source: &Arc<dyn ShardSource>, shards: &[usize], comm: &mut Comm) -> Result<Transform> {
+    let mut stats = Stats::new(config);
+    for &s in shards {
+        for b in source.read_shard(s)? {
+            stats.add(config, &b?)?;
+        }
+    }
+    let mine = serde_json::to_vec(&stats).expect("json");
+    let all = comm.allgather_bytes(&mine)?;
+    let mut merged = Stats::new(config);
+    for (r, b) in all.iter().enumerate() {
+        let s: Stats = serde_json::from_slice(b).map_err(|e| Error::Comm(format!("statistics from rank {r}: {e}")))?;
+        merged.merge(&s);
+    }
+    Ok(merged.finish(config))
+}
+
+fn check_same(comm: &mut Comm, step: u64, params: &Params) -> Result<u64> {
+    let c = params.checksum();
+    let all = comm.allgather_bytes(&c.to_le_bytes())?;
+    for (r, b) in all.iter().enumerate() {
+        let theirs = u64::from_le_bytes(b.as_slice().try_into().map_err(|_| Error::Comm("bad checksum message".into()))?);
+        if theirs != c {
+            return Err(Error::Divergence {
+                step,
+                message: format!("rank {r} has parameter checksum {theirs:016x}, rank {} has {c:016x}", comm.rank()),
+            });
+        }
+    }
+    Ok(c)
+}
+
+/// Trains on this rank. `comm` connects the ranks (use [`Comm::single`] for one process).
+pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
+    let cfg = &opts.config;
+    cfg.validate()?;
+    let (rank, world) = (comm.rank(), comm.world());
+    if cfg.batch_size % world != 0 {
+        return Err(Error::Config(format!("batch_size {} is not divisible by {world} workers", cfg.batch_size)));
+    }
+    let local_batch = cfg.batch_size / world;
+    let shard_rows = opts.source.shard_rows();
+    let assignment = assign_shards(&shard_rows, world);
+    let my_shards = assignment[rank].clone();
+
+    // The latest checkpoint, read by rank 0 and sent to every rank.
+    let ckpt_bytes = if opts.resume && rank == 0 {
+        checkpoint::latest_bytes(&opts.model_dir)?.map(|(_, b)| b).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let ckpt_bytes = if world > 1 && opts.resume {
+        comm.set_timeout(Duration::from_secs(600))?;
+        comm.allgather_bytes(&ckpt_bytes)?.swap_remove(0)
+    } else {
+        ckpt_bytes
+    };
+    let ckpt = if ckpt_bytes.is_empty() {
+        None
+    } else {
+        Some(Checkpoint::from_bytes(&ckpt_bytes, &checkpoint::dir(&opts.model_dir).display().to_string())?)
+    };
+    drop(ckpt_bytes);
+    if let Some(c) = &ckpt
+        && c.loaders.len() != world
+    {
+        return Err(Error::Config(format!("the checkpoint was written by {} workers; resume with --workers {}", c.loaders.len(), c.loaders.len())));
+    }
+
+    let t_fit = Instant::now();
+    comm.set_timeout(Duration::from_secs(3600))?;
+    let transform = match &ckpt {
+        Some(c) => c.transform.clone(),
+        None => fit_transform(cfg, &opts.source, &my_shards, comm)?,
+    };
+    comm.set_timeout(opts.step_timeout)?;
+    if transform.train_rows == 0 {
+        return Err(Error::Data(format!("no training rows in {}", opts.source.describe())));
+    }
+    let total_steps = match cfg.steps {
+        Some(s) => s,
+        None => (cfg.epochs.unwrap_or(1) * (transform.train_rows / cfg.batch_size as u64)).max(1),
+    };
+    let spec = ModelSpec::new(cfg, &transform);
+    let (mut params, mut opt, start_step, loader_state) = match ckpt {
+        Some(c) => {
+            if c.total_steps != total_steps || c.params.spec != spec {
+                return Err(Error::Config(format!(
+                    "the checkpoint is of a different run ({} steps, spec {:?}); this config gives {total_steps} steps",
+                    c.total_steps, c.params.spec
+                )));
+            }
+            let state = c.loaders.into_iter().nth(rank);
+            (c.params, c.optimizer, c.step, state)
+        }
+        None => {
+            let p = Params::init(&spec, cfg.seed);
+            let o = Optimizer::new(&cfg.optimizer, &p);
+            (p, o, 0, None)
+        }
+    };
+    if opts.progress && rank == 0 {
+        eprintln!(
+            "kiln train: {} workers, {} training rows ({} held out), {total_steps} steps of {} rows, model {:?} ({} dense + {} table floats){}; transform in {:.1}s",
+            world,
+            transform.train_rows,
+            transform.eval_rows,
+            cfg.batch_size,
+            cfg.model,
+            params.dense.len(),
+            params.table.len(),
+            if start_step > 0 { format!(", resuming at step {start_step}") } else { String::new() },
+            t_fit.elapsed().as_secs_f64()
+        );
+    }
+
+    let transform = Arc::new(transform);
+    let mut loader = Loader::start(
+        opts.source.clone(),
+        transform.clone(),
+        LoaderConfig {
+            seed: cfg.seed,
+            rank,
+            shards: my_shards,
+            batch_rows: local_batch,
+            shuffle_buffer: cfg.shuffle_buffer,
+            read_ahead: cfg.read_ahead,
+            end_batch: total_steps,
+            snapshot_every: cfg.checkpoint_every,
+        },
+        loader_state,
+    )?;
+
+    let scale = 1.0 / cfg.batch_size as f32;
+    let width = spec.row_width();
+    let mut dense_buf = vec![0.0f32; params.dense.len() + 1];
+    let t0 = Instant::now();
+    let mut window = (0.0f64, 0u64, Instant::now());
+    let mut last_loss = f64::NAN;
+    let mut step = start_step;
+    let mut stopped_early = false;
+    while step < total_steps {
+        let batch = loader.next_batch()?;
+        debug_assert_eq!(batch.index, step);
+        let g = forward_backward(&params, &batch.rows, scale)?;
+        dense_buf[..g.dense.len()].copy_from_slice(&g.dense);
+        dense_buf[g.dense.len()] = g.loss_sum as f32;
+        comm.allreduce_sum(&mut dense_buf)?;
+        let sparse = if world > 1 {
+            let parts = comm.allgather_bytes(&g.sparse.to_bytes())?;
+            let parts: Vec<SparseGrad> = parts.iter().map(|b| SparseGrad::from_bytes(b, width)).collect::<Result<_>>()?;
+            SparseGrad::merge(&parts, width)
+        } else {
+            g.sparse
+        };
+        let lr = cfg.optimizer.lr() * cfg.lr_schedule.factor(step, total_steps);
+        let n = params.dense.len();
+        opt.step(&mut params, &dense_buf[..n], &sparse, lr, step + 1);
+        window.0 += dense_buf[n] as f64;
+        window.1 += cfg.batch_size as u64;
+        step += 1;
+
+        if cfg.checksum_every > 0 && step % cfg.checksum_every == 0 && world > 1 {
+            check_same(comm, step, &params)?;
+        }
+        if let Some(state) = batch.state_after {
+            write_checkpoint(opts, comm, step, total_steps, &transform, &params, &opt, state)?;
+        }
+        if cfg.log_every > 0 && (step % cfg.log_every == 0 || step == total_steps) {
+            last_loss = window.0 / window.1.max(1) as f64;
+            if opts.progress && rank == 0 {
+                let dt = window.2.elapsed().as_secs_f64();
+                eprintln!(
+                    "step {step}/{total_steps}  loss {last_loss:.5}  {:.0} examples/s  lr {lr:.2e}",
+                    window.1 as f64 / dt.max(1e-9)
+                );
+            }
+            window = (0.0, 0, Instant::now());
+        }
+        if opts.stop_after == Some(step) {
+            stopped_early = true;
+            break;
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    drop(loader);
+    let checksum = check_same(comm, step, &params)?;
+    let examples_per_sec = (step - start_step) as f64 * cfg.batch_size as f64 / elapsed.max(1e-9);
+    if opts.progress && rank == 0 {
+        eprintln!("trained {} steps in {elapsed:.1}s: {examples_per_sec:.0} examples/s", step - start_step);
+    }
+    let mut report = TrainReport {
+        metrics: None,
+        examples_per_sec,
+        workers: world,
+        steps: step,
+        start_step,
+        model_dir: opts.model_dir.display().to_string(),
+        train_loss: last_loss,
+        param_checksum: format!("{checksum:016x}"),
+        rank,
+        stopped_early,
+        eval_logits: Vec::new(),
+        params: None,
+    };
+    if stopped_early {
+        report.params = Some(params);
+        return Ok(report);
+    }
+    if rank == 0 {
+        if cfg.eval != EvalSplit::None {
+            let (logits, labels, _) = export::score(&params, &transform, &opts.source, RowFilter::Eval)?;
+            let m = metrics(&logits, &labels);
+            if opts.progress {
+                eprintln!(
+                    "held-out: {} rows  auc {:.4}  logloss {:.4}  accuracy {:.4}  mean prediction {:.4} vs label {:.4}",
+                    m.rows, m.auc, m.logloss, m.accuracy, m.mean_prediction, m.mean_label
+                );
+            }
+            report.metrics = Some(m);
+            report.eval_logits = logits;
+        }
+        let file = ModelFile {
+            format: "kiln-model-v1".into(),
+            spec: spec.clone(),
+            config: cfg.clone(),
+            steps: step,
+            workers: world,
+        };
+        export::export(&opts.model_dir, &file, &transform, &params, report.metrics.as_ref())?;
+    }
+    report.params = Some(params);
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_checkpoint(
+    opts: &TrainOptions,
+    comm: &mut Comm,
+    step: u64,
+    total_steps: u64,
+    transform: &Transform,
+    params: &Params,
+    opt: &Optimizer,
+    mine: LoaderState,
+) -> Result<()> {
+    let states = comm.allgather_bytes(&loader_state_bytes(&mine))?;
+    if comm.rank() == 0 {
+        let loaders = states.iter().map(|b| loader_state_from_bytes(b)).collect::<Result<Vec<_>>>()?;
+        let c = Checkpoint {
+            step,
+            total_steps,
+            transform: transform.clone(),
+            params: params.clone(),
+            optimizer: opt.clone(),
+            loaders,
+        };
+        let path = c.write(&opts.model_dir)?;
+        tracing::debug!("checkpoint {}", path.display());
+    }
+    Ok(())
+}
