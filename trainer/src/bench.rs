@@ -56,14 +56,23 @@ pub fn synthetic_ctr(rows: usize, shards: usize, seed: u64) -> Synthetic {
     for (s, shard) in out.iter_mut().enumerate() {
         // Uneven shards: the last ones are smaller.
         let n = per.min(rows.saturating_sub(s * per)).max(1);
-        let mut cols: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<&str>, Vec<Option<f64>>, Vec<i32>, Vec<i32>) = Default::default();
+        let mut cols: (
+            Vec<i64>,
+            Vec<i64>,
+            Vec<i64>,
+            Vec<&str>,
+            Vec<Option<f64>>,
+            Vec<i32>,
+            Vec<i32>,
+        ) = Default::default();
         for _ in 0..n {
             let u = (rng.random_range(0.0f64..1.0).powi(2) * users as f64) as i64;
             let i = rng.random_range(0..items);
             let d = rng.random_range(0..3usize);
             let price = (rng.random_range(0.0..1.0) < 0.9).then(|| rng.random_range(1.0f64..100.0));
             let dwell = rng.random_range(0..5000);
-            let z = -1.0 + ue[u as usize] + ie[i as usize] + de[d] - 0.01 * price.unwrap_or(50.0) + 0.0002 * dwell as f64;
+            let z = -1.0 + ue[u as usize] + ie[i as usize] + de[d] - 0.01 * price.unwrap_or(50.0)
+                + 0.0002 * dwell as f64;
             let p = 1.0 / (1.0 + (-z).exp());
             let y = i32::from(rng.random_range(0.0..1.0) < p);
             cols.0.push(next_id);
@@ -168,7 +177,10 @@ fn free_port() -> Result<u16> {
 }
 
 /// Connects `world` ranks as threads of this process and runs `f` on each.
-pub fn with_local_ring<T: Send>(world: usize, f: impl Fn(&mut Comm) -> Result<T> + Sync) -> Result<Vec<T>> {
+pub fn with_local_ring<T: Send>(
+    world: usize,
+    f: impl Fn(&mut Comm) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
     let port = free_port()?;
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..world)
@@ -188,7 +200,9 @@ pub fn with_local_ring<T: Send>(world: usize, f: impl Fn(&mut Comm) -> Result<T>
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("rank thread")).collect()
+        hs.into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect()
     })
 }
 
@@ -215,7 +229,9 @@ fn loopback_copy(bytes: usize, reps: usize) -> Result<f64> {
         left -= n;
     }
     let dt = t0.elapsed().as_secs_f64();
-    t.join().expect("writer").map_err(|e| Error::Comm(e.to_string()))?;
+    t.join()
+        .expect("writer")
+        .map_err(|e| Error::Comm(e.to_string()))?;
     Ok((bytes * reps) as f64 / dt / 1e9)
 }
 
@@ -286,9 +302,14 @@ pub fn bench_train(workers: usize, steps: u64, rows: usize) -> Result<TrainBench
     let dir = std::env::temp_dir().join(format!("kiln-bench-train-{}", std::process::id()));
     let source: Arc<dyn crate::ShardSource> = Arc::new(data.source);
     let reports: Vec<TrainReport> = if workers == 1 {
-        vec![train(&TrainOptions::new(cfg.clone(), source, &dir), &mut Comm::single())?]
+        vec![train(
+            &TrainOptions::new(cfg.clone(), source, &dir),
+            &mut Comm::single(),
+        )?]
     } else {
-        with_local_ring(workers, |c| train(&TrainOptions::new(cfg.clone(), source.clone(), &dir), c))?
+        with_local_ring(workers, |c| {
+            train(&TrainOptions::new(cfg.clone(), source.clone(), &dir), c)
+        })?
     };
     let _ = std::fs::remove_dir_all(&dir);
     Ok(TrainBench {

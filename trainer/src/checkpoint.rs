@@ -43,8 +43,12 @@ pub fn loader_state_from_bytes(b: &[u8]) -> Result<LoaderState> {
 
 fn put_loader(f: &mut TensorFile, p: &str, s: &LoaderState) {
     let b = &s.buffer;
-    f.meta.insert(format!("{p}position"), serde_json::to_string(&s.position).expect("json"));
-    f.meta.insert(format!("{p}widths"), format!("{},{}", b.nf, b.nd));
+    f.meta.insert(
+        format!("{p}position"),
+        serde_json::to_string(&s.position).expect("json"),
+    );
+    f.meta
+        .insert(format!("{p}widths"), format!("{},{}", b.nf, b.nd));
     f.put_u32(&format!("{p}ids"), &[b.len(), b.nf], &b.ids);
     f.put_f32(&format!("{p}dense"), &[b.len(), b.nd], &b.dense);
     f.put_f32(&format!("{p}labels"), &[b.len()], &b.labels);
@@ -52,8 +56,13 @@ fn put_loader(f: &mut TensorFile, p: &str, s: &LoaderState) {
 }
 
 fn get_loader(f: &TensorFile, p: &str) -> Result<LoaderState> {
-    let meta = |k: &str| f.meta.get(&format!("{p}{k}")).ok_or_else(|| Error::Data(format!("checkpoint lacks `{p}{k}`")));
-    let position: LoaderPosition = serde_json::from_str(meta("position")?).map_err(|e| Error::Data(e.to_string()))?;
+    let meta = |k: &str| {
+        f.meta
+            .get(&format!("{p}{k}"))
+            .ok_or_else(|| Error::Data(format!("checkpoint lacks `{p}{k}`")))
+    };
+    let position: LoaderPosition =
+        serde_json::from_str(meta("position")?).map_err(|e| Error::Data(e.to_string()))?;
     let (nf, nd) = meta("widths")?
         .split_once(',')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
@@ -82,17 +91,52 @@ impl Checkpoint {
         let mut f = TensorFile::default();
         f.meta.insert("format".into(), "kiln-checkpoint-v1".into());
         f.meta.insert("step".into(), self.step.to_string());
-        f.meta.insert("total_steps".into(), self.total_steps.to_string());
-        f.meta.insert("world".into(), self.loaders.len().to_string());
-        f.meta.insert("spec".into(), serde_json::to_string(&self.params.spec).expect("json"));
-        f.meta.insert("transform".into(), serde_json::to_string(&self.transform).expect("json"));
-        f.meta.insert("optimizer".into(), serde_json::to_string(&self.optimizer.config).expect("json"));
-        f.put_f32("params.dense", &[self.params.dense.len()], &self.params.dense);
-        f.put_f32("params.table", &[self.params.table.len()], &self.params.table);
-        f.put_f32("adam.dense_m", &[self.optimizer.dense_m.len()], &self.optimizer.dense_m);
-        f.put_f32("adam.dense_v", &[self.optimizer.dense_v.len()], &self.optimizer.dense_v);
-        f.put_f32("adam.table_m", &[self.optimizer.table_m.len()], &self.optimizer.table_m);
-        f.put_f32("adam.table_v", &[self.optimizer.table_v.len()], &self.optimizer.table_v);
+        f.meta
+            .insert("total_steps".into(), self.total_steps.to_string());
+        f.meta
+            .insert("world".into(), self.loaders.len().to_string());
+        f.meta.insert(
+            "spec".into(),
+            serde_json::to_string(&self.params.spec).expect("json"),
+        );
+        f.meta.insert(
+            "transform".into(),
+            serde_json::to_string(&self.transform).expect("json"),
+        );
+        f.meta.insert(
+            "optimizer".into(),
+            serde_json::to_string(&self.optimizer.config).expect("json"),
+        );
+        f.put_f32(
+            "params.dense",
+            &[self.params.dense.len()],
+            &self.params.dense,
+        );
+        f.put_f32(
+            "params.table",
+            &[self.params.table.len()],
+            &self.params.table,
+        );
+        f.put_f32(
+            "adam.dense_m",
+            &[self.optimizer.dense_m.len()],
+            &self.optimizer.dense_m,
+        );
+        f.put_f32(
+            "adam.dense_v",
+            &[self.optimizer.dense_v.len()],
+            &self.optimizer.dense_v,
+        );
+        f.put_f32(
+            "adam.table_m",
+            &[self.optimizer.table_m.len()],
+            &self.optimizer.table_m,
+        );
+        f.put_f32(
+            "adam.table_v",
+            &[self.optimizer.table_v.len()],
+            &self.optimizer.table_v,
+        );
         for (r, l) in self.loaders.iter().enumerate() {
             put_loader(&mut f, &format!("loader.{r}."), l);
         }
@@ -103,10 +147,17 @@ impl Checkpoint {
     pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Self> {
         let f = TensorFile::from_bytes(bytes, what)?;
         let bad = |m: String| Error::file(what, m);
-        let meta = |k: &str| f.meta.get(k).ok_or_else(|| bad(format!("checkpoint lacks `{k}`")));
-        let num = |k: &str| -> Result<u64> { meta(k)?.parse().map_err(|_| bad(format!("bad `{k}`"))) };
-        let spec: ModelSpec = serde_json::from_str(meta("spec")?).map_err(|e| bad(e.to_string()))?;
-        let transform: Transform = serde_json::from_str(meta("transform")?).map_err(|e| bad(e.to_string()))?;
+        let meta = |k: &str| {
+            f.meta
+                .get(k)
+                .ok_or_else(|| bad(format!("checkpoint lacks `{k}`")))
+        };
+        let num =
+            |k: &str| -> Result<u64> { meta(k)?.parse().map_err(|_| bad(format!("bad `{k}`"))) };
+        let spec: ModelSpec =
+            serde_json::from_str(meta("spec")?).map_err(|e| bad(e.to_string()))?;
+        let transform: Transform =
+            serde_json::from_str(meta("transform")?).map_err(|e| bad(e.to_string()))?;
         let world = num("world")? as usize;
         let optimizer = Optimizer {
             config: serde_json::from_str(meta("optimizer")?).map_err(|e| bad(e.to_string()))?,
@@ -125,7 +176,9 @@ impl Checkpoint {
                 table: f.f32s("params.table")?,
             },
             optimizer,
-            loaders: (0..world).map(|r| get_loader(&f, &format!("loader.{r}."))).collect::<Result<_>>()?,
+            loaders: (0..world)
+                .map(|r| get_loader(&f, &format!("loader.{r}.")))
+                .collect::<Result<_>>()?,
         })
     }
 

@@ -39,8 +39,13 @@ impl WorldEnv {
         let Ok(rank) = std::env::var("RANK") else {
             return Ok(None);
         };
-        let get = |k: &str| std::env::var(k).map_err(|_| Error::Comm(format!("RANK is set but {k} is not")));
-        let parse = |k: &str, v: String| v.parse::<usize>().map_err(|_| Error::Comm(format!("{k}={v} is not a number")));
+        let get = |k: &str| {
+            std::env::var(k).map_err(|_| Error::Comm(format!("RANK is set but {k} is not")))
+        };
+        let parse = |k: &str, v: String| {
+            v.parse::<usize>()
+                .map_err(|_| Error::Comm(format!("{k}={v} is not a number")))
+        };
         let rank = parse("RANK", rank)?;
         let world = parse("WORLD_SIZE", get("WORLD_SIZE")?)?;
         let master_port = get("MASTER_PORT")?;
@@ -49,7 +54,9 @@ impl WorldEnv {
             .map_err(|_| Error::Comm(format!("MASTER_PORT={master_port} is not a port")))?;
         let master_addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
         if world == 0 || rank >= world {
-            return Err(Error::Comm(format!("RANK={rank} must be < WORLD_SIZE={world}")));
+            return Err(Error::Comm(format!(
+                "RANK={rank} must be < WORLD_SIZE={world}"
+            )));
         }
         Ok(Some(WorldEnv {
             rank,
@@ -107,8 +114,12 @@ impl Comm {
             return Ok(Comm::single());
         }
         let deadline = Instant::now() + timeout;
-        let ring = TcpListener::bind(("0.0.0.0", 0)).map_err(|e| Error::Comm(format!("binding the ring listener: {e}")))?;
-        let ring_port = ring.local_addr().map_err(|e| Error::Comm(e.to_string()))?.port();
+        let ring = TcpListener::bind(("0.0.0.0", 0))
+            .map_err(|e| Error::Comm(format!("binding the ring listener: {e}")))?;
+        let ring_port = ring
+            .local_addr()
+            .map_err(|e| Error::Comm(e.to_string()))?
+            .port();
         let addrs: Vec<SocketAddr> = if env.rank == 0 {
             rendezvous_master(env, ring_port, deadline)?
         } else {
@@ -123,10 +134,14 @@ impl Comm {
         };
         // Connect to the next rank (its listener's backlog accepts before it calls accept).
         let next_addr = addrs[comm.next_rank()];
-        let mut next = connect_retry(next_addr, deadline)
-            .map_err(|e| Error::LostRank { rank: comm.next_rank(), message: format!("connecting to {next_addr}: {e}") })?;
-        next.write_all(&(env.rank as u64).to_le_bytes()).map_err(|e| Error::Comm(e.to_string()))?;
-        ring.set_nonblocking(true).map_err(|e| Error::Comm(e.to_string()))?;
+        let mut next = connect_retry(next_addr, deadline).map_err(|e| Error::LostRank {
+            rank: comm.next_rank(),
+            message: format!("connecting to {next_addr}: {e}"),
+        })?;
+        next.write_all(&(env.rank as u64).to_le_bytes())
+            .map_err(|e| Error::Comm(e.to_string()))?;
+        ring.set_nonblocking(true)
+            .map_err(|e| Error::Comm(e.to_string()))?;
         let prev = loop {
             match ring.accept() {
                 Ok((s, _)) => break s,
@@ -142,11 +157,14 @@ impl Comm {
                 Err(e) => return Err(Error::Comm(format!("accepting the previous rank: {e}"))),
             }
         };
-        prev.set_nonblocking(false).map_err(|e| Error::Comm(e.to_string()))?;
+        prev.set_nonblocking(false)
+            .map_err(|e| Error::Comm(e.to_string()))?;
         let mut prev = prev;
-        prev.set_read_timeout(Some(timeout)).map_err(|e| Error::Comm(e.to_string()))?;
+        prev.set_read_timeout(Some(timeout))
+            .map_err(|e| Error::Comm(e.to_string()))?;
         let mut b = [0u8; 8];
-        prev.read_exact(&mut b).map_err(|e| Error::Comm(format!("ring handshake: {e}")))?;
+        prev.read_exact(&mut b)
+            .map_err(|e| Error::Comm(format!("ring handshake: {e}")))?;
         if u64::from_le_bytes(b) as usize != comm.prev_rank() {
             return Err(Error::Comm(format!(
                 "ring handshake: expected rank {} but rank {} connected",
@@ -155,7 +173,8 @@ impl Comm {
             )));
         }
         for s in [&next, &prev] {
-            s.set_nodelay(true).map_err(|e| Error::Comm(e.to_string()))?;
+            s.set_nodelay(true)
+                .map_err(|e| Error::Comm(e.to_string()))?;
         }
         comm.next = Some(next);
         comm.prev = Some(prev);
@@ -166,8 +185,10 @@ impl Comm {
     /// Socket timeout of collectives: a peer silent for this long counts as lost.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         for s in [&self.next, &self.prev].into_iter().flatten() {
-            s.set_read_timeout(Some(timeout)).map_err(|e| Error::Comm(e.to_string()))?;
-            s.set_write_timeout(Some(timeout)).map_err(|e| Error::Comm(e.to_string()))?;
+            s.set_read_timeout(Some(timeout))
+                .map_err(|e| Error::Comm(e.to_string()))?;
+            s.set_write_timeout(Some(timeout))
+                .map_err(|e| Error::Comm(e.to_string()))?;
         }
         Ok(())
     }
@@ -199,12 +220,21 @@ impl Comm {
                 let recv_c = (self.rank + w - s - 1) % w;
                 let (send, recv) = split_two(buf, chunk(send_c), chunk(recv_c));
                 let rl = recv.len() * 4;
-                exchange(&mut next, next_rank, as_bytes(send), &mut prev, prev_rank, rl, &mut scratch, |bytes, off| {
-                    let dst = &mut recv[off / 4..off / 4 + bytes.len() / 4];
-                    for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-                        *d += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    }
-                })?;
+                exchange(
+                    &mut next,
+                    next_rank,
+                    as_bytes(send),
+                    &mut prev,
+                    prev_rank,
+                    rl,
+                    &mut scratch,
+                    |bytes, off| {
+                        let dst = &mut recv[off / 4..off / 4 + bytes.len() / 4];
+                        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                            *d += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        }
+                    },
+                )?;
             }
             // All-gather: pass the reduced chunks around the ring.
             for s in 0..w - 1 {
@@ -212,9 +242,18 @@ impl Comm {
                 let recv_c = (self.rank + w - s) % w;
                 let (send, recv) = split_two(buf, chunk(send_c), chunk(recv_c));
                 let rl = recv.len() * 4;
-                exchange(&mut next, next_rank, as_bytes(send), &mut prev, prev_rank, rl, &mut scratch, |bytes, off| {
-                    as_bytes_mut(recv)[off..off + bytes.len()].copy_from_slice(bytes);
-                })?;
+                exchange(
+                    &mut next,
+                    next_rank,
+                    as_bytes(send),
+                    &mut prev,
+                    prev_rank,
+                    rl,
+                    &mut scratch,
+                    |bytes, off| {
+                        as_bytes_mut(recv)[off..off + bytes.len()].copy_from_slice(bytes);
+                    },
+                )?;
             }
             Ok(())
         })();
@@ -244,18 +283,34 @@ impl Comm {
                 let len = out[send_i].len() as u64;
                 let mut lb = [0u8; 8];
                 let mut got = Vec::new();
-                exchange(&mut next, next_rank, &len.to_le_bytes(), &mut prev, prev_rank, 8, &mut scratch, |b, off| {
-                    lb[off..off + b.len()].copy_from_slice(b)
-                })?;
+                exchange(
+                    &mut next,
+                    next_rank,
+                    &len.to_le_bytes(),
+                    &mut prev,
+                    prev_rank,
+                    8,
+                    &mut scratch,
+                    |b, off| lb[off..off + b.len()].copy_from_slice(b),
+                )?;
                 let rlen = u64::from_le_bytes(lb) as usize;
                 if rlen > (1 << 34) {
-                    return Err(Error::Comm(format!("rank {prev_rank} announced {rlen} bytes: protocol error")));
+                    return Err(Error::Comm(format!(
+                        "rank {prev_rank} announced {rlen} bytes: protocol error"
+                    )));
                 }
                 got.resize(rlen, 0);
                 let send = std::mem::take(&mut out[send_i]);
-                let res = exchange(&mut next, next_rank, &send, &mut prev, prev_rank, rlen, &mut scratch, |b, off| {
-                    got[off..off + b.len()].copy_from_slice(b)
-                });
+                let res = exchange(
+                    &mut next,
+                    next_rank,
+                    &send,
+                    &mut prev,
+                    prev_rank,
+                    rlen,
+                    &mut scratch,
+                    |b, off| got[off..off + b.len()].copy_from_slice(b),
+                );
                 out[send_i] = send;
                 res?;
                 out[recv_i] = got;
@@ -299,7 +354,10 @@ fn exchange(
         rank: next_rank,
         message: format!("sending: {e}"),
     };
-    let recv_loop = |prev: &mut TcpStream, scratch: &mut Vec<u8>, on_recv: &mut dyn FnMut(&[u8], usize)| -> Result<()> {
+    let recv_loop = |prev: &mut TcpStream,
+                     scratch: &mut Vec<u8>,
+                     on_recv: &mut dyn FnMut(&[u8], usize)|
+     -> Result<()> {
         let mut off = 0;
         while off < recv_len {
             let want = (recv_len - off).min(scratch.len());
@@ -330,11 +388,24 @@ fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
     let mut off = 0;
     while off < buf.len() {
         match s.read(&mut buf[off..]) {
-            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed by peer")),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed by peer",
+                ));
+            }
             Ok(n) => off += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out waiting for data"));
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out waiting for data",
+                ));
             }
             Err(e) => return Err(e),
         }
@@ -342,7 +413,11 @@ fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn split_two(buf: &mut [f32], a: std::ops::Range<usize>, b: std::ops::Range<usize>) -> (&[f32], &mut [f32]) {
+fn split_two(
+    buf: &mut [f32],
+    a: std::ops::Range<usize>,
+    b: std::ops::Range<usize>,
+) -> (&[f32], &mut [f32]) {
     assert!(a.end <= b.start || b.end <= a.start);
     if a.start < b.start {
         let (x, y) = buf.split_at_mut(b.start);
@@ -381,38 +456,57 @@ fn connect_retry(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStre
 }
 
 fn rendezvous_master(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Result<Vec<SocketAddr>> {
-    let listener = TcpListener::bind(("0.0.0.0", env.master_port))
-        .map_err(|e| Error::Comm(format!("rank 0 cannot listen on port {}: {e}", env.master_port)))?;
-    listener.set_nonblocking(true).map_err(|e| Error::Comm(e.to_string()))?;
+    let listener = TcpListener::bind(("0.0.0.0", env.master_port)).map_err(|e| {
+        Error::Comm(format!(
+            "rank 0 cannot listen on port {}: {e}",
+            env.master_port
+        ))
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Comm(e.to_string()))?;
     let mut addrs: Vec<Option<SocketAddr>> = vec![None; env.world];
     addrs[0] = Some(SocketAddr::from(([127, 0, 0, 1], ring_port)));
     let mut conns = Vec::new();
     while conns.len() < env.world - 1 {
         match listener.accept() {
             Ok((mut s, peer)) => {
-                s.set_nonblocking(false).map_err(|e| Error::Comm(e.to_string()))?;
-                s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| Error::Comm(e.to_string()))?;
+                s.set_nonblocking(false)
+                    .map_err(|e| Error::Comm(e.to_string()))?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .map_err(|e| Error::Comm(e.to_string()))?;
                 let mut hello = [0u8; 8 + 8 + 8 + 2];
-                s.read_exact(&mut hello).map_err(|e| Error::Comm(format!("rendezvous: reading hello from {peer}: {e}")))?;
+                s.read_exact(&mut hello).map_err(|e| {
+                    Error::Comm(format!("rendezvous: reading hello from {peer}: {e}"))
+                })?;
                 if &hello[..8] != MAGIC {
-                    return Err(Error::Comm(format!("rendezvous: {peer} is not a kiln worker")));
+                    return Err(Error::Comm(format!(
+                        "rendezvous: {peer} is not a kiln worker"
+                    )));
                 }
                 let rank = u64::from_le_bytes(hello[8..16].try_into().expect("8")) as usize;
                 let world = u64::from_le_bytes(hello[16..24].try_into().expect("8")) as usize;
                 let port = u16::from_le_bytes(hello[24..26].try_into().expect("2"));
                 if world != env.world {
-                    return Err(Error::Comm(format!("rank {rank} says WORLD_SIZE={world}, rank 0 has {}", env.world)));
+                    return Err(Error::Comm(format!(
+                        "rank {rank} says WORLD_SIZE={world}, rank 0 has {}",
+                        env.world
+                    )));
                 }
                 if rank == 0 || rank >= env.world || addrs[rank].is_some() {
-                    return Err(Error::Comm(format!("rendezvous: duplicate or invalid rank {rank} from {peer}")));
+                    return Err(Error::Comm(format!(
+                        "rendezvous: duplicate or invalid rank {rank} from {peer}"
+                    )));
                 }
                 addrs[rank] = Some(SocketAddr::new(peer.ip(), port));
                 conns.push(s);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() > deadline {
-                    let missing: Vec<String> =
-                        (1..env.world).filter(|r| addrs[*r].is_none()).map(|r| r.to_string()).collect();
+                    let missing: Vec<String> = (1..env.world)
+                        .filter(|r| addrs[*r].is_none())
+                        .map(|r| r.to_string())
+                        .collect();
                     return Err(Error::Comm(format!(
                         "rendezvous timed out: rank(s) {} did not join on port {}",
                         missing.join(", "),
@@ -425,9 +519,12 @@ fn rendezvous_master(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Resul
         }
     }
     let addrs: Vec<SocketAddr> = addrs.into_iter().map(|a| a.expect("all joined")).collect();
-    let table = serde_json::to_vec(&addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>()).expect("json");
+    let table =
+        serde_json::to_vec(&addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>()).expect("json");
     for mut s in conns {
-        s.write_all(&(table.len() as u64).to_le_bytes()).and_then(|()| s.write_all(&table)).map_err(|e| Error::Comm(format!("rendezvous: {e}")))?;
+        s.write_all(&(table.len() as u64).to_le_bytes())
+            .and_then(|()| s.write_all(&table))
+            .map_err(|e| Error::Comm(format!("rendezvous: {e}")))?;
     }
     Ok(addrs)
 }
@@ -447,9 +544,13 @@ fn rendezvous_worker(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Resul
     hello.extend_from_slice(&(env.rank as u64).to_le_bytes());
     hello.extend_from_slice(&(env.world as u64).to_le_bytes());
     hello.extend_from_slice(&ring_port.to_le_bytes());
-    s.write_all(&hello).map_err(|e| Error::Comm(format!("rendezvous: {e}")))?;
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-    s.set_read_timeout(Some(left)).map_err(|e| Error::Comm(e.to_string()))?;
+    s.write_all(&hello)
+        .map_err(|e| Error::Comm(format!("rendezvous: {e}")))?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    s.set_read_timeout(Some(left))
+        .map_err(|e| Error::Comm(e.to_string()))?;
     let lost = |e: std::io::Error| Error::LostRank {
         rank: 0,
         message: format!("rendezvous: waiting for the rank table: {e}"),
@@ -458,10 +559,13 @@ fn rendezvous_worker(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Resul
     s.read_exact(&mut lb).map_err(lost)?;
     let mut table = vec![0u8; u64::from_le_bytes(lb) as usize];
     s.read_exact(&mut table).map_err(lost)?;
-    let addrs: Vec<String> = serde_json::from_slice(&table).map_err(|e| Error::Comm(format!("rendezvous table: {e}")))?;
+    let addrs: Vec<String> = serde_json::from_slice(&table)
+        .map_err(|e| Error::Comm(format!("rendezvous table: {e}")))?;
     let mut out = Vec::new();
     for (r, a) in addrs.iter().enumerate() {
-        let mut a: SocketAddr = a.parse().map_err(|_| Error::Comm(format!("rendezvous table: bad address {a}")))?;
+        let mut a: SocketAddr = a
+            .parse()
+            .map_err(|_| Error::Comm(format!("rendezvous table: bad address {a}")))?;
         if r == 0 {
             a.set_ip(master.ip());
         }

@@ -275,7 +275,10 @@ impl TrainConfig {
         for c in &self.categorical {
             match (&c.hash_buckets, &c.vocabulary) {
                 (Some(0), _) => {
-                    return bad(format!("[train] categorical `{}`: hash_buckets must be > 0", c.column));
+                    return bad(format!(
+                        "[train] categorical `{}`: hash_buckets must be > 0",
+                        c.column
+                    ));
                 }
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => {
@@ -286,7 +289,10 @@ impl TrainConfig {
                 }
             }
         }
-        if self.model != ModelKind::Logistic && !self.categorical.is_empty() && self.embedding_dim == 0 {
+        if self.model != ModelKind::Logistic
+            && !self.categorical.is_empty()
+            && self.embedding_dim == 0
+        {
             return bad("[train] embedding_dim must be > 0".into());
         }
         if self.hidden.contains(&0) {
@@ -304,7 +310,9 @@ impl TrainConfig {
         if let EvalSplit::Hash { fraction, .. } = &self.eval
             && !(*fraction > 0.0 && *fraction < 1.0)
         {
-            return bad(format!("[train] eval.fraction must be in (0, 1), got {fraction}"));
+            return bad(format!(
+                "[train] eval.fraction must be in (0, 1), got {fraction}"
+            ));
         }
         if self.shuffle_buffer == 0 || self.read_ahead == 0 {
             return bad("[train] shuffle_buffer and read_ahead must be > 0".into());

@@ -27,8 +27,18 @@ pub struct Metrics {
 pub fn metrics(logits: &[f32], labels: &[f32]) -> Metrics {
     let n = logits.len();
     let probs: Vec<f32> = logits.iter().map(|&z| sigmoid(z)).collect();
-    let logloss = logits.iter().zip(labels).map(|(&z, &y)| bce_with_logit(z, y)).sum::<f64>() / n.max(1) as f64;
-    let accuracy = probs.iter().zip(labels).filter(|(p, y)| (**p >= 0.5) == (**y >= 0.5)).count() as f64 / n.max(1) as f64;
+    let logloss = logits
+        .iter()
+        .zip(labels)
+        .map(|(&z, &y)| bce_with_logit(z, y))
+        .sum::<f64>()
+        / n.max(1) as f64;
+    let accuracy = probs
+        .iter()
+        .zip(labels)
+        .filter(|(p, y)| (**p >= 0.5) == (**y >= 0.5))
+        .count() as f64
+        / n.max(1) as f64;
     let mean_prediction = probs.iter().map(|&p| p as f64).sum::<f64>() / n.max(1) as f64;
     let mean_label = labels.iter().map(|&y| y as f64).sum::<f64>() / n.max(1) as f64;
     Metrics {
@@ -38,7 +48,11 @@ pub fn metrics(logits: &[f32], labels: &[f32]) -> Metrics {
         accuracy,
         mean_prediction,
         mean_label,
-        calibration: if mean_label > 0.0 { mean_prediction / mean_label } else { f64::NAN },
+        calibration: if mean_label > 0.0 {
+            mean_prediction / mean_label
+        } else {
+            f64::NAN
+        },
     }
 }
 
@@ -78,8 +92,8 @@ mod tests {
         assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[0.0, 0.0, 1.0, 1.0]), 1.0);
         assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[0.0, 0.0, 1.0, 1.0]), 0.0);
         assert_eq!(auc(&[0.5; 4], &[0.0, 1.0, 0.0, 1.0]), 0.5);
-        // one positive above one negative, one tie: (1 + 0.5) / 2
-        assert_eq!(auc(&[0.3, 0.5, 0.5, 0.1], &[1.0, 1.0, 0.0, 0.0]), 0.875);
+        // pairs: 0.3>0.1, 0.5~0.5 (half), 0.5>0.1, 0.3<0.5: 2.5 / 4
+        assert_eq!(auc(&[0.3, 0.5, 0.5, 0.1], &[1.0, 1.0, 0.0, 0.0]), 0.625);
     }
 
     #[test]

@@ -57,7 +57,13 @@ fn json_atomic<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 }
 
 /// Writes the model directory (each file atomically).
-pub fn export(dir: &Path, file: &ModelFile, transform: &Transform, params: &Params, metrics: Option<&Metrics>) -> Result<()> {
+pub fn export(
+    dir: &Path,
+    file: &ModelFile,
+    transform: &Transform,
+    params: &Params,
+    metrics: Option<&Metrics>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let deep = params
         .to_burn(&infer_device())
@@ -66,10 +72,18 @@ pub fn export(dir: &Path, file: &ModelFile, transform: &Transform, params: &Para
         .map_err(|e| Error::file(dir.join("deep.bpk"), format!("{e:?}")))?;
     write_atomic(&dir.join("deep.bpk"), &deep)?;
     let mut emb = TensorFile::default();
-    emb.meta.insert("format".into(), "kiln-embeddings-v1".into());
-    emb.meta.insert("embedding_dim".into(), params.spec.embedding_dim.to_string());
+    emb.meta
+        .insert("format".into(), "kiln-embeddings-v1".into());
+    emb.meta.insert(
+        "embedding_dim".into(),
+        params.spec.embedding_dim.to_string(),
+    );
     emb.meta.insert("wide".into(), params.spec.wide.to_string());
-    emb.put_f32("table", &[params.spec.table_rows as usize, params.spec.row_width()], &params.table);
+    emb.put_f32(
+        "table",
+        &[params.spec.table_rows as usize, params.spec.row_width()],
+        &params.table,
+    );
     emb.write_atomic(&dir.join("embeddings.safetensors"))?;
     json_atomic(&dir.join("transform.json"), transform)?;
     if let Some(m) = metrics {
@@ -80,23 +94,31 @@ pub fn export(dir: &Path, file: &ModelFile, transform: &Transform, params: &Para
 
 /// Reads a model directory written by [`export`].
 pub fn load(dir: &Path) -> Result<Model> {
-    let read_json = |name: &str| -> Result<Vec<u8>> { std::fs::read(dir.join(name)).map_err(|e| Error::file(dir.join(name), e)) };
-    let file: ModelFile =
-        serde_json::from_slice(&read_json("model.json")?).map_err(|e| Error::file(dir.join("model.json"), e))?;
-    let transform: Transform =
-        serde_json::from_slice(&read_json("transform.json")?).map_err(|e| Error::file(dir.join("transform.json"), e))?;
+    let read_json = |name: &str| -> Result<Vec<u8>> {
+        std::fs::read(dir.join(name)).map_err(|e| Error::file(dir.join(name), e))
+    };
+    let file: ModelFile = serde_json::from_slice(&read_json("model.json")?)
+        .map_err(|e| Error::file(dir.join("model.json"), e))?;
+    let transform: Transform = serde_json::from_slice(&read_json("transform.json")?)
+        .map_err(|e| Error::file(dir.join("transform.json"), e))?;
     let spec = file.spec.clone();
     let emb = TensorFile::read(&dir.join("embeddings.safetensors"))?;
     let table = emb.f32s("table")?;
     if table.len() != spec.table_rows as usize * spec.row_width() {
         return Err(Error::file(
             dir.join("embeddings.safetensors"),
-            format!("table has {} floats, model.json implies {} x {}", table.len(), spec.table_rows, spec.row_width()),
+            format!(
+                "table has {} floats, model.json implies {} x {}",
+                table.len(),
+                spec.table_rows,
+                spec.row_width()
+            ),
         ));
     }
     let bpk = dir.join("deep.bpk");
     let bytes = std::fs::read(&bpk).map_err(|e| Error::file(&bpk, e))?;
-    let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| Error::file(&bpk, format!("{e:?}")))?;
+    let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| Error::file(&bpk, format!("{e:?}")))?;
     let net = DeepNet::zeros(&spec, &infer_device())
         .try_load_record(record)
         .map_err(|e| Error::file(&bpk, format!("{e:?}")))?;
@@ -106,7 +128,11 @@ pub fn load(dir: &Path) -> Result<Model> {
         table,
     };
     params.load_burn(&net)?;
-    Ok(Model { file, transform, params })
+    Ok(Model {
+        file,
+        transform,
+        params,
+    })
 }
 
 /// Scores every selected row of `source`, shard by shard in index order, one record batch

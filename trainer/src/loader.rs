@@ -110,7 +110,10 @@ impl Loader {
         state: Option<LoaderState>,
     ) -> Result<Loader> {
         if config.shards.is_empty() && config.end_batch > 0 {
-            return Err(Error::Data(format!("rank {} was assigned no shards: fewer shards than workers", config.rank)));
+            return Err(Error::Data(format!(
+                "rank {} was assigned no shards: fewer shards than workers",
+                config.rank
+            )));
         }
         let (tx, rx) = bounded(config.read_ahead);
         let handle = std::thread::Builder::new()
@@ -158,7 +161,11 @@ fn mix(seed: u64, a: u64, b: u64) -> u64 {
 /// This rank's shard order in `epoch`.
 pub fn epoch_order(seed: u64, rank: usize, epoch: u64, shards: &[usize]) -> Vec<usize> {
     let mut order = shards.to_vec();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed, rank as u64, epoch)));
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
+        seed,
+        rank as u64,
+        epoch,
+    )));
     order
 }
 
@@ -172,7 +179,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(source: Arc<dyn ShardSource>, transform: Arc<Transform>, cfg: LoaderConfig, state: Option<LoaderState>) -> Self {
+    fn new(
+        source: Arc<dyn ShardSource>,
+        transform: Arc<Transform>,
+        cfg: LoaderConfig,
+        state: Option<LoaderState>,
+    ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, cfg.rank as u64, u64::MAX));
         let nf = transform.categorical.len();
         let nd = transform.dense_width();
@@ -209,7 +221,12 @@ impl Worker {
         let mut chunk = Prepared::new(nf, nd);
         let mut rows_this_epoch_pass = 0u64;
         while self.pos.batches < self.cfg.end_batch {
-            let order = epoch_order(self.cfg.seed, self.cfg.rank, self.pos.epoch, &self.cfg.shards);
+            let order = epoch_order(
+                self.cfg.seed,
+                self.cfg.rank,
+                self.pos.epoch,
+                &self.cfg.shards,
+            );
             while self.pos.shard_pos < order.len() {
                 let shard = order[self.pos.shard_pos];
                 let skip = self.pos.rows_in_shard;
@@ -224,7 +241,9 @@ impl Worker {
                     let mut rows = self.transform.rows(&batch, RowFilter::Train)?;
                     rows.retain(|&r| start + r as u64 >= skip);
                     chunk.clear();
-                    self.transform.prepare(&batch, &rows, &mut chunk).map_err(|e| shard_err(shard, start, e))?;
+                    self.transform
+                        .prepare(&batch, &rows, &mut chunk)
+                        .map_err(|e| shard_err(shard, start, e))?;
                     rows_this_epoch_pass += chunk.len() as u64;
                     for k in 0..chunk.len() {
                         let consumed = start + chunk.source_rows[k] as u64 + 1;

@@ -65,7 +65,11 @@ impl ModelSpec {
         ModelSpec {
             kind: config.model,
             categorical: nf,
-            table_rows: if embedding_dim > 0 || wide { transform.table_rows() } else { 0 },
+            table_rows: if embedding_dim > 0 || wide {
+                transform.table_rows()
+            } else {
+                0
+            },
             embedding_dim,
             wide: wide && nf > 0,
             dense_inputs,
@@ -171,7 +175,10 @@ impl Params {
             })
             .collect();
         let bias = if self.spec.layers.is_empty() {
-            vec![Param::from_tensor(Tensor::from_data(TensorData::new(self.dense.clone(), [1]), device))]
+            vec![Param::from_tensor(Tensor::from_data(
+                TensorData::new(self.dense.clone(), [1]),
+                device,
+            ))]
         } else {
             Vec::new()
         };
@@ -182,13 +189,26 @@ impl Params {
     pub fn load_burn(&mut self, net: &DeepNet) -> Result<()> {
         let offs = self.spec.layer_offsets();
         if net.layers.len() != offs.len() {
-            return Err(Error::Burn(format!("module has {} layers, model.json says {}", net.layers.len(), offs.len())));
+            return Err(Error::Burn(format!(
+                "module has {} layers, model.json says {}",
+                net.layers.len(),
+                offs.len()
+            )));
         }
         for ((off, i, o), l) in offs.into_iter().zip(&net.layers) {
             let w = to_vec(l.weight.val())?;
-            let b = l.bias.as_ref().map(|b| to_vec(b.val())).transpose()?.unwrap_or_else(|| vec![0.0; o]);
+            let b = l
+                .bias
+                .as_ref()
+                .map(|b| to_vec(b.val()))
+                .transpose()?
+                .unwrap_or_else(|| vec![0.0; o]);
             if w.len() != i * o || b.len() != o {
-                return Err(Error::Burn(format!("layer [{i}, {o}] has {} weights and {} biases", w.len(), b.len())));
+                return Err(Error::Burn(format!(
+                    "layer [{i}, {o}] has {} weights and {} biases",
+                    w.len(),
+                    b.len()
+                )));
             }
             self.dense[off..off + i * o].copy_from_slice(&w);
             self.dense[off + i * o..off + i * o + o].copy_from_slice(&b);
@@ -222,7 +242,9 @@ impl DeepNet {
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data().try_to_vec::<f32>().map_err(|e| Error::Burn(format!("{e:?}")))
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Burn(format!("{e:?}")))
 }
 
 /// Sparse gradient: sorted unique table rows and their summed gradients.
@@ -254,8 +276,14 @@ impl SparseGrad {
         if b.len() != ids_end + n * width * 4 {
             return Err(bad());
         }
-        let ids = b[8..ids_end].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect();
-        let rows = b[ids_end..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect();
+        let ids = b[8..ids_end]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+            .collect();
+        let rows = b[ids_end..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect();
         Ok(Self { ids, rows })
     }
 
@@ -268,7 +296,10 @@ impl SparseGrad {
         for p in parts {
             for (k, id) in p.ids.iter().enumerate() {
                 let slot = ids.binary_search(id).expect("merged id");
-                for (d, s) in rows[slot * width..(slot + 1) * width].iter_mut().zip(&p.rows[k * width..(k + 1) * width]) {
+                for (d, s) in rows[slot * width..(slot + 1) * width]
+                    .iter_mut()
+                    .zip(&p.rows[k * width..(k + 1) * width])
+                {
                     *d += *s;
                 }
             }
@@ -306,7 +337,12 @@ pub fn sigmoid(z: f32) -> f32 {
 
 fn gather(params: &Params, rows: &Prepared) -> (Vec<f32>, Vec<f32>) {
     let spec = &params.spec;
-    let (nf, d, w, nd) = (spec.categorical, spec.embedding_dim, spec.row_width(), spec.dense_inputs);
+    let (nf, d, w, nd) = (
+        spec.categorical,
+        spec.embedding_dim,
+        spec.row_width(),
+        spec.dense_inputs,
+    );
     let din = spec.deep_inputs();
     let n = rows.len();
     let mut x = vec![0.0f32; n * din];
@@ -336,13 +372,25 @@ pub fn infer_device() -> Device {
     Device::flex()
 }
 
-fn mlp(spec: &ModelSpec, dense: &[f32], x: Tensor<2>, device: &Device, grad: bool) -> (Tensor<2>, Vec<(Tensor<2>, Tensor<2>)>) {
+fn mlp(
+    spec: &ModelSpec,
+    dense: &[f32],
+    x: Tensor<2>,
+    device: &Device,
+    grad: bool,
+) -> (Tensor<2>, Vec<(Tensor<2>, Tensor<2>)>) {
     let mut h = x;
     let mut ws = Vec::new();
     let offs = spec.layer_offsets();
     for (k, &(off, i, o)) in offs.iter().enumerate() {
-        let mut w = Tensor::<2>::from_data(TensorData::new(dense[off..off + i * o].to_vec(), [i, o]), device);
-        let mut b = Tensor::<2>::from_data(TensorData::new(dense[off + i * o..off + i * o + o].to_vec(), [1, o]), device);
+        let mut w = Tensor::<2>::from_data(
+            TensorData::new(dense[off..off + i * o].to_vec(), [i, o]),
+            device,
+        );
+        let mut b = Tensor::<2>::from_data(
+            TensorData::new(dense[off + i * o..off + i * o + o].to_vec(), [1, o]),
+            device,
+        );
         if grad {
             w = w.require_grad();
             b = b.require_grad();
@@ -410,13 +458,19 @@ pub fn forward_backward(params: &Params, rows: &Prepared, scale: f32) -> Result<
         let gt = Tensor::<2>::from_data(TensorData::new(g.clone(), [n, 1]), &device);
         let grads = (z * gt).sum().backward();
         for ((off, i, o), (wt, bt)) in spec.layer_offsets().into_iter().zip(&ws) {
-            let gw = wt.grad(&grads).ok_or_else(|| Error::Burn("missing weight gradient".into()))?;
-            let gb = bt.grad(&grads).ok_or_else(|| Error::Burn("missing bias gradient".into()))?;
+            let gw = wt
+                .grad(&grads)
+                .ok_or_else(|| Error::Burn("missing weight gradient".into()))?;
+            let gb = bt
+                .grad(&grads)
+                .ok_or_else(|| Error::Burn("missing bias gradient".into()))?;
             dense_grad[off..off + i * o].copy_from_slice(&to_vec(gw)?);
             dense_grad[off + i * o..off + i * o + o].copy_from_slice(&to_vec(gb)?);
         }
         if need_dx {
-            let gx = xt.grad(&grads).ok_or_else(|| Error::Burn("missing input gradient".into()))?;
+            let gx = xt
+                .grad(&grads)
+                .ok_or_else(|| Error::Burn("missing input gradient".into()))?;
             dx = Some(to_vec(gx)?);
         }
     }
@@ -432,7 +486,10 @@ pub fn forward_backward(params: &Params, rows: &Prepared, scale: f32) -> Result<
                 let slot = ids.binary_search(&id).expect("id present");
                 let dst = &mut srows[slot * w..(slot + 1) * w];
                 if let Some(dx) = &dx {
-                    for (a, b) in dst[..d].iter_mut().zip(&dx[i * din + f * d..i * din + (f + 1) * d]) {
+                    for (a, b) in dst[..d]
+                        .iter_mut()
+                        .zip(&dx[i * din + f * d..i * din + (f + 1) * d])
+                    {
                         *a += *b;
                     }
                 }

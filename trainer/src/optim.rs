@@ -27,21 +27,51 @@ impl Optimizer {
         Self {
             config: config.clone(),
             dense_m: vec![0.0; params.dense.len()],
-            dense_v: if adam { vec![0.0; params.dense.len()] } else { Vec::new() },
+            dense_v: if adam {
+                vec![0.0; params.dense.len()]
+            } else {
+                Vec::new()
+            },
             table_m: vec![0.0; params.table.len()],
-            table_v: if adam { vec![0.0; params.table.len()] } else { Vec::new() },
+            table_v: if adam {
+                vec![0.0; params.table.len()]
+            } else {
+                Vec::new()
+            },
         }
     }
 
     /// Applies one step (`t` is the 1-based step, `lr` the scheduled rate).
-    pub fn step(&mut self, params: &mut Params, dense: &[f32], sparse: &SparseGrad, lr: f64, t: u64) {
+    pub fn step(
+        &mut self,
+        params: &mut Params,
+        dense: &[f32],
+        sparse: &SparseGrad,
+        lr: f64,
+        t: u64,
+    ) {
         let width = params.spec.row_width();
         match self.config {
-            OptimizerConfig::Adam { beta1, beta2, epsilon, .. } => {
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                ..
+            } => {
                 let (b1, b2) = (beta1 as f32, beta2 as f32);
-                let lr_t = (lr * (1.0 - beta2.powi(t as i32)).sqrt() / (1.0 - beta1.powi(t as i32))) as f32;
+                let lr_t = (lr * (1.0 - beta2.powi(t as i32)).sqrt() / (1.0 - beta1.powi(t as i32)))
+                    as f32;
                 let eps = epsilon as f32;
-                adam(&mut params.dense, &mut self.dense_m, &mut self.dense_v, dense, b1, b2, lr_t, eps);
+                adam(
+                    &mut params.dense,
+                    &mut self.dense_m,
+                    &mut self.dense_v,
+                    dense,
+                    b1,
+                    b2,
+                    lr_t,
+                    eps,
+                );
                 for (k, &id) in sparse.ids.iter().enumerate() {
                     let r = id as usize * width..(id as usize + 1) * width;
                     adam(
@@ -61,7 +91,13 @@ impl Optimizer {
                 sgd(&mut params.dense, &mut self.dense_m, dense, lr, mu);
                 for (k, &id) in sparse.ids.iter().enumerate() {
                     let r = id as usize * width..(id as usize + 1) * width;
-                    sgd(&mut params.table[r.clone()], &mut self.table_m[r], &sparse.rows[k * width..(k + 1) * width], lr, mu);
+                    sgd(
+                        &mut params.table[r.clone()],
+                        &mut self.table_m[r],
+                        &sparse.rows[k * width..(k + 1) * width],
+                        lr,
+                        mu,
+                    );
                 }
             }
         }
@@ -69,7 +105,16 @@ impl Optimizer {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn adam(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], b1: f32, b2: f32, lr_t: f32, eps: f32) {
+fn adam(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    b1: f32,
+    b2: f32,
+    lr_t: f32,
+    eps: f32,
+) {
     for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
         *m = b1 * *m + (1.0 - b1) * g;
         *v = b2 * *v + (1.0 - b2) * g * g;

@@ -36,7 +36,9 @@ impl MemorySource {
         for (i, s) in shards.iter().enumerate() {
             for b in s {
                 if b.schema().fields() != schema.fields() {
-                    return Err(Error::Data(format!("memory shard {i}: batch schema differs from the dataset schema")));
+                    return Err(Error::Data(format!(
+                        "memory shard {i}: batch schema differs from the dataset schema"
+                    )));
                 }
             }
         }
@@ -52,7 +54,10 @@ impl ShardSource for MemorySource {
         self.schema.clone()
     }
     fn shard_rows(&self) -> Vec<u64> {
-        self.shards.iter().map(|s| s.iter().map(|b| b.num_rows() as u64).sum()).collect()
+        self.shards
+            .iter()
+            .map(|s| s.iter().map(|b| b.num_rows() as u64).sum())
+            .collect()
     }
     fn read_shard(&self, index: usize) -> Result<BatchIter> {
         let shard = self
@@ -81,7 +86,10 @@ impl DatasetSource {
     pub fn open(url: &str) -> Result<Self> {
         let dataset = kiln_connectors::dataset::Dataset::open_blocking(url, Default::default())
             .map_err(|e| Error::Data(format!("{url}: {e}")))?;
-        Ok(Self { dataset, batch_rows: 4096 })
+        Ok(Self {
+            dataset,
+            batch_rows: 4096,
+        })
     }
 }
 
@@ -99,7 +107,9 @@ impl ShardSource for DatasetSource {
             .dataset
             .read_shards(&[index], None, self.batch_rows)
             .map_err(|e| Error::Data(format!("{url}: shard {index}: {e}")))?;
-        Ok(Box::new(it.map(move |r| r.map_err(|e| Error::Data(format!("{url}: shard {index}: {e}"))))))
+        Ok(Box::new(it.map(move |r| {
+            r.map_err(|e| Error::Data(format!("{url}: shard {index}: {e}")))
+        })))
     }
     fn describe(&self) -> String {
         self.dataset.location().url.clone()

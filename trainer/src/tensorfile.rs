@@ -39,25 +39,39 @@ pub struct TensorFile {
 impl TensorFile {
     /// Adds an f32 tensor.
     pub fn put_f32(&mut self, name: &str, shape: &[usize], data: &[f32]) {
-        self.tensors.insert(name.into(), (Dtype::F32, shape.to_vec(), crate::comm::as_bytes(data).to_vec()));
+        self.tensors.insert(
+            name.into(),
+            (
+                Dtype::F32,
+                shape.to_vec(),
+                crate::comm::as_bytes(data).to_vec(),
+            ),
+        );
     }
 
     /// Adds a u32 tensor.
     pub fn put_u32(&mut self, name: &str, shape: &[usize], data: &[u32]) {
         let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.tensors.insert(name.into(), (Dtype::U32, shape.to_vec(), bytes));
+        self.tensors
+            .insert(name.into(), (Dtype::U32, shape.to_vec(), bytes));
     }
 
     /// An f32 tensor's data.
     pub fn f32s(&self, name: &str) -> Result<Vec<f32>> {
         let (_, bytes) = self.get(name, Dtype::F32)?;
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect())
     }
 
     /// A u32 tensor's data.
     pub fn u32s(&self, name: &str) -> Result<Vec<u32>> {
         let (_, bytes) = self.get(name, Dtype::U32)?;
-        Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+            .collect())
     }
 
     /// A tensor's shape.
@@ -71,7 +85,11 @@ impl TensorFile {
             .get(name)
             .ok_or_else(|| Error::Data(format!("tensor `{name}` missing from the file")))?;
         if *d != dtype {
-            return Err(Error::Data(format!("tensor `{name}` is {}, expected {}", d.name(), dtype.name())));
+            return Err(Error::Data(format!(
+                "tensor `{name}` is {}, expected {}",
+                d.name(),
+                dtype.name()
+            )));
         }
         Ok((s, b))
     }
@@ -84,7 +102,10 @@ impl TensorFile {
         }
         let mut off = 0usize;
         for (name, (d, s, b)) in &self.tensors {
-            header.insert(name.clone(), json!({"dtype": d.name(), "shape": s, "data_offsets": [off, off + b.len()]}));
+            header.insert(
+                name.clone(),
+                json!({"dtype": d.name(), "shape": s, "data_offsets": [off, off + b.len()]}),
+            );
             off += b.len();
         }
         let mut h = serde_json::to_vec(&Value::Object(header)).expect("json");
@@ -103,9 +124,18 @@ impl TensorFile {
     /// Parses a file's bytes; `what` names it in errors.
     pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Self> {
         let bad = |m: &str| Error::file(what, format!("not a tensor file: {m}"));
-        let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(|| bad("shorter than 8 bytes"))?.try_into().expect("8")) as usize;
-        let header = bytes.get(8..8 + n).ok_or_else(|| bad("header runs past the end"))?;
-        let header: serde_json::Map<String, Value> = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+        let n = u64::from_le_bytes(
+            bytes
+                .get(..8)
+                .ok_or_else(|| bad("shorter than 8 bytes"))?
+                .try_into()
+                .expect("8"),
+        ) as usize;
+        let header = bytes
+            .get(8..8 + n)
+            .ok_or_else(|| bad("header runs past the end"))?;
+        let header: serde_json::Map<String, Value> =
+            serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
         let data = &bytes[8 + n..];
         let mut f = TensorFile::default();
         for (name, v) in header {
@@ -116,13 +146,24 @@ impl TensorFile {
             let dtype = match v["dtype"].as_str() {
                 Some("F32") => Dtype::F32,
                 Some("U32") => Dtype::U32,
-                other => return Err(bad(&format!("tensor `{name}` has unsupported dtype {other:?}"))),
+                other => {
+                    return Err(bad(&format!(
+                        "tensor `{name}` has unsupported dtype {other:?}"
+                    )));
+                }
             };
-            let shape: Vec<usize> = serde_json::from_value(v["shape"].clone()).map_err(|e| bad(&e.to_string()))?;
-            let offs: [usize; 2] = serde_json::from_value(v["data_offsets"].clone()).map_err(|e| bad(&e.to_string()))?;
-            let b = data.get(offs[0]..offs[1]).ok_or_else(|| bad(&format!("tensor `{name}` runs past the end")))?;
+            let shape: Vec<usize> =
+                serde_json::from_value(v["shape"].clone()).map_err(|e| bad(&e.to_string()))?;
+            let offs: [usize; 2] = serde_json::from_value(v["data_offsets"].clone())
+                .map_err(|e| bad(&e.to_string()))?;
+            let b = data
+                .get(offs[0]..offs[1])
+                .ok_or_else(|| bad(&format!("tensor `{name}` runs past the end")))?;
             if b.len() != shape.iter().product::<usize>() * 4 {
-                return Err(bad(&format!("tensor `{name}` has {} bytes for shape {shape:?}", b.len())));
+                return Err(bad(&format!(
+                    "tensor `{name}` has {} bytes for shape {shape:?}",
+                    b.len()
+                )));
             }
             f.tensors.insert(name, (dtype, shape, b.to_vec()));
         }
@@ -152,7 +193,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id()
     ));
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| Error::file(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::file(&tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
 }

@@ -43,7 +43,11 @@ pub struct TrainOptions {
 
 impl TrainOptions {
     /// Options with defaults for everything but the essentials.
-    pub fn new(config: TrainConfig, source: Arc<dyn ShardSource>, model_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        config: TrainConfig,
+        source: Arc<dyn ShardSource>,
+        model_dir: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             config,
             source,
@@ -87,7 +91,12 @@ pub struct TrainReport {
     pub params: Option<Params>,
 }
 
-fn fit_transform(config: &TrainConfig, source: &Arc<dyn ShardSource>, shards: &[usize], comm: &mut Comm) -> Result<Transform> {
+fn fit_transform(
+    config: &TrainConfig,
+    source: &Arc<dyn ShardSource>,
+    shards: &[usize],
+    comm: &mut Comm,
+) -> Result<Transform> {
     let mut stats = Stats::new(config);
     for &s in shards {
         for b in source.read_shard(s)? {
@@ -98,7 +107,8 @@ fn fit_transform(config: &TrainConfig, source: &Arc<dyn ShardSource>, shards: &[
     let all = comm.allgather_bytes(&mine)?;
     let mut merged = Stats::new(config);
     for (r, b) in all.iter().enumerate() {
-        let s: Stats = serde_json::from_slice(b).map_err(|e| Error::Comm(format!("statistics from rank {r}: {e}")))?;
+        let s: Stats = serde_json::from_slice(b)
+            .map_err(|e| Error::Comm(format!("statistics from rank {r}: {e}")))?;
         merged.merge(&s);
     }
     Ok(merged.finish(config))
@@ -108,11 +118,18 @@ fn check_same(comm: &mut Comm, step: u64, params: &Params) -> Result<u64> {
     let c = params.checksum();
     let all = comm.allgather_bytes(&c.to_le_bytes())?;
     for (r, b) in all.iter().enumerate() {
-        let theirs = u64::from_le_bytes(b.as_slice().try_into().map_err(|_| Error::Comm("bad checksum message".into()))?);
+        let theirs = u64::from_le_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| Error::Comm("bad checksum message".into()))?,
+        );
         if theirs != c {
             return Err(Error::Divergence {
                 step,
-                message: format!("rank {r} has parameter checksum {theirs:016x}, rank {} has {c:016x}", comm.rank()),
+                message: format!(
+                    "rank {r} has parameter checksum {theirs:016x}, rank {} has {c:016x}",
+                    comm.rank()
+                ),
             });
         }
     }
@@ -125,7 +142,10 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     cfg.validate()?;
     let (rank, world) = (comm.rank(), comm.world());
     if cfg.batch_size % world != 0 {
-        return Err(Error::Config(format!("batch_size {} is not divisible by {world} workers", cfg.batch_size)));
+        return Err(Error::Config(format!(
+            "batch_size {} is not divisible by {world} workers",
+            cfg.batch_size
+        )));
     }
     let local_batch = cfg.batch_size / world;
     let shard_rows = opts.source.shard_rows();
@@ -134,7 +154,9 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
 
     // The latest checkpoint, read by rank 0 and sent to every rank.
     let ckpt_bytes = if opts.resume && rank == 0 {
-        checkpoint::latest_bytes(&opts.model_dir)?.map(|(_, b)| b).unwrap_or_default()
+        checkpoint::latest_bytes(&opts.model_dir)?
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -147,13 +169,20 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     let ckpt = if ckpt_bytes.is_empty() {
         None
     } else {
-        Some(Checkpoint::from_bytes(&ckpt_bytes, &checkpoint::dir(&opts.model_dir).display().to_string())?)
+        Some(Checkpoint::from_bytes(
+            &ckpt_bytes,
+            &checkpoint::dir(&opts.model_dir).display().to_string(),
+        )?)
     };
     drop(ckpt_bytes);
     if let Some(c) = &ckpt
         && c.loaders.len() != world
     {
-        return Err(Error::Config(format!("the checkpoint was written by {} workers; resume with --workers {}", c.loaders.len(), c.loaders.len())));
+        return Err(Error::Config(format!(
+            "the checkpoint was written by {} workers; resume with --workers {}",
+            c.loaders.len(),
+            c.loaders.len()
+        )));
     }
 
     let t_fit = Instant::now();
@@ -164,7 +193,10 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     };
     comm.set_timeout(opts.step_timeout)?;
     if transform.train_rows == 0 {
-        return Err(Error::Data(format!("no training rows in {}", opts.source.describe())));
+        return Err(Error::Data(format!(
+            "no training rows in {}",
+            opts.source.describe()
+        )));
     }
     let total_steps = match cfg.steps {
         Some(s) => s,
@@ -198,7 +230,11 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
             cfg.model,
             params.dense.len(),
             params.table.len(),
-            if start_step > 0 { format!(", resuming at step {start_step}") } else { String::new() },
+            if start_step > 0 {
+                format!(", resuming at step {start_step}")
+            } else {
+                String::new()
+            },
             t_fit.elapsed().as_secs_f64()
         );
     }
@@ -237,7 +273,10 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
         comm.allreduce_sum(&mut dense_buf)?;
         let sparse = if world > 1 {
             let parts = comm.allgather_bytes(&g.sparse.to_bytes())?;
-            let parts: Vec<SparseGrad> = parts.iter().map(|b| SparseGrad::from_bytes(b, width)).collect::<Result<_>>()?;
+            let parts: Vec<SparseGrad> = parts
+                .iter()
+                .map(|b| SparseGrad::from_bytes(b, width))
+                .collect::<Result<_>>()?;
             SparseGrad::merge(&parts, width)
         } else {
             g.sparse
@@ -253,7 +292,16 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
             check_same(comm, step, &params)?;
         }
         if let Some(state) = batch.state_after {
-            write_checkpoint(opts, comm, step, total_steps, &transform, &params, &opt, state)?;
+            write_checkpoint(
+                opts,
+                comm,
+                step,
+                total_steps,
+                &transform,
+                &params,
+                &opt,
+                state,
+            )?;
         }
         if cfg.log_every > 0 && (step % cfg.log_every == 0 || step == total_steps) {
             last_loss = window.0 / window.1.max(1) as f64;
@@ -276,7 +324,10 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     let checksum = check_same(comm, step, &params)?;
     let examples_per_sec = (step - start_step) as f64 * cfg.batch_size as f64 / elapsed.max(1e-9);
     if opts.progress && rank == 0 {
-        eprintln!("trained {} steps in {elapsed:.1}s: {examples_per_sec:.0} examples/s", step - start_step);
+        eprintln!(
+            "trained {} steps in {elapsed:.1}s: {examples_per_sec:.0} examples/s",
+            step - start_step
+        );
     }
     let mut report = TrainReport {
         metrics: None,
@@ -298,7 +349,8 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     }
     if rank == 0 {
         if cfg.eval != EvalSplit::None {
-            let (logits, labels, _) = export::score(&params, &transform, &opts.source, RowFilter::Eval)?;
+            let (logits, labels, _) =
+                export::score(&params, &transform, &opts.source, RowFilter::Eval)?;
             let m = metrics(&logits, &labels);
             if opts.progress {
                 eprintln!(
@@ -316,7 +368,13 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
             steps: step,
             workers: world,
         };
-        export::export(&opts.model_dir, &file, &transform, &params, report.metrics.as_ref())?;
+        export::export(
+            &opts.model_dir,
+            &file,
+            &transform,
+            &params,
+            report.metrics.as_ref(),
+        )?;
     }
     report.params = Some(params);
     Ok(report)
@@ -335,7 +393,10 @@ fn write_checkpoint(
 ) -> Result<()> {
     let states = comm.allgather_bytes(&loader_state_bytes(&mine))?;
     if comm.rank() == 0 {
-        let loaders = states.iter().map(|b| loader_state_from_bytes(b)).collect::<Result<Vec<_>>>()?;
+        let loaders = states
+            .iter()
+            .map(|b| loader_state_from_bytes(b))
+            .collect::<Result<Vec<_>>>()?;
         let c = Checkpoint {
             step,
             total_steps,

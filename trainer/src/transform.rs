@@ -117,8 +117,11 @@ impl Transform {
                     }
                 }
                 CategoricalMap::Vocabulary { values } => {
-                    let index: HashMap<&str, u64> =
-                        values.iter().enumerate().map(|(i, v)| (v.as_str(), i as u64 + 1)).collect();
+                    let index: HashMap<&str, u64> = values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (v.as_str(), i as u64 + 1))
+                        .collect();
                     let mut s = String::new();
                     for (i, &r) in rows.iter().enumerate() {
                         let local = if keys.text(r as usize, &mut s) {
@@ -137,7 +140,11 @@ impl Transform {
             let vals = col.as_primitive::<Float64Type>();
             for (i, &r) in rows.iter().enumerate() {
                 let r = r as usize;
-                let v = if vals.is_null(r) { f64::NAN } else { vals.value(r) };
+                let v = if vals.is_null(r) {
+                    f64::NAN
+                } else {
+                    vals.value(r)
+                };
                 let row = &mut out.dense[(base + i) * nd..(base + i + 1) * nd];
                 if v.is_nan() {
                     row[j] = 0.0;
@@ -180,7 +187,9 @@ fn select_rows(split: &EvalSplit, batch: &RecordBatch, which: RowFilter) -> Resu
     }
     let held = held_out(split, batch)?;
     let want = which == RowFilter::Eval;
-    Ok((0..n as u32).filter(|&i| held.as_ref().is_some_and(|h| h[i as usize]) == want).collect())
+    Ok((0..n as u32)
+        .filter(|&i| held.as_ref().is_some_and(|h| h[i as usize]) == want)
+        .collect())
 }
 
 /// Held-out flags of a batch (`None`: no split, nothing held out).
@@ -197,13 +206,21 @@ fn held_out(split: &EvalSplit, batch: &RecordBatch) -> Result<Option<Vec<bool>>>
             ))
         }
         EvalSplit::Time { column, cutoff } => {
-            let arr = batch
-                .column_by_name(column)
-                .ok_or_else(|| Error::column(column, format!("not in the dataset (columns: {})", names(batch))))?;
+            let arr = batch.column_by_name(column).ok_or_else(|| {
+                Error::column(
+                    column,
+                    format!("not in the dataset (columns: {})", names(batch)),
+                )
+            })?;
             let limit = cutoff_value(column, arr.data_type(), cutoff)?;
-            let ints = cast(arr, &DataType::Int64).map_err(|e| Error::column(column, e.to_string()))?;
+            let ints =
+                cast(arr, &DataType::Int64).map_err(|e| Error::column(column, e.to_string()))?;
             let ints = ints.as_primitive::<Int64Type>();
-            Ok(Some((0..batch.num_rows()).map(|r| ints.is_valid(r) && ints.value(r) >= limit).collect()))
+            Ok(Some(
+                (0..batch.num_rows())
+                    .map(|r| ints.is_valid(r) && ints.value(r) >= limit)
+                    .collect(),
+            ))
         }
     }
 }
@@ -215,9 +232,14 @@ fn cutoff_value(column: &str, dt: &DataType, cutoff: &str) -> Result<i64> {
             let micros = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(cutoff) {
                 t.timestamp_micros()
             } else if let Ok(d) = chrono::NaiveDate::parse_from_str(cutoff, "%Y-%m-%d") {
-                d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_micros()
+                d.and_hms_opt(0, 0, 0)
+                    .expect("midnight")
+                    .and_utc()
+                    .timestamp_micros()
             } else {
-                return Err(bad(format!("eval cutoff `{cutoff}` is not an RFC 3339 time or YYYY-MM-DD date")));
+                return Err(bad(format!(
+                    "eval cutoff `{cutoff}` is not an RFC 3339 time or YYYY-MM-DD date"
+                )));
             };
             Ok(match unit {
                 TimeUnit::Second => micros.div_euclid(1_000_000),
@@ -229,15 +251,25 @@ fn cutoff_value(column: &str, dt: &DataType, cutoff: &str) -> Result<i64> {
         DataType::Date32 => chrono::NaiveDate::parse_from_str(cutoff, "%Y-%m-%d")
             .map(|d| (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days())
             .map_err(|_| bad(format!("eval cutoff `{cutoff}` is not a YYYY-MM-DD date"))),
-        t if t.is_integer() => cutoff
-            .parse::<i64>()
-            .map_err(|_| bad(format!("eval cutoff `{cutoff}` is not an integer (column type {t})"))),
-        t => Err(bad(format!("time split needs a timestamp, date or integer column, found {t}"))),
+        t if t.is_integer() => cutoff.parse::<i64>().map_err(|_| {
+            bad(format!(
+                "eval cutoff `{cutoff}` is not an integer (column type {t})"
+            ))
+        }),
+        t => Err(bad(format!(
+            "time split needs a timestamp, date or integer column, found {t}"
+        ))),
     }
 }
 
 fn names(batch: &RecordBatch) -> String {
-    batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Keys of a categorical column: integers or strings.
@@ -248,17 +280,31 @@ enum Keys {
 
 impl Keys {
     fn of(batch: &RecordBatch, column: &str) -> Result<Keys> {
-        let arr = batch
-            .column_by_name(column)
-            .ok_or_else(|| Error::column(column, format!("not in the dataset (columns: {})", names(batch))))?;
+        let arr = batch.column_by_name(column).ok_or_else(|| {
+            Error::column(
+                column,
+                format!("not in the dataset (columns: {})", names(batch)),
+            )
+        })?;
         let dt = arr.data_type();
         let err = |e: arrow::error::ArrowError| Error::column(column, e.to_string());
-        if dt.is_integer() || matches!(dt, DataType::Boolean | DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)) {
+        if dt.is_integer()
+            || matches!(
+                dt,
+                DataType::Boolean | DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+            )
+        {
             Ok(Keys::Int(cast(arr, &DataType::Int64).map_err(err)?))
-        } else if matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..)) {
+        } else if matches!(
+            dt,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..)
+        ) {
             Ok(Keys::Str(cast(arr, &DataType::Utf8).map_err(err)?))
         } else {
-            Err(Error::column(column, format!("categorical column must be integer or string, found {dt}")))
+            Err(Error::column(
+                column,
+                format!("categorical column must be integer or string, found {dt}"),
+            ))
         }
     }
 
@@ -300,12 +346,18 @@ impl Keys {
 }
 
 fn numeric_column(batch: &RecordBatch, column: &str) -> Result<ArrayRef> {
-    let arr = batch
-        .column_by_name(column)
-        .ok_or_else(|| Error::column(column, format!("not in the dataset (columns: {})", names(batch))))?;
+    let arr = batch.column_by_name(column).ok_or_else(|| {
+        Error::column(
+            column,
+            format!("not in the dataset (columns: {})", names(batch)),
+        )
+    })?;
     let dt = arr.data_type();
     if !(dt.is_numeric() || matches!(dt, DataType::Boolean)) {
-        return Err(Error::column(column, format!("numeric column must be a number, found {dt}")));
+        return Err(Error::column(
+            column,
+            format!("numeric column must be a number, found {dt}"),
+        ));
     }
     cast(arr, &DataType::Float64).map_err(|e| Error::column(column, e.to_string()))
 }
@@ -317,11 +369,17 @@ fn label_values(batch: &RecordBatch, label: &str, rows: &[u32]) -> Result<Vec<f3
         .map(|&r| {
             let r = r as usize;
             if vals.is_null(r) {
-                return Err(Error::column(label, format!("label is null at row {r} of a batch")));
+                return Err(Error::column(
+                    label,
+                    format!("label is null at row {r} of a batch"),
+                ));
             }
             let v = vals.value(r);
             if !(0.0..=1.0).contains(&v) {
-                return Err(Error::column(label, format!("label must be 0 or 1, found {v} at row {r} of a batch")));
+                return Err(Error::column(
+                    label,
+                    format!("label must be 0 or 1, found {v} at row {r} of a batch"),
+                ));
             }
             Ok(v as f32)
         })
@@ -375,15 +433,18 @@ impl Prepared {
 
     /// Appends row `i` of `other`.
     pub fn push_row(&mut self, other: &Prepared, i: usize) {
-        self.ids.extend_from_slice(&other.ids[i * other.nf..(i + 1) * other.nf]);
-        self.dense.extend_from_slice(&other.dense[i * other.nd..(i + 1) * other.nd]);
+        self.ids
+            .extend_from_slice(&other.ids[i * other.nf..(i + 1) * other.nf]);
+        self.dense
+            .extend_from_slice(&other.dense[i * other.nd..(i + 1) * other.nd]);
         self.labels.push(other.labels[i]);
         self.source_rows.push(other.source_rows[i]);
     }
 
     /// Overwrites row `dst` with row `i` of `other`.
     pub fn set_row(&mut self, dst: usize, other: &Prepared, i: usize) {
-        self.ids[dst * self.nf..(dst + 1) * self.nf].copy_from_slice(&other.ids[i * other.nf..(i + 1) * other.nf]);
+        self.ids[dst * self.nf..(dst + 1) * self.nf]
+            .copy_from_slice(&other.ids[i * other.nf..(i + 1) * other.nf]);
         self.dense[dst * self.nd..(dst + 1) * self.nd]
             .copy_from_slice(&other.dense[i * other.nd..(i + 1) * other.nd]);
         self.labels[dst] = other.labels[i];
@@ -427,11 +488,18 @@ impl Stats {
             let s = &mut self.numeric[j];
             for &r in &train {
                 let r = r as usize;
-                let v = if vals.is_null(r) { f64::NAN } else { vals.value(r) };
+                let v = if vals.is_null(r) {
+                    f64::NAN
+                } else {
+                    vals.value(r)
+                };
                 if v.is_nan() {
                     s.3 += 1;
                 } else if !v.is_finite() {
-                    return Err(Error::column(name, format!("infinite value at row {r} of a batch")));
+                    return Err(Error::column(
+                        name,
+                        format!("infinite value at row {r} of a batch"),
+                    ));
                 } else {
                     s.0 += 1;
                     s.1 += v;
@@ -450,7 +518,10 @@ impl Stats {
                 }
             }
         }
-        self.label_sum += label_values(batch, &config.label, &train)?.iter().map(|&v| v as f64).sum::<f64>();
+        self.label_sum += label_values(batch, &config.label, &train)?
+            .iter()
+            .map(|&v| v as f64)
+            .sum::<f64>();
         Ok(())
     }
 
@@ -483,8 +554,10 @@ impl Stats {
                 let map = match (&c.hash_buckets, &c.vocabulary) {
                     (Some(b), _) => CategoricalMap::Hash { buckets: *b },
                     (None, Some(v)) => {
-                        let mut vals: Vec<(&String, &u64)> =
-                            self.vocab[f].iter().filter(|(_, n)| **n >= v.min_count).collect();
+                        let mut vals: Vec<(&String, &u64)> = self.vocab[f]
+                            .iter()
+                            .filter(|(_, n)| **n >= v.min_count)
+                            .collect();
                         vals.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
                         vals.truncate(v.max_size);
                         CategoricalMap::Vocabulary {
@@ -513,7 +586,11 @@ impl Stats {
             .zip(&self.numeric)
             .map(|(name, &(n, sum, sq, nulls))| {
                 let mean = if n > 0 { sum / n as f64 } else { 0.0 };
-                let var = if n > 0 { (sq / n as f64 - mean * mean).max(0.0) } else { 0.0 };
+                let var = if n > 0 {
+                    (sq / n as f64 - mean * mean).max(0.0)
+                } else {
+                    0.0
+                };
                 let std = var.sqrt();
                 NumericTransform {
                     column: name.clone(),
@@ -530,7 +607,11 @@ impl Stats {
             eval: config.eval.clone(),
             train_rows: self.train_rows,
             eval_rows: self.eval_rows,
-            train_label_mean: if self.train_rows > 0 { self.label_sum / self.train_rows as f64 } else { 0.0 },
+            train_label_mean: if self.train_rows > 0 {
+                self.label_sum / self.train_rows as f64
+            } else {
+                0.0
+            },
         }
     }
 }

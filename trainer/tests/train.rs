@@ -22,7 +22,9 @@ fn shard_assignment_is_balanced_and_deterministic() {
         for n in [1usize, 3, 7, 16, 33] {
             let rows: Vec<u64> = (0..n)
                 .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (seed >> 33) % 10_000
                 })
                 .collect();
@@ -33,7 +35,10 @@ fn shard_assignment_is_balanced_and_deterministic() {
             assert_eq!(all, (0..n).collect::<Vec<_>>());
             let loads: Vec<u64> = a.iter().map(|s| s.iter().map(|&i| rows[i]).sum()).collect();
             let max_shard = *rows.iter().max().unwrap();
-            assert!(loads.iter().max().unwrap() - loads.iter().min().unwrap() <= max_shard, "{loads:?} {rows:?}");
+            assert!(
+                loads.iter().max().unwrap() - loads.iter().min().unwrap() <= max_shard,
+                "{loads:?} {rows:?}"
+            );
         }
     }
 }
@@ -86,7 +91,11 @@ fn wide_deep_learns_and_predict_reproduces_evaluation() {
     cfg.epochs = Some(2);
     cfg.hidden = vec![64, 32];
     cfg.checkpoint_every = 50;
-    let report = train(&TrainOptions::new(cfg, src.clone(), dir.path()), &mut Comm::single()).unwrap();
+    let report = train(
+        &TrainOptions::new(cfg, src.clone(), dir.path()),
+        &mut Comm::single(),
+    )
+    .unwrap();
     let m = report.metrics.clone().unwrap();
     assert!(m.auc > 0.70, "held-out AUC {}", m.auc);
     assert!(m.rows > 5_000 && m.rows < 7_000, "{}", m.rows);
@@ -94,11 +103,20 @@ fn wide_deep_learns_and_predict_reproduces_evaluation() {
     // The exported model scores the held-out rows exactly as the evaluation did.
     let model = kiln_trainer::export::load(dir.path()).unwrap();
     assert_eq!(&model.params, report.params.as_ref().unwrap());
-    let (logits, labels, _) = kiln_trainer::export::score(&model.params, &model.transform, &src, RowFilter::Eval).unwrap();
+    let (logits, labels, _) =
+        kiln_trainer::export::score(&model.params, &model.transform, &src, RowFilter::Eval)
+            .unwrap();
     assert_eq!(logits, report.eval_logits);
     let again = kiln_trainer::eval::metrics(&logits, &labels);
     assert_eq!(again, m);
-    for f in ["model.json", "transform.json", "deep.bpk", "embeddings.safetensors", "metrics.json", "checkpoints/latest"] {
+    for f in [
+        "model.json",
+        "transform.json",
+        "deep.bpk",
+        "embeddings.safetensors",
+        "metrics.json",
+        "checkpoints/latest",
+    ] {
         assert!(dir.path().join(f).exists(), "{f}");
     }
 }
@@ -119,7 +137,11 @@ fn logistic_and_mlp_train() {
             beta2: 0.999,
             epsilon: 1e-7,
         };
-        let report = train(&TrainOptions::new(cfg, src.clone(), dir.path()), &mut Comm::single()).unwrap();
+        let report = train(
+            &TrainOptions::new(cfg, src.clone(), dir.path()),
+            &mut Comm::single(),
+        )
+        .unwrap();
         let m = report.metrics.unwrap();
         assert!(m.auc > 0.65, "{kind:?}: AUC {}", m.auc);
     }
@@ -134,14 +156,30 @@ fn one_and_two_workers_agree() {
     cfg.hidden = vec![32, 16];
     cfg.checksum_every = 10;
     let d1 = tempfile::tempdir().unwrap();
-    let one = train(&TrainOptions::new(cfg.clone(), src.clone(), d1.path()), &mut Comm::single()).unwrap();
+    let one = train(
+        &TrainOptions::new(cfg.clone(), src.clone(), d1.path()),
+        &mut Comm::single(),
+    )
+    .unwrap();
     let d2 = tempfile::tempdir().unwrap();
-    let two = with_local_ring(2, |c| train(&TrainOptions::new(cfg.clone(), src.clone(), d2.path()), c)).unwrap();
-    assert_eq!(two[0].params, two[1].params, "ranks must hold bit-identical parameters");
+    let two = with_local_ring(2, |c| {
+        train(&TrainOptions::new(cfg.clone(), src.clone(), d2.path()), c)
+    })
+    .unwrap();
+    assert_eq!(
+        two[0].params, two[1].params,
+        "ranks must hold bit-identical parameters"
+    );
     assert_eq!(two[0].param_checksum, two[1].param_checksum);
     assert_eq!(one.steps, two[0].steps);
-    let (l1, l2) = (one.metrics.unwrap().logloss, two[0].metrics.clone().unwrap().logloss);
-    assert!((l1 - l2).abs() / l1 < 0.01, "1 worker logloss {l1}, 2 workers {l2}");
+    let (l1, l2) = (
+        one.metrics.unwrap().logloss,
+        two[0].metrics.clone().unwrap().logloss,
+    );
+    assert!(
+        (l1 - l2).abs() / l1 < 0.01,
+        "1 worker logloss {l1}, 2 workers {l2}"
+    );
 }
 
 #[test]
@@ -154,7 +192,11 @@ fn resumed_run_ends_with_identical_weights() {
     cfg.checkpoint_every = 20;
     cfg.shuffle_buffer = 500;
     let full_dir = tempfile::tempdir().unwrap();
-    let full = train(&TrainOptions::new(cfg.clone(), src.clone(), full_dir.path()), &mut Comm::single()).unwrap();
+    let full = train(
+        &TrainOptions::new(cfg.clone(), src.clone(), full_dir.path()),
+        &mut Comm::single(),
+    )
+    .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let mut o = TrainOptions::new(cfg.clone(), src.clone(), dir.path());
@@ -165,12 +207,21 @@ fn resumed_run_ends_with_identical_weights() {
     o.resume = true;
     let resumed = train(&o, &mut Comm::single()).unwrap();
     assert_eq!(resumed.start_step, 40);
-    assert_eq!(resumed.params, full.params, "resumed weights differ from the uninterrupted run");
+    assert_eq!(
+        resumed.params, full.params,
+        "resumed weights differ from the uninterrupted run"
+    );
     assert_eq!(resumed.eval_logits, full.eval_logits);
 
     // The same with two workers.
     let d_full = tempfile::tempdir().unwrap();
-    let full2 = with_local_ring(2, |c| train(&TrainOptions::new(cfg.clone(), src.clone(), d_full.path()), c)).unwrap();
+    let full2 = with_local_ring(2, |c| {
+        train(
+            &TrainOptions::new(cfg.clone(), src.clone(), d_full.path()),
+            c,
+        )
+    })
+    .unwrap();
     let d = tempfile::tempdir().unwrap();
     with_local_ring(2, |c| {
         let mut o = TrainOptions::new(cfg.clone(), src.clone(), d.path());
@@ -196,7 +247,13 @@ fn auc_of_true_probability_is_the_ceiling() {
         .iter()
         .flatten()
         .flat_map(|b| {
-            let l = b.column_by_name("label").unwrap().as_any().downcast_ref::<arrow::array::Int32Array>().unwrap().clone();
+            let l = b
+                .column_by_name("label")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Int32Array>()
+                .unwrap()
+                .clone();
             l.values().iter().map(|&v| v as f32).collect::<Vec<_>>()
         })
         .collect();

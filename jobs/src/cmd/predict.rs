@@ -32,8 +32,13 @@ pub struct PredictArgs {
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let model = kiln_trainer::export::load(&args.model_dir)?;
     let source: Arc<dyn ShardSource> = Arc::new(DatasetSource::open(&args.input)?);
-    let filter = if args.eval_split { RowFilter::Eval } else { RowFilter::All };
-    let (logits, labels, rows) = kiln_trainer::export::score(&model.params, &model.transform, &source, filter)?;
+    let filter = if args.eval_split {
+        RowFilter::Eval
+    } else {
+        RowFilter::All
+    };
+    let (logits, labels, rows) =
+        kiln_trainer::export::score(&model.params, &model.transform, &source, filter)?;
     let metrics = kiln_trainer::eval::metrics(&logits, &labels);
     if let Some(out) = &args.output {
         if out.contains("://") && !out.starts_with("file://") {
@@ -43,10 +48,15 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         let mut text = String::with_capacity(logits.len() * 32);
         text.push_str("shard,row,label,logit,prediction\n");
         for ((z, y), (s, r)) in logits.iter().zip(&labels).zip(&rows) {
-            text.push_str(&format!("{s},{r},{y},{z:?},{:?}\n", kiln_trainer::model::sigmoid(*z)));
+            text.push_str(&format!(
+                "{s},{r},{y},{z:?},{:?}\n",
+                kiln_trainer::model::sigmoid(*z)
+            ));
         }
-        let mut f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!(
         "scored {} rows: auc {:.4} logloss {:.4} mean prediction {:.4} (label {:.4})",

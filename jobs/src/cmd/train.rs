@@ -51,17 +51,26 @@ pub struct TrainArgs {
 /// Loads the `[train]` table and the data location.
 fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
     let (table, data, name) = if let Some(cfg) = &args.config {
-        let text = std::fs::read_to_string(cfg).with_context(|| format!("reading {}", cfg.display()))?;
-        let doc: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
+        let text =
+            std::fs::read_to_string(cfg).with_context(|| format!("reading {}", cfg.display()))?;
+        let doc: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
         let t = match doc.get("train") {
             Some(toml::Value::Table(t)) => t.clone(),
             _ => bail!("{}: no [train] table", cfg.display()),
         };
-        let name = cfg.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        let name = cfg
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+            .to_string();
         (t, None, name)
     } else if let Some(spec_path) = &args.spec {
         let spec = kiln_engine::spec::JobSpec::load(spec_path)?;
-        let t = spec.train.clone().with_context(|| format!("{}: no [train] section", spec_path.display()))?;
+        let t = spec
+            .train
+            .clone()
+            .with_context(|| format!("{}: no [train] section", spec_path.display()))?;
         let data = match (&args.data, &args.date) {
             (Some(_), _) => None,
             (None, Some(date)) => {
@@ -73,12 +82,21 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
                     .iter()
                     .find(|o| o.statement == "examples")
                     .or_else(|| (job.outputs.len() == 1).then(|| &job.outputs[0]))
-                    .with_context(|| format!("{}: no `examples` output to train on; pass --data", spec_path.display()))?;
+                    .with_context(|| {
+                        format!(
+                            "{}: no `examples` output to train on; pass --data",
+                            spec_path.display()
+                        )
+                    })?;
                 Some(out.location.clone())
             }
             (None, None) => bail!("kiln train SPEC needs --date D (or --data DATASET)"),
         };
-        let name = spec_path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        let name = spec_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+            .to_string();
         (t, data, name)
     } else {
         bail!("kiln train needs a job spec (SPEC --date D) or --config FILE --data DATASET");
@@ -87,9 +105,16 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
     if let Some(s) = args.steps {
         config.steps = Some(s);
     }
-    let data = args.data.clone().or(data).context("no training data: pass --data DATASET")?;
+    let data = args
+        .data
+        .clone()
+        .or(data)
+        .context("no training data: pass --data DATASET")?;
     let model_dir = args.model_dir.clone().unwrap_or_else(|| {
-        format!("models/{name}/{}", args.date.clone().unwrap_or_else(|| "latest".into()))
+        format!(
+            "models/{name}/{}",
+            args.date.clone().unwrap_or_else(|| "latest".into())
+        )
     });
     Ok((config, data, model_dir))
 }
@@ -124,7 +149,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     opts.resume = args.resume;
     opts.progress = true;
     opts.step_timeout = Duration::from_secs(args.peer_timeout);
-    let report = kiln_trainer::train(&opts, &mut comm).with_context(|| format!("rank {}", env.rank))?;
+    let report =
+        kiln_trainer::train(&opts, &mut comm).with_context(|| format!("rank {}", env.rank))?;
     comm.shutdown();
     if args.json && env.rank == 0 {
         let mut v = serde_json::to_value(&report)?;
@@ -136,7 +162,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 
 /// `--workers N`: start N copies of this binary as ranks 0..N-1 on this machine and wait.
 fn launch(args: &TrainArgs) -> anyhow::Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let exe = std::env::current_exe()?;
     let mut child_args: Vec<String> = Vec::new();
     let mut it = std::env::args().skip(1).peekable();
@@ -188,7 +216,10 @@ fn launch(args: &TrainArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     if !failed.is_empty() {
-        let list: Vec<String> = failed.iter().map(|(r, s)| format!("rank {r}: {s}")).collect();
+        let list: Vec<String> = failed
+            .iter()
+            .map(|(r, s)| format!("rank {r}: {s}"))
+            .collect();
         bail!("training failed: {}", list.join("; "));
     }
     Ok(())

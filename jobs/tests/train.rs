@@ -1,0 +1,181 @@
+//! End-to-end tests of `kiln train` / `kiln predict` driving the binary on a committed dataset
+//! of synthetic clicks (written with kiln-connectors' DatasetWriter).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_connectors::dataset::{DatasetWriter, ShardOptions};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn write_dataset(dir: &Path, rows: usize) -> String {
+    let data = kiln_trainer::bench::synthetic_ctr(rows, 4, 11);
+    let url = format!("file://{}/examples/", dir.display());
+    let schema = data.source.clone();
+    let schema = kiln_trainer::ShardSource::schema(&schema);
+    let options = ShardOptions {
+        num_shards: 4,
+        key_column: Some("event_id".into()),
+        ..Default::default()
+    };
+    let mut w = DatasetWriter::create(&url, schema, options, None).unwrap();
+    for b in data.shards.iter().flatten() {
+        w.write_blocking(b).unwrap();
+    }
+    w.finish_blocking(serde_json::json!({"test": "train"}))
+        .unwrap();
+    url
+}
+
+fn write_config(dir: &Path, steps: u64, checkpoint_every: u64) -> std::path::PathBuf {
+    let p = dir.join("train.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[train]
+model = "wide_deep"
+numeric = ["price", "dwell_ms"]
+hidden = [64, 32]
+batch_size = 256
+steps = {steps}
+checkpoint_every = {checkpoint_every}
+checksum_every = 10
+log_every = 10
+eval = {{ by = "hash", key = "event_id", fraction = 0.2 }}
+
+[[train.categorical]]
+column = "user_id"
+hash_buckets = 100000
+
+[[train.categorical]]
+column = "item_id"
+hash_buckets = 100000
+
+[[train.categorical]]
+column = "device"
+vocabulary = {{ min_count = 1, max_size = 10 }}
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "kiln failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("a JSON line")).unwrap()
+}
+
+#[test]
+fn two_workers_train_and_predict_reproduces_the_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), 20_000);
+    let cfg = write_config(dir.path(), 120, 50);
+    let model = dir.path().join("model");
+    let out = Command::new(KILN)
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args(["--data", &data, "--workers", "2", "--json", "--model-dir"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let v = json_of(&out);
+    assert_eq!(v["workers"], 2);
+    assert_eq!(v["steps"], 120);
+    let auc = v["metrics"]["auc"].as_f64().unwrap();
+    assert!(auc > 0.65, "AUC {auc}");
+    assert!(v["examples_per_sec"].as_f64().unwrap() > 0.0);
+
+    let out = Command::new(KILN)
+        .arg("predict")
+        .arg(&model)
+        .args(["--input", &data, "--eval-split", "--json"])
+        .output()
+        .unwrap();
+    let p = json_of(&out);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(p["metrics"]["auc"], saved["auc"]);
+    assert_eq!(p["metrics"]["logloss"], saved["logloss"]);
+    assert_eq!(p["metrics"]["rows"], saved["rows"]);
+}
+
+#[test]
+fn a_killed_worker_fails_the_other_and_resume_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), 20_000);
+    let cfg = write_config(dir.path(), 1500, 20);
+    let model = dir.path().join("model");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spawn = |rank: usize| {
+        Command::new(KILN)
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .args(["--data", &data, "--model-dir"])
+            .arg(&model)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut r0 = spawn(0);
+    let mut r1 = spawn(1);
+    // Wait for a checkpoint, then kill rank 1.
+    let t = Instant::now();
+    while !model.join("checkpoints/latest").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no checkpoint written"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    r1.kill().unwrap();
+    r1.wait().unwrap();
+    let killed = Instant::now();
+    let status = r0.wait().unwrap();
+    let took = killed.elapsed();
+    let mut err = String::new();
+    for l in BufReader::new(r0.stderr.take().unwrap()).lines() {
+        err.push_str(&l.unwrap());
+        err.push('\n');
+    }
+    assert!(!status.success());
+    assert!(took < Duration::from_secs(10), "survivor took {took:?}");
+    assert!(err.contains("lost rank 1"), "{err}");
+
+    // `--resume` continues the same run from the latest checkpoint and finishes it.
+    let out = Command::new(KILN)
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args([
+            "--data",
+            &data,
+            "--workers",
+            "2",
+            "--resume",
+            "--json",
+            "--model-dir",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let v = json_of(&out);
+    assert_eq!(v["steps"], 1500);
+    assert!(v["start_step"].as_u64().unwrap() >= 20);
+}
