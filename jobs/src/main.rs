@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod generator;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -19,7 +20,7 @@ struct Cli {
 enum Command {
     /// Generate deterministic synthetic data (`kiln gen events ...`).
     #[command(subcommand)]
-    Gen(cmd::gen::GenCommand),
+    Gen(cmd::r#gen::GenCommand),
     /// Run a job spec's feature SQL for one date and commit sharded training data.
     Features(cmd::features::FeaturesArgs),
     /// Print records of a TFRecord/Parquet file, or a dataset's manifest and first records.
@@ -37,7 +38,7 @@ fn main() -> std::process::ExitCode {
     cmd::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Gen(c) => cmd::gen::run(c),
+        Command::Gen(c) => cmd::r#gen::run(c),
         Command::Features(a) => cmd::features::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Train(a) => cmd::train::run(a),

@@ -16,7 +16,7 @@ const US_PER_DAY: i64 = 86_400_000_000;
 const WINDOW_US: i64 = 30 * 60 * 1_000_000;
 
 /// Runs `kiln gen events ARGS --json` and returns its JSON report.
-fn gen(args: &[&str]) -> serde_json::Value {
+fn kiln_gen(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["gen", "events", "--json"])
         .args(args)
@@ -126,7 +126,8 @@ fn read_events(dir: &Path) -> Events {
             let price = price.as_any().downcast_ref::<Float64Array>().unwrap();
             ev.price.extend(price.iter());
             ev.city.extend(strs("city"));
-            ev.device.extend(strs("device").into_iter().map(Option::unwrap));
+            ev.device
+                .extend(strs("device").into_iter().map(Option::unwrap));
             let dwell = col("dwell_ms");
             ev.dwell_ms.extend(
                 dwell
@@ -193,11 +194,25 @@ fn auc(scored: &[(f64, bool)]) -> f64 {
 #[test]
 fn same_arguments_give_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
     let args = |out: &Path, seed: &str, threads: &str| {
-        gen(&[
-            "--rows", "120000", "--days", "3", "--seed", seed, "--files", "2", "--threads",
-            threads, "--out", out.to_str().unwrap(),
+        kiln_gen(&[
+            "--rows",
+            "120000",
+            "--days",
+            "3",
+            "--seed",
+            seed,
+            "--files",
+            "2",
+            "--threads",
+            threads,
+            "--out",
+            out.to_str().unwrap(),
         ])
     };
     args(&a, "7", "1");
@@ -220,7 +235,7 @@ fn schema_layout_counts_and_domains() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("events");
     let rows = 300_000u64;
-    let report = gen(&[
+    let report = kiln_gen(&[
         "--rows",
         &rows.to_string(),
         "--days",
@@ -282,7 +297,13 @@ fn schema_layout_counts_and_domains() {
             ("dwell_ms".into(), DataType::Int32, false),
         ]
     );
-    assert_eq!(batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().null_count(), 0);
+    assert_eq!(
+        batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .null_count(),
+        0
+    );
 
     let ev = read_events(&out);
     let n = ev.event_id.len();
@@ -312,10 +333,11 @@ fn schema_layout_counts_and_domains() {
     }
     let keys: HashSet<&str> = types.keys().copied().collect();
     assert_eq!(keys, HashSet::from(["view", "click", "cart", "purchase"]));
-    assert!(ev
-        .device
-        .iter()
-        .all(|d| ["mobile", "desktop", "tablet"].contains(&d.as_str())));
+    assert!(
+        ev.device
+            .iter()
+            .all(|d| ["mobile", "desktop", "tablet"].contains(&d.as_str()))
+    );
     assert!(ev.dwell_ms.iter().all(|&d| (100..=600_000).contains(&d)));
     assert!(ev.price.iter().flatten().all(|&p| p >= 0.5 && p < 1e6));
     assert!(ev.user_id.iter().all(|&u| (1..=60_000).contains(&u)));
@@ -327,7 +349,10 @@ fn schema_layout_counts_and_domains() {
     let null_city = frac(ev.city.iter().filter(|c| c.is_none()).count());
     let null_price = frac(ev.price.iter().filter(|p| p.is_none()).count());
     assert!((0.07..0.13).contains(&null_city), "null city {null_city}");
-    assert!((0.03..0.08).contains(&null_price), "null price {null_price}");
+    assert!(
+        (0.03..0.08).contains(&null_price),
+        "null price {null_price}"
+    );
     let ctr = types["click"] as f64 / types["view"] as f64;
     assert!((0.05..0.10).contains(&ctr), "CTR {ctr}");
     assert!((report["ctr"].as_f64().unwrap() - ctr).abs() < 1e-12);
@@ -375,11 +400,11 @@ fn clicks_follow_the_documented_model() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("events");
     let truth = tmp.path().join("truth.parquet");
-    let report = gen(&[
+    let report = kiln_gen(&[
         "--rows",
-        "800000",
+        "900000",
         "--days",
-        "8",
+        "9",
         "--seed",
         "42",
         "--out",
@@ -388,8 +413,9 @@ fn clicks_follow_the_documented_model() {
         truth.to_str().unwrap(),
     ]);
     let ev = read_events(&out);
-    let target = day_number("2026-11-21");
-    assert_eq!(report["ceiling"]["date"], "2026-11-21");
+    // The example job's run date: the day before --end-date, with 7 history days before it.
+    let target = day_number("2026-11-20");
+    assert_eq!(report["ceiling"]["date"], "2026-11-20");
 
     // The truth file: one p_click per view.
     let mut p_of: HashMap<i64, f64> = HashMap::new();
@@ -412,7 +438,10 @@ fn clicks_follow_the_documented_model() {
     let scored: Vec<(f64, bool)> = labelled.iter().map(|(id, l)| (p_of[id], *l)).collect();
     let a = auc(&scored);
     let reported = report["ceiling"]["auc"].as_f64().unwrap();
-    assert!((a - reported).abs() < 1e-9, "AUC {a} vs reported {reported}");
+    assert!(
+        (a - reported).abs() < 1e-9,
+        "AUC {a} vs reported {reported}"
+    );
     assert!((0.70..0.90).contains(&a), "ceiling AUC {a}");
 
     // Calibration: the label rate rises with p, and is close to p (minus late clicks).
@@ -422,7 +451,12 @@ fn clicks_follow_the_documented_model() {
     let rate = |s: &[(f64, bool)]| s.iter().filter(|x| x.1).count() as f64 / s.len() as f64;
     let mean_p = |s: &[(f64, bool)]| s.iter().map(|x| x.0).sum::<f64>() / s.len() as f64;
     let (low, high) = (&by_p[..tenth], &by_p[by_p.len() - tenth..]);
-    assert!(rate(high) > 4.0 * rate(low), "{} vs {}", rate(high), rate(low));
+    assert!(
+        rate(high) > 4.0 * rate(low),
+        "{} vs {}",
+        rate(high),
+        rate(low)
+    );
     assert!((rate(high) / mean_p(high) - 0.92).abs() < 0.1);
 
     // Context: CTR by device and hour as the model says (desktop > mobile > tablet, evening >
@@ -448,14 +482,17 @@ fn clicks_follow_the_documented_model() {
         }
     }
     let ctr = |k: &str| by[k].1 / by[k].0;
-    assert!(ctr("desktop") > ctr("mobile") && ctr("mobile") > ctr("tablet"), "{by:?}");
+    assert!(
+        ctr("desktop") > ctr("mobile") && ctr("mobile") > ctr("tablet"),
+        "{by:?}"
+    );
     assert!(ctr("evening") > ctr("morning"), "{by:?}");
 
     // Persistent user propensity: users with a high CTR on the 7 history days click more on
     // the target day than users with a low one.
     let mut hist: HashMap<i64, (u32, u32)> = HashMap::new();
     for k in 0..ev.ts.len() {
-        if ev.dt[k] < target {
+        if ev.dt[k] < target && ev.dt[k] >= target - 7 {
             let e = hist.entry(ev.user_id[k]).or_default();
             match ev.event_type[k].as_str() {
                 "view" => e.0 += 1,
@@ -497,7 +534,10 @@ fn clicks_follow_the_documented_model() {
         .zip(&ev.dt)
         .filter(|(t, d)| *t == "click" && **d == target)
         .count();
-    assert!(positives < clicks_of_target_views, "{positives} {clicks_of_target_views}");
+    assert!(
+        positives < clicks_of_target_views,
+        "{positives} {clicks_of_target_views}"
+    );
     assert!(on_target_views > 80_000);
 }
 
@@ -506,8 +546,16 @@ fn csv_and_jsonl_formats() {
     let tmp = tempfile::tempdir().unwrap();
     for (format, ext) in [("csv", "csv"), ("jsonl", "jsonl")] {
         let out = tmp.path().join(format);
-        let report = gen(&[
-            "--rows", "5000", "--days", "2", "--files", "2", "--format", format, "--out",
+        let report = kiln_gen(&[
+            "--rows",
+            "5000",
+            "--days",
+            "2",
+            "--files",
+            "2",
+            "--format",
+            format,
+            "--out",
             out.to_str().unwrap(),
         ]);
         assert_eq!(report["files"], 4);
@@ -524,7 +572,10 @@ fn csv_and_jsonl_formats() {
                     "event_id,user_id,item_id,ts,event_type,price,city,device,dwell_ms"
                 );
                 let first = it.clone().next().unwrap();
-                assert!(first.contains("T") && first.contains('Z') || first.contains("+00:00"), "{first}");
+                assert!(
+                    first.contains("T") && first.contains('Z') || first.contains("+00:00"),
+                    "{first}"
+                );
             } else {
                 let first: serde_json::Value =
                     serde_json::from_str(text.lines().next().unwrap()).unwrap();
@@ -542,14 +593,20 @@ fn rerun_replaces_a_days_files() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("ev");
     let o = out.to_str().unwrap();
-    gen(&["--rows", "3000", "--days", "1", "--files", "3", "--out", o]);
+    kiln_gen(&["--rows", "3000", "--days", "1", "--files", "3", "--out", o]);
     assert_eq!(files(&out).len(), 3);
     std::fs::write(out.join("dt=2026-11-21/notes.txt"), "kept").unwrap();
-    gen(&["--rows", "3000", "--days", "1", "--files", "1", "--out", o]);
-    let names: Vec<String> = files(&out).iter().map(|p| p.display().to_string()).collect();
+    kiln_gen(&["--rows", "3000", "--days", "1", "--files", "1", "--out", o]);
+    let names: Vec<String> = files(&out)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     assert_eq!(
         names,
-        ["dt=2026-11-21/notes.txt", "dt=2026-11-21/part-00000.parquet"]
+        [
+            "dt=2026-11-21/notes.txt",
+            "dt=2026-11-21/part-00000.parquet"
+        ]
     );
 }
 
@@ -573,6 +630,13 @@ fn bad_arguments_are_named() {
     // An output path below a regular file cannot be created: the error names it.
     let file = tmp.path().join("plain");
     std::fs::write(&file, "x").unwrap();
-    let err = run(&["--rows", "10", "--days", "1", "--out", file.to_str().unwrap()]);
+    let err = run(&[
+        "--rows",
+        "10",
+        "--days",
+        "1",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
     assert!(err.contains("plain"), "{err}");
 }

@@ -1,8 +1,253 @@
-//! `kiln gen` (being built).
+//! `kiln gen`: deterministic synthetic data (`kiln gen events ...`, see `docs/generator.md`).
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use futures::TryStreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::generator::{self, Format, GenConfig, GenError, LocalSink, Sink};
+
+/// Subcommands of `kiln gen`.
 #[derive(clap::Subcommand)]
-pub enum GenCommand {}
+pub enum GenCommand {
+    /// Generate a synthetic e-commerce click log, one Hive-style partition per day
+    /// (OUT/dt=YYYY-MM-DD/part-00000.parquet). Same arguments, same bytes.
+    Events(EventsArgs),
+}
 
+/// Output format of `kiln gen events`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum FormatArg {
+    /// Apache Parquet (snappy).
+    Parquet,
+    /// CSV with a header.
+    Csv,
+    /// JSON lines.
+    Jsonl,
+}
+
+/// Arguments of `kiln gen events`.
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    /// Total number of events (exact), split evenly over the days.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub rows: u64,
+    /// Number of days, ending at --end-date inclusive (the example job needs 8: D-7..D).
+    #[arg(long, default_value_t = 8)]
+    pub days: u32,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output location: a local directory, file:///abs/dir or s3://bucket/prefix.
+    #[arg(long)]
+    pub out: String,
+    /// File format.
+    #[arg(long, value_enum, default_value = "parquet")]
+    pub format: FormatArg,
+    /// Files per day partition.
+    #[arg(long, default_value_t = 1)]
+    pub files: u32,
+    /// Last day of the range (UTC), YYYY-MM-DD.
+    #[arg(long, default_value = generator::DEFAULT_END_DATE)]
+    pub end_date: NaiveDate,
+    /// Distinct users (default: rows / 5).
+    #[arg(long)]
+    pub users: Option<u64>,
+    /// Distinct items (default: rows / 10).
+    #[arg(long)]
+    pub items: Option<u64>,
+    /// Worker threads (default: available cores). The output does not depend on it.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Print one JSON object instead of a human summary.
+    #[arg(long)]
+    pub json: bool,
+    /// The day whose views the reported ceiling AUC is computed on (default: the day before
+    /// --end-date, the example job's run date; --end-date itself when --days is 1).
+    #[arg(long)]
+    pub ceiling_date: Option<NaiveDate>,
+    /// Also write (event_id, p_click) of every view, as parquet, to this local path.
+    #[arg(long, hide = true)]
+    pub truth: Option<PathBuf>,
+}
+
+/// Runs `kiln gen ...`.
 pub fn run(c: GenCommand) -> anyhow::Result<()> {
-    match c {}
+    match c {
+        GenCommand::Events(a) => events(a),
+    }
+}
+
+fn events(a: EventsArgs) -> anyhow::Result<()> {
+    let mut cfg = GenConfig::new(a.rows, a.days, a.seed);
+    cfg.end_date = a.end_date;
+    cfg.files_per_day = a.files;
+    cfg.format = match a.format {
+        FormatArg::Parquet => Format::Parquet,
+        FormatArg::Csv => Format::Csv,
+        FormatArg::Jsonl => Format::Jsonl,
+    };
+    if let Some(u) = a.users {
+        cfg.users = u;
+    }
+    if let Some(i) = a.items {
+        cfg.items = i;
+    }
+    cfg.threads = a.threads;
+    cfg.keep_truth = a.truth.is_some();
+    cfg.ceiling_date = a.ceiling_date;
+
+    let sink = open_sink(&a.out)?;
+    let report = generator::generate(&cfg, sink.as_ref())
+        .with_context(|| format!("kiln gen events --out {}", a.out))?;
+    let truth_bytes = match (&a.truth, &report.truth) {
+        (Some(path), Some(truth)) => Some(generator::write_truth(path, truth)?),
+        _ => None,
+    };
+
+    if a.json {
+        let obj = serde_json::json!({
+            "rows": report.rows,
+            "files": report.files,
+            "bytes": report.bytes,
+            "days": report.days,
+            "seconds": report.seconds,
+            "out": a.out,
+            "format": cfg.format.extension(),
+            "seed": cfg.seed,
+            "start_date": cfg.start_date().map(|d| d.to_string()),
+            "end_date": cfg.end_date.to_string(),
+            "users": cfg.users,
+            "items": cfg.items,
+            "ctr": report.ctr(),
+            "ceiling": report.ceiling,
+            "truth": a.truth.as_ref().map(|p| p.display().to_string()),
+            "truth_bytes": truth_bytes,
+            "per_day": report.per_day,
+        });
+        println!("{obj}");
+    } else {
+        let c = &report.ceiling;
+        println!(
+            "kiln gen events: {} rows in {} days ({} files, {:.1} MB) to {} in {:.2} s; \
+             CTR {:.2}%; ceiling AUC {:.4} on {} ({} views, {:.2}% labelled 1)",
+            report.rows,
+            report.days,
+            report.files,
+            report.bytes as f64 / 1e6,
+            a.out,
+            report.seconds,
+            100.0 * report.ctr(),
+            c.auc,
+            c.date,
+            c.views,
+            100.0 * c.positives as f64 / c.views.max(1) as f64,
+        );
+    }
+    Ok(())
+}
+
+/// The sink for `--out`: local paths and `file://` URLs on the filesystem, any other URL
+/// (`s3://bucket/prefix`, configured from the usual `AWS_*` variables) through object_store.
+// TODO(connectors): switch to `kiln_connectors::store::resolve_url` once it lands, so every
+// command resolves URLs (and S3 credentials/endpoints) the same way.
+fn open_sink(out: &str) -> anyhow::Result<Box<dyn Sink>> {
+    if !out.contains("://") {
+        return Ok(Box::new(LocalSink::new(out)));
+    }
+    let url = url::Url::parse(out).with_context(|| format!("--out {out}: not a valid URL"))?;
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|()| anyhow::anyhow!("--out {out}: not an absolute file:// path"))?;
+        return Ok(Box::new(LocalSink::new(path)));
+    }
+    let (store, prefix): (Arc<dyn ObjectStore>, StorePath) = if url.scheme() == "s3" {
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_url(out)
+            .build()
+            .with_context(|| format!("--out {out}: cannot configure S3"))?;
+        (Arc::new(store), StorePath::from_url_path(url.path())?)
+    } else {
+        let (store, prefix) = object_store::parse_url(&url)
+            .with_context(|| format!("--out {out}: unsupported URL"))?;
+        (Arc::from(store), prefix)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    Ok(Box::new(StoreSink {
+        store,
+        prefix,
+        base: out.trim_end_matches('/').to_string(),
+        rt,
+    }))
+}
+
+/// A [`Sink`] on an object store (S3 and friends); puts are atomic by nature.
+struct StoreSink {
+    store: Arc<dyn ObjectStore>,
+    prefix: StorePath,
+    base: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl StoreSink {
+    fn path(&self, rel: &str) -> StorePath {
+        rel.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.join(part))
+    }
+
+    fn err(&self, op: &'static str, rel: &str, e: object_store::Error) -> GenError {
+        GenError::Io {
+            op,
+            location: self.describe(rel),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Sink for StoreSink {
+    fn put(&self, rel: &str, data: Vec<u8>) -> Result<(), GenError> {
+        let path = self.path(rel);
+        self.rt
+            .block_on(self.store.put(&path, PutPayload::from(data)))
+            .map(|_| ())
+            .map_err(|e| self.err("write", rel, e))
+    }
+
+    fn list(&self, rel_dir: &str) -> Result<Vec<String>, GenError> {
+        let dir = self.path(rel_dir);
+        let listing = self
+            .rt
+            .block_on(async { self.store.list(Some(&dir)).try_collect::<Vec<_>>().await })
+            .map_err(|e| self.err("list", rel_dir, e))?;
+        let mut names: Vec<String> = listing
+            .into_iter()
+            .filter_map(|m| {
+                let rest = m.location.prefix_match(&dir)?.collect::<Vec<_>>();
+                (rest.len() == 1).then(|| rest[0].as_ref().to_string())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete(&self, rel: &str) -> Result<(), GenError> {
+        let path = self.path(rel);
+        self.rt
+            .block_on(self.store.delete(&path))
+            .map_err(|e| self.err("delete", rel, e))
+    }
+
+    fn describe(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.base)
+    }
 }

@@ -2,7 +2,7 @@
 
 pub mod bench;
 pub mod features;
-pub mod gen;
+pub mod r#gen;
 pub mod inspect;
 pub mod predict;
 pub mod train;
