@@ -1,1 +1,62 @@
-//! placeholder
+//! # kiln-connectors — bytes <-> Arrow for Kiln's training data
+//!
+//! No DataFusion here: the feature engine and the trainer both build on these pieces.
+//!
+//! * [`tfrecord`]: TFRecord framing exactly as TensorFlow writes it (u64 length, masked
+//!   CRC32C of the length, payload, masked CRC32C of the payload), uncompressed, GZIP and
+//!   ZLIB, streaming in constant memory; errors name the file, record index and byte offset.
+//! * [`example`]: `tf.train.Example` / `SequenceExample` messages (prost, hand-written).
+//! * [`codec`]: Arrow <-> Example without intermediate per-row maps.
+//! * [`shard`]: Kiln's row -> shard hash.
+//! * [`dataset`] + [`manifest`]: sharded TFRecord/Parquet writers, the commit protocol
+//!   (`_manifest.json` written last, then `_SUCCESS`) and the manifest-only reader.
+//! * [`store`]: object stores by URL (`file://`, paths, `s3://`).
+//! * [`inspect`]: what `kiln inspect` prints.
+//!
+//! ## Arrow <-> tf.train.Example mapping
+//!
+//! | Arrow type | Feature kind | Encoding | Decoding back |
+//! |---|---|---|---|
+//! | Boolean | `int64_list` | 0 / 1 | Boolean |
+//! | Int8..Int64, UInt8..UInt64 | `int64_list` | the value (UInt64 above i64::MAX is an error naming column and row) | the schema's integer type, range-checked |
+//! | Date32 / Date64 | `int64_list` | days / milliseconds since the epoch | Date32 / Date64 |
+//! | Time32/64, Timestamp(unit, tz), Duration(unit) | `int64_list` | the integer in the column's own unit | the schema's type (unit and time zone come from the schema) |
+//! | Float16 / Float32 / Float64 | `float_list` | as f32: Float64 keeps ~7 significant digits (f64 -> f32 rounding) | Float32, or the schema's float type (widened) |
+//! | Decimal128 / Decimal256 | `float_list` | value / 10^scale as f32 (~7 significant digits) | the schema's decimal type (rounded to its scale) |
+//! | Utf8 / LargeUtf8 / Utf8View, Binary / LargeBinary / BinaryView / FixedSizeBinary | `bytes_list` | raw bytes | the schema's type (UTF-8 validated) |
+//! | Dictionary(_, V) | as V | the dictionary value | V |
+//! | List / LargeList / FixedSizeList of the above | multi-valued feature of the item's kind | all items in order; empty list = empty feature | the list type |
+//! | null (any type) | feature absent (default), or a configured per-column default value | | null when absent (nullable field); a missing non-nullable feature is an error naming record and feature |
+//! | Struct | error naming the column: flatten it first (`SELECT s.a AS "s.a"`) | | |
+//! | Map, Union, others | error naming the column | | |
+//!
+//! Decoding takes a schema (given, or [`codec::infer_schema`] from the first N records:
+//! `int64_list` -> Int64, `float_list` -> Float32, `bytes_list` -> Utf8 when every value is
+//! valid UTF-8, else Binary; a feature seen with other than one value -> List) and reports
+//! records that do not fit (wrong kind, missing required feature, several values where a
+//! scalar is expected, out-of-range values) with the record index and feature name.
+
+pub mod codec;
+pub mod dataset;
+pub mod error;
+pub mod example;
+pub mod inspect;
+pub mod manifest;
+pub mod sample;
+pub mod shard;
+pub mod store;
+pub mod tfrecord;
+pub mod wire;
+
+pub use codec::{EncodeOptions, ExampleDecoder, ExampleEncoder, infer_schema};
+pub use dataset::{
+    Dataset, DatasetWriter, OpenOptions, ShardOptions, ShardWriter, commit_dataset,
+    write_empty_shard,
+};
+pub use error::{Error, Result};
+pub use manifest::{Manifest, ParquetCompression, ShardFile, ShardFormat};
+pub use store::Location;
+pub use tfrecord::{Compression, TfRecordReader, TfRecordWriter};
+
+/// Writer identification recorded in manifests and Parquet footers.
+pub const CREATED_BY: &str = concat!("kiln-connectors ", env!("CARGO_PKG_VERSION"));

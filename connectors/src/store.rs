@@ -1,0 +1,244 @@
+//! Object stores by URL: bare paths, `file://`, `s3://` and `memory://`.
+//!
+//! * A bare path (absolute or relative to the current directory, `..` resolved lexically) and
+//!   `file:///abs/path` use the local filesystem. Parent directories are created on write.
+//! * `s3://bucket/prefix` uses `AmazonS3Builder::from_env()`: the standard `AWS_*` variables
+//!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` /
+//!   `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT` for S3-compatible servers,
+//!   `AWS_ALLOW_HTTP=true` for plain-HTTP endpoints, `AWS_VIRTUAL_HOSTED_STYLE_REQUEST`, ...).
+//!   If an endpoint is set and path style was not chosen, path-style requests are used.
+//! * `memory://name/prefix`: a process-wide in-memory store per `name` (tests).
+//!
+//! Stores are cached per (scheme, bucket) for the life of the process; environment changes
+//! after the first use of a bucket are not seen.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Component, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+
+use crate::error::{Error, Result};
+
+/// A resolved location: a store, a path inside it, and the URL for messages.
+#[derive(Clone, Debug)]
+pub struct Location {
+    /// The object store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The prefix / object path inside the store.
+    pub path: Path,
+    /// Human-readable URL (used in errors and manifests).
+    pub url: String,
+}
+
+impl Location {
+    /// A location from parts.
+    pub fn new(store: Arc<dyn ObjectStore>, path: Path, url: impl Into<String>) -> Self {
+        Location {
+            store,
+            path,
+            url: url.into(),
+        }
+    }
+
+    /// `self/rel` (rel may contain `/`).
+    pub fn child(&self, rel: &str) -> Location {
+        let mut p = self.path.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        Location {
+            store: self.store.clone(),
+            path: p,
+            url: format!("{}/{}", self.url.trim_end_matches('/'), rel),
+        }
+    }
+}
+
+fn cache() -> &'static Mutex<HashMap<String, Arc<dyn ObjectStore>>> {
+    static C: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+fn cached(
+    key: String,
+    make: impl FnOnce() -> Result<Arc<dyn ObjectStore>>,
+) -> Result<Arc<dyn ObjectStore>> {
+    let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = c.get(&key) {
+        return Ok(s.clone());
+    }
+    let s = make()?;
+    c.insert(key, s.clone());
+    Ok(s)
+}
+
+fn normalize(p: PathBuf) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn local(url: &str, p: PathBuf) -> Result<Location> {
+    let abs = if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("current directory", e))?
+            .join(p)
+    };
+    let abs = normalize(abs);
+    let path = Path::from_absolute_path(&abs).map_err(|e| Error::InvalidUrl {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
+    let store = cached("file://".into(), || Ok(Arc::new(LocalFileSystem::new())))?;
+    Ok(Location {
+        store,
+        path,
+        url: format!("file://{}", abs.display()),
+    })
+}
+
+/// Resolve a URL or path to a [`Location`].
+pub fn resolve(url_or_path: &str) -> Result<Location> {
+    let s = url_or_path.trim();
+    if s.is_empty() {
+        return Err(Error::InvalidUrl {
+            url: s.into(),
+            message: "empty location".into(),
+        });
+    }
+    if !s.contains("://") {
+        return local(s, PathBuf::from(s));
+    }
+    let url = url::Url::parse(s).map_err(|e| Error::InvalidUrl {
+        url: s.into(),
+        message: e.to_string(),
+    })?;
+    let bad = |m: String| Error::InvalidUrl {
+        url: s.into(),
+        message: m,
+    };
+    match url.scheme() {
+        "file" => {
+            let p = url
+                .to_file_path()
+                .map_err(|_| bad("not an absolute local file URL".into()))?;
+            local(s, p)
+        }
+        "s3" | "s3a" => {
+            let bucket = url
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| bad("missing bucket name (s3://bucket/prefix)".into()))?
+                .to_string();
+            let store = cached(format!("s3://{bucket}"), || {
+                let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);
+                let has_endpoint = std::env::var_os("AWS_ENDPOINT_URL").is_some()
+                    || std::env::var_os("AWS_ENDPOINT").is_some()
+                    || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+                if has_endpoint && std::env::var_os("AWS_VIRTUAL_HOSTED_STYLE_REQUEST").is_none() {
+                    b = b.with_virtual_hosted_style_request(false);
+                }
+                Ok(Arc::new(
+                    b.build()
+                        .map_err(|e| Error::store(format!("configuring S3 for {s}"), e))?,
+                ) as Arc<dyn ObjectStore>)
+            })?;
+            let path = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+            Ok(Location {
+                store,
+                path,
+                url: s.trim_end_matches('/').to_string(),
+            })
+        }
+        "memory" => {
+            let name = url.host_str().unwrap_or("").to_string();
+            let store = cached(format!("memory://{name}"), || Ok(Arc::new(InMemory::new())))?;
+            let path = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+            Ok(Location {
+                store,
+                path,
+                url: s.trim_end_matches('/').to_string(),
+            })
+        }
+        other => Err(bad(format!(
+            "unsupported scheme '{other}' (supported: file://, s3://, memory://, or a plain path)"
+        ))),
+    }
+}
+
+/// Resolve a URL or path to (store, path).
+pub fn resolve_url(url_or_path: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    let l = resolve(url_or_path)?;
+    Ok((l.store, l.path))
+}
+
+/// The crate's shared I/O runtime used by the blocking wrappers (2 worker threads).
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kiln-io")
+            .enable_all()
+            .build()
+            .expect("building the kiln-connectors I/O runtime")
+    })
+}
+
+/// Run a future to completion from synchronous code. Works from plain threads and (by using a
+/// helper thread) from inside a tokio runtime.
+pub fn block_on<F>(f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            s.spawn(|| runtime().block_on(f))
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    } else {
+        runtime().block_on(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_paths() {
+        let l = resolve("/tmp/a/../b/c").unwrap();
+        assert_eq!(l.path.as_ref(), "tmp/b/c");
+        assert_eq!(l.url, "file:///tmp/b/c");
+        let l = resolve("file:///tmp/x%20y").unwrap();
+        assert_eq!(l.path.as_ref(), "tmp/x y");
+        assert!(
+            resolve("ftp://x/y")
+                .unwrap_err()
+                .to_string()
+                .contains("ftp://x/y")
+        );
+        assert!(resolve("s3:///nobucket").is_err());
+        let m = resolve("memory://t1/a/b").unwrap();
+        assert_eq!(m.path.as_ref(), "a/b");
+        assert_eq!(m.child("c/d").path.as_ref(), "a/b/c/d");
+    }
+}
