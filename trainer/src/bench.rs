@@ -29,6 +29,16 @@ pub struct Synthetic {
     pub shards: Vec<Vec<RecordBatch>>,
 }
 
+type SyntheticColumns = (
+    Vec<i64>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<&'static str>,
+    Vec<Option<f64>>,
+    Vec<i32>,
+    Vec<i32>,
+);
+
 /// `rows` rows over `shards` shards: `event_id, user_id, item_id, device, price (nullable),
 /// dwell_ms, label`. The click logit is a user effect + an item effect + a device effect +
 /// a price slope, so a wide & deep model can learn it; generated deterministically from `seed`.
@@ -56,15 +66,7 @@ pub fn synthetic_ctr(rows: usize, shards: usize, seed: u64) -> Synthetic {
     for (s, shard) in out.iter_mut().enumerate() {
         // Uneven shards: the last ones are smaller.
         let n = per.min(rows.saturating_sub(s * per)).max(1);
-        let mut cols: (
-            Vec<i64>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<&str>,
-            Vec<Option<f64>>,
-            Vec<i32>,
-            Vec<i32>,
-        ) = Default::default();
+        let mut cols: SyntheticColumns = Default::default();
         for _ in 0..n {
             let u = (rng.random_range(0.0f64..1.0).powi(2) * users as f64) as i64;
             let i = rng.random_range(0..items);

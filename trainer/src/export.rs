@@ -137,13 +137,16 @@ pub fn load(dir: &Path) -> Result<Model> {
 
 /// Scores every selected row of `source`, shard by shard in index order, one record batch
 /// at a time. Evaluation and `kiln predict` both go through here, so they agree bit for bit.
+/// Logits, labels and `(shard, row in shard)` of each scored row.
+pub type Scores = (Vec<f32>, Vec<f32>, Vec<(u32, u64)>);
+
 /// Returns (logits, labels, (shard, row in shard) of each scored row).
 pub fn score(
     params: &Params,
     transform: &Transform,
     source: &Arc<dyn ShardSource>,
     filter: RowFilter,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<(u32, u64)>)> {
+) -> Result<Scores> {
     let (mut logits, mut labels, mut where_) = (Vec::new(), Vec::new(), Vec::new());
     let mut rows = Prepared::new(transform.categorical.len(), transform.dense_width());
     for shard in 0..source.shard_rows().len() {

@@ -286,7 +286,8 @@ impl Worker {
     fn emit_batch(&mut self, out: &mut Prepared, emit: &dyn Fn(Batch) -> bool) -> bool {
         let index = self.pos.batches;
         self.pos.batches += 1;
-        let snap = (self.cfg.snapshot_every > 0 && self.pos.batches % self.cfg.snapshot_every == 0)
+        let snap = (self.cfg.snapshot_every > 0
+            && self.pos.batches.is_multiple_of(self.cfg.snapshot_every))
             || self.pos.batches == self.cfg.end_batch;
         let state_after = snap.then(|| {
             let mut position = self.pos.clone();

@@ -141,7 +141,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     let cfg = &opts.config;
     cfg.validate()?;
     let (rank, world) = (comm.rank(), comm.world());
-    if cfg.batch_size % world != 0 {
+    if !cfg.batch_size.is_multiple_of(world) {
         return Err(Error::Config(format!(
             "batch_size {} is not divisible by {world} workers",
             cfg.batch_size
@@ -288,7 +288,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
         window.1 += cfg.batch_size as u64;
         step += 1;
 
-        if cfg.checksum_every > 0 && step % cfg.checksum_every == 0 && world > 1 {
+        if cfg.checksum_every > 0 && step.is_multiple_of(cfg.checksum_every) && world > 1 {
             check_same(comm, step, &params)?;
         }
         if let Some(state) = batch.state_after {
@@ -303,7 +303,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
                 state,
             )?;
         }
-        if cfg.log_every > 0 && (step % cfg.log_every == 0 || step == total_steps) {
+        if cfg.log_every > 0 && (step.is_multiple_of(cfg.log_every) || step == total_steps) {
             last_loss = window.0 / window.1.max(1) as f64;
             if opts.progress && rank == 0 {
                 let dt = window.2.elapsed().as_secs_f64();
