@@ -173,7 +173,7 @@ fn main() {
 
     let v: Vec<Option<f32>> = rows
         .clone()
-        .map(|i| (!null(i, 5)).then(|| i as f32 * 0.1 - 1.5))
+        .map(|i| (!null(i, 5)).then_some(i as f32 * 0.1 - 1.5))
         .collect();
     c.add(
         "f32",

@@ -485,13 +485,14 @@ impl ExampleEncoder {
             key_part.extend_from_slice(f.name().as_bytes());
             key_part.push(0x12);
             let default = options.null_defaults.get(f.name()).cloned();
-            let ok = match (&default, kind) {
-                (None, _) | (Some(DefaultValue::Empty), _) => true,
-                (Some(DefaultValue::Int64(_)), FeatureKind::Int64List) => true,
-                (Some(DefaultValue::Float(_)), FeatureKind::FloatList) => true,
-                (Some(DefaultValue::Bytes(_)), FeatureKind::BytesList) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (&default, kind),
+                (None, _)
+                    | (Some(DefaultValue::Empty), _)
+                    | (Some(DefaultValue::Int64(_)), FeatureKind::Int64List)
+                    | (Some(DefaultValue::Float(_)), FeatureKind::FloatList)
+                    | (Some(DefaultValue::Bytes(_)), FeatureKind::BytesList)
+            );
             if !ok {
                 return Err(Error::Options(format!(
                     "null default {:?} for column '{}' does not match its kind {}",
@@ -843,7 +844,7 @@ impl DecCol {
                     (FeatureKind::Int64List, WT_VARINT) => self.push_i64(fld.value as i64)?,
                     (FeatureKind::FloatList, WT_LEN) => {
                         let p = &l[fld.start..fld.end];
-                        if p.len() % 4 != 0 {
+                        if !p.len().is_multiple_of(4) {
                             return Err(
                                 "malformed packed float_list (length not a multiple of 4)".into()
                             );

@@ -4,7 +4,7 @@
 #[inline(always)]
 pub fn varint_len(v: u64) -> usize {
     // 1 + floor(log2(v|1)) / 7
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Append the varint encoding of `v`.

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
 use arrow::datatypes::Int64Type;
 use kiln_connectors::codec::example_round_trip;
@@ -108,6 +108,7 @@ fn write_and_read_both_formats() {
     assert!(rows.iter().all(|r| *r > 500), "{rows:?}");
 
     // Each shard: TFRecord and Parquet batches are equal, and rows hash to that shard.
+    #[allow(clippy::needless_range_loop)]
     for i in 0..4 {
         let tf: Vec<_> = ds
             .read_shards(&[i], Some(ShardFormat::TfRecord), 300)

@@ -117,6 +117,7 @@ fn decoder_reads_golden_examples_into_arrow() {
     let hist = b.column(4).as_list::<i32>();
     let note = b.column(6).as_string::<i32>();
     let extremes = b.column(7).as_list::<i32>();
+    #[allow(clippy::needless_range_loop)]
     for i in 0..50 {
         let w = &want[i];
         assert_eq!(ids.value(i), w["event_id"]["value"][0].as_i64().unwrap());

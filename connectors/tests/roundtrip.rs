@@ -27,7 +27,7 @@ fn text(v: u64) -> String {
     format!(
         "{}{}",
         WORDS[(v % 6) as usize],
-        if v % 5 == 0 {
+        if v.is_multiple_of(5) {
             String::new()
         } else {
             (v % 1000).to_string()
