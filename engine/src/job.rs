@@ -12,7 +12,8 @@ use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use kiln_connectors::dataset::{Manifest, ShardFormat, ShardOptions};
+use kiln_connectors::{Compression, EncodeOptions, ExampleEncoder, Manifest, ParquetCompression, ShardFormat, ShardOptions};
+use object_store::ObjectStoreExt;
 use serde::Serialize;
 use serde_json::json;
 
@@ -159,7 +160,7 @@ pub async fn plan_job(spec: &JobSpec, date: NaiveDate, overrides: &Overrides) ->
                 ))
                 .into());
         }
-        kiln_connectors::arrow_example::check_schema(&schema).map_err(|e| {
+        ExampleEncoder::new(Arc::clone(&schema), &EncodeOptions::default()).map_err(|e| {
             spec.error(format!("outputs `{}`: cannot be written as tf.train.Example: {e}", o.statement))
         })?;
     }
@@ -208,7 +209,7 @@ pub async fn run_features(
             }
         }
     }
-    let run_id = new_run_id(date);
+    let run_id = kiln_connectors::dataset::new_run_id();
     let lineage_base = json!({
         "job": spec.name,
         "date": date.to_string(),
@@ -253,16 +254,6 @@ pub async fn run_features(
     })
 }
 
-/// `YYYYMMDD-<utc now>-<pid>`: unique per write, sortable by time.
-fn new_run_id(date: NaiveDate) -> String {
-    format!(
-        "{}-{}-{:x}",
-        date.format("%Y%m%d"),
-        chrono::Utc::now().format("%Y%m%dT%H%M%S%6fZ"),
-        std::process::id()
-    )
-}
-
 /// Shard options of an output spec.
 pub fn shard_options(o: &OutputSpec) -> Result<ShardOptions> {
     let formats = o
@@ -273,14 +264,25 @@ pub fn shard_options(o: &OutputSpec) -> Result<ShardOptions> {
             OutputFormat::Parquet => ShardFormat::Parquet,
         })
         .collect();
-    ShardOptions::new(o.shards, formats)
-        .with_key_column(&o.key)
-        .with_tfrecord_compression_name(&o.tfrecord_compression)
-        .and_then(|opts| opts.with_parquet_compression_name(&o.parquet_compression))
-        .map_err(|e| EngineError::Output {
-            statement: o.statement.clone(),
-            message: e.to_string(),
-        })
+    let tfrecord_compression = match o.tfrecord_compression.as_str() {
+        "none" => Compression::None,
+        "zlib" => Compression::Zlib,
+        _ => Compression::Gzip,
+    };
+    let parquet_compression = match o.parquet_compression.as_str() {
+        "none" => ParquetCompression::None,
+        "snappy" => ParquetCompression::Snappy,
+        "gzip" => ParquetCompression::Gzip(6),
+        _ => ParquetCompression::Zstd(3),
+    };
+    Ok(ShardOptions {
+        num_shards: o.shards,
+        formats,
+        tfrecord_compression,
+        parquet_compression,
+        key_column: Some(o.key.clone()),
+        ..ShardOptions::default()
+    })
 }
 
 /// Builds the write plan of one output, runs it and commits the dataset.
@@ -293,7 +295,7 @@ async fn write_output(
     ledger: &Arc<BadRowLedger>,
 ) -> Result<(Manifest, OutputReport)> {
     let options = shard_options(o)?;
-    let (store, location) = crate::stores::store_for(ctx, &o.location)?;
+    let location = crate::stores::location_for(ctx, &o.location)?;
     let partitions = ctx.state().config().target_partitions().max(1);
     let df = df
         .with_column(
@@ -310,7 +312,7 @@ async fn write_output(
         .expect("two sort keys");
     let sorted: Arc<dyn ExecutionPlan> =
         Arc::new(SortExec::new(ordering, plan).with_preserve_partitioning(true));
-    let sink = ShardSinkExec::new(sorted, Arc::clone(&store), location.clone(), run_id.to_string(), options.clone())?;
+    let sink = ShardSinkExec::new(sorted, location.clone(), run_id.to_string(), options.clone())?;
     let data_schema = Arc::clone(sink.data_schema());
     let results = collect(Arc::new(sink), ctx.task_ctx()).await?;
     let files = shard_files_from_batches(&results)?;
@@ -318,14 +320,14 @@ async fn write_output(
     lineage["statement"] = json!(o.statement);
     lineage["written_at"] = json!(chrono::Utc::now().to_rfc3339());
     lineage["bad_rows"] = json!(ledger.counts());
-    let manifest = kiln_connectors::dataset::commit_dataset(
-        store,
+    let manifest = kiln_connectors::commit_dataset(
         &location,
         run_id,
         data_schema,
         &options,
         files,
         lineage,
+        true,
     )
     .await
     .map_err(|e| EngineError::Output {

@@ -34,9 +34,7 @@ use datafusion::physical_plan::{
     PlanProperties,
 };
 use futures::StreamExt;
-use kiln_connectors::dataset::{ShardFile, ShardOptions, ShardWriter};
-use object_store::ObjectStore;
-use object_store::path::Path as StorePath;
+use kiln_connectors::{Location, ShardFile, ShardOptions, ShardWriter};
 
 /// Name of the shard-id column added before repartitioning.
 pub const SHARD_COLUMN: &str = "__kiln_shard";
@@ -92,8 +90,7 @@ impl ScalarUDFImpl for KilnShardUdf {
 #[derive(Debug)]
 pub struct ShardSinkExec {
     input: Arc<dyn ExecutionPlan>,
-    store: Arc<dyn ObjectStore>,
-    location: StorePath,
+    location: Location,
     run_id: String,
     /// Schema of the written data (the input without the shard column).
     data_schema: SchemaRef,
@@ -105,8 +102,7 @@ impl ShardSinkExec {
     /// A sink writing `input` (which carries [`SHARD_COLUMN`] as its last column).
     pub fn new(
         input: Arc<dyn ExecutionPlan>,
-        store: Arc<dyn ObjectStore>,
-        location: StorePath,
+        location: Location,
         run_id: String,
         options: ShardOptions,
     ) -> DfResult<Self> {
@@ -129,7 +125,6 @@ impl ShardSinkExec {
         ));
         Ok(Self {
             input,
-            store,
             location,
             run_id,
             data_schema,
@@ -158,7 +153,7 @@ impl DisplayAs for ShardSinkExec {
         write!(
             f,
             "ShardSinkExec: location={}, run={}, shards={}, formats={:?}",
-            self.location, self.run_id, self.options.num_shards, self.options.formats
+            self.location.url, self.run_id, self.options.num_shards, self.options.formats
         )
     }
 }
@@ -190,7 +185,6 @@ impl ExecutionPlan for ShardSinkExec {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(Self::new(
             Arc::clone(&children[0]),
-            Arc::clone(&self.store),
             self.location.clone(),
             self.run_id.clone(),
             self.options.clone(),
@@ -211,7 +205,6 @@ impl ExecutionPlan for ShardSinkExec {
     ) -> DfResult<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let writer = PartitionWriter {
-            store: Arc::clone(&self.store),
             location: self.location.clone(),
             run_id: self.run_id.clone(),
             data_schema: Arc::clone(&self.data_schema),
@@ -226,8 +219,7 @@ impl ExecutionPlan for ShardSinkExec {
 }
 
 struct PartitionWriter {
-    store: Arc<dyn ObjectStore>,
-    location: StorePath,
+    location: Location,
     run_id: String,
     data_schema: SchemaRef,
     options: ShardOptions,
@@ -267,7 +259,6 @@ impl PartitionWriter {
                         files.extend(w.finish().await.map_err(io_error)?);
                     }
                     let w = ShardWriter::new(
-                        Arc::clone(&self.store),
                         &self.location,
                         &self.run_id,
                         shard,
@@ -278,7 +269,7 @@ impl PartitionWriter {
                     current = Some((shard, w));
                 }
                 let (_, w) = current.as_mut().expect("writer just opened");
-                w.write(&data.slice(start, end - start))
+                w.write_batch(&data.slice(start, end - start))
                     .await
                     .map_err(io_error)?;
                 start = end;

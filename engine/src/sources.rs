@@ -217,15 +217,16 @@ async fn register_parquet(
         source_name: source.name.clone(),
         message: e.to_string(),
     };
-    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
-        .with_collect_stat(true);
+    // The session's parquet options (INT96 coercion, plain Utf8) apply to this table too.
+    let state = ctx.state();
+    let format = ParquetFormat::new().with_options(state.table_options().parquet.clone());
+    let mut options = ListingOptions::new(Arc::new(format))
+        .with_file_extension(".parquet");
     if let Some(col) = &source.partition_column {
         options = options.with_table_partition_cols(vec![(col.clone(), DataType::Utf8)]);
     }
     let dir_url = format!("{}/", source.url.trim_end_matches('/'));
     let table_url = ListingTableUrl::parse(&dir_url).map_err(|e| src_err(&e))?;
-    let state = ctx.state();
     let file_schema: SchemaRef = match &source.schema {
         Some(cols) => {
             let declared = Arc::new(parse_schema(cols).map_err(|e| src_err(&e))?);

@@ -6,6 +6,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
+use kiln_connectors::Location;
 use url::Url;
 
 use crate::{EngineError, Result};
@@ -13,7 +14,13 @@ use crate::{EngineError, Result};
 /// Resolves `url` to its object store (registering it with `ctx` so DataFusion scans use
 /// the same store and credentials) and the path inside the store.
 pub fn store_for(ctx: &SessionContext, url: &str) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
-    let (store, path) = kiln_connectors::store::resolve_url(url).map_err(|e| EngineError::Url {
+    let location = location_for(ctx, url)?;
+    Ok((location.store, location.path))
+}
+
+/// Like [`store_for`], returning the connectors' [`Location`].
+pub fn location_for(ctx: &SessionContext, url: &str) -> Result<Location> {
+    let location = kiln_connectors::store::resolve(url).map_err(|e| EngineError::Url {
         url: url.to_string(),
         message: e.to_string(),
     })?;
@@ -24,9 +31,9 @@ pub fn store_for(ctx: &SessionContext, url: &str) -> Result<(Arc<dyn ObjectStore
     if parsed.scheme() != "file" {
         let base = Url::parse(&format!("{}://{}", parsed.scheme(), parsed.authority()))
             .expect("scheme://authority is a URL");
-        ctx.register_object_store(&base, Arc::clone(&store));
+        ctx.register_object_store(&base, Arc::clone(&location.store));
     }
-    Ok((store, path))
+    Ok(location)
 }
 
 /// The store path of a full URL (`file:///a/b` -> `a/b`, `s3://bucket/a/b` -> `a/b`).

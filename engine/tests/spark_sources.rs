@@ -9,9 +9,15 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use kiln_engine::job::plan_job;
 use kiln_engine::{JobSpec, Overrides};
 
-const COLUMNS: [&str; 10] = [
+const COLUMNS: [&str; 11] = [
     "event_id", "user_id", "event_type", "price", "amount", "clicked", "ts", "day", "tags", "dt",
+    "ts_type",
 ];
+
+/// `ts` as microseconds since the epoch and its Arrow type, so every file kind is compared
+/// exactly (Spark's INT96 is read as UTC microseconds).
+const SELECT: &str = "event_id, user_id, event_type, price, amount, clicked, \
+    CAST(ts AS BIGINT) AS ts, day, tags, dt, arrow_typeof(ts) AS ts_type";
 
 fn spark_dir(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/spark").join(name);
@@ -22,7 +28,11 @@ fn spark_dir(name: &str) -> String {
 fn expected_text(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::String(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_micros().to_string())
+                .unwrap_or_else(|_| s.clone()),
+        ),
         serde_json::Value::Array(items) => Some(format!(
             "[{}]",
             items
@@ -79,7 +89,7 @@ key = "event_id"
 shards = 1
 formats = ["parquet"]
 "#,
-            cols = COLUMNS.join(", ")
+            cols = SELECT
         ),
     )
     .unwrap();
@@ -100,7 +110,12 @@ async fn check(dir_name: &str) {
     let want = expected["rows"].as_array().unwrap();
     assert_eq!(rows.len(), want.len(), "{dir_name}: row count");
     for (got, w) in rows.iter().zip(want) {
-        for (c, name) in COLUMNS.iter().enumerate() {
+        assert_eq!(
+            got[10].as_deref(),
+            Some("Timestamp(µs, \"UTC\")"),
+            "{dir_name}: ts type"
+        );
+        for (c, name) in COLUMNS[..10].iter().enumerate() {
             assert_eq!(
                 got[c],
                 expected_text(&w[name]),

@@ -72,7 +72,7 @@ fn example_job_matches_the_reference_and_is_deterministic() {
     // Manifest: 16 shards per format, rows reconcile, shards ordered by event_id.
     let ds = Dataset::open_blocking(&dataset, OpenOptions { verify_checksums: true }).unwrap();
     let m = ds.manifest();
-    assert_eq!(m.num_shards, 16);
+    assert_eq!(m.options.num_shards, 16);
     assert_eq!(m.total_rows, expected.len() as u64);
     assert_eq!(m.shards.len(), 32);
     let shard_sum: u64 = ds.shard_rows().iter().sum();

@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::moto::Moto;
+use object_store::ObjectStoreExt;
 use kiln_connectors::dataset::{Dataset, OpenOptions, ShardFormat};
 
 /// Copies a local directory tree to `s3://bucket/prefix/` with the `kiln` S3 settings.

@@ -640,3 +640,137 @@ fn bad_arguments_are_named() {
     ]);
     assert!(err.contains("plain"), "{err}");
 }
+
+/// The figures quoted in `docs/generator.md`, for the example setup (10M rows, 9 days ending
+/// 2026-11-21, seed 42, run date 2026-11-20). Slow; run explicitly:
+/// `cargo test -p kiln-jobs --test gen -- --ignored --nocapture example_figures`
+/// (`KILN_GEN_ROWS` overrides the row count).
+#[test]
+#[ignore]
+fn example_figures() {
+    let rows: u64 = std::env::var("KILN_GEN_ROWS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("events");
+    let truth = tmp.path().join("truth.parquet");
+    let report = kiln_gen(&[
+        "--rows",
+        &rows.to_string(),
+        "--days",
+        "9",
+        "--seed",
+        "42",
+        "--end-date",
+        "2026-11-21",
+        "--out",
+        out.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+    ]);
+    println!(
+        "generated {} rows, {} bytes in {:.2} s (this build)",
+        report["rows"], report["bytes"], report["seconds"]
+    );
+    for d in report["per_day"].as_array().unwrap() {
+        println!(
+            "  {} rows {} views {} clicks {} bytes {}",
+            d["date"], d["rows"], d["views"], d["clicks"], d["bytes"]
+        );
+    }
+    let ev = read_events(&out);
+    let n = ev.ts.len() as f64;
+    let mut types: HashMap<&str, usize> = HashMap::new();
+    for t in &ev.event_type {
+        *types.entry(t.as_str()).or_default() += 1;
+    }
+    println!(
+        "event mix: view {:.4} click {:.4} cart {:.4} purchase {:.4}; CTR {:.4}",
+        types["view"] as f64 / n,
+        types["click"] as f64 / n,
+        types["cart"] as f64 / n,
+        types["purchase"] as f64 / n,
+        types["click"] as f64 / types["view"] as f64
+    );
+    println!(
+        "null price {:.4}, null city {:.4}",
+        ev.price.iter().filter(|p| p.is_none()).count() as f64 / n,
+        ev.city.iter().filter(|c| c.is_none()).count() as f64 / n
+    );
+    let share = |ids: &[i64]| {
+        let mut c: HashMap<i64, usize> = HashMap::new();
+        for &i in ids {
+            *c.entry(i).or_default() += 1;
+        }
+        let mut v: Vec<usize> = c.values().copied().collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        let top = v[..v.len().div_ceil(100)].iter().sum::<usize>() as f64 / n;
+        (v.len(), top, v[0], v[v.len() / 2])
+    };
+    let (u, ut, umax, umed) = share(&ev.user_id);
+    let (i, it, imax, imed) = share(&ev.item_id);
+    println!("users active {u}, top 1% have {ut:.3} of events, max {umax}, median {umed}");
+    println!("items active {i}, top 1% have {it:.3} of events, max {imax}, median {imed}");
+
+    // The example's run date: views of 2026-11-20, history 2026-11-13 .. 2026-11-19.
+    let target = day_number("2026-11-20");
+    let labelled = labels_for_day(&ev, target);
+    let mut p_of: HashMap<i64, f64> = HashMap::new();
+    for b in read_parquet(&truth) {
+        let ids = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+        let ps = b.column(1).as_primitive::<arrow::datatypes::Float64Type>();
+        for k in 0..b.num_rows() {
+            p_of.insert(ids.value(k), ps.value(k));
+        }
+    }
+    let pos = labelled.iter().filter(|x| x.1).count();
+    let ceiling = auc(&labelled
+        .iter()
+        .map(|(id, l)| (p_of[id], *l))
+        .collect::<Vec<_>>());
+    println!(
+        "run date 2026-11-20: {} examples, label rate {:.4}, ceiling AUC {:.4} (reported {})",
+        labelled.len(),
+        pos as f64 / labelled.len() as f64,
+        ceiling,
+        report["ceiling"]["auc"]
+    );
+
+    // A model-free baseline on history features: smoothed 7-day user CTR and item CTR.
+    let mut u7: HashMap<i64, (f64, f64)> = HashMap::new();
+    let mut i7: HashMap<i64, (f64, f64)> = HashMap::new();
+    for k in 0..ev.ts.len() {
+        if ev.dt[k] < target && ev.dt[k] >= target - 7 {
+            let (v, c) = match ev.event_type[k].as_str() {
+                "view" => (1.0, 0.0),
+                "click" => (0.0, 1.0),
+                _ => continue,
+            };
+            let e = u7.entry(ev.user_id[k]).or_default();
+            e.0 += v;
+            e.1 += c;
+            let e = i7.entry(ev.item_id[k]).or_default();
+            e.0 += v;
+            e.1 += c;
+        }
+    }
+    let row: HashMap<i64, usize> = (0..ev.ts.len()).map(|k| (ev.event_id[k], k)).collect();
+    let smooth = |s: Option<&(f64, f64)>| {
+        let (v, c) = s.copied().unwrap_or_default();
+        let r = (c + 0.07 * 20.0) / (v + 20.0);
+        (r / (1.0 - r)).ln()
+    };
+    let score = |f: &dyn Fn(usize) -> f64| {
+        auc(&labelled
+            .iter()
+            .map(|(id, l)| (f(row[id]), *l))
+            .collect::<Vec<_>>())
+    };
+    println!(
+        "baseline AUCs: user 7d CTR {:.4}, item 7d CTR {:.4}, both {:.4}",
+        score(&|k| smooth(u7.get(&ev.user_id[k]))),
+        score(&|k| smooth(i7.get(&ev.item_id[k]))),
+        score(&|k| smooth(u7.get(&ev.user_id[k])) + smooth(i7.get(&ev.item_id[k])))
+    );
+}

@@ -73,7 +73,7 @@ pub fn gen_events(out: &Path, rows: u64, seed: u64) {
 pub fn read_dataset(url: &str, format: ShardFormat) -> Vec<RecordBatch> {
     let ds = Dataset::open_blocking(url, OpenOptions { verify_checksums: true })
         .unwrap_or_else(|e| panic!("open {url}: {e}"));
-    let all: Vec<usize> = (0..ds.manifest().num_shards as usize).collect();
+    let all: Vec<usize> = (0..ds.manifest().options.num_shards as usize).collect();
     ds.read_shards(&all, Some(format), 8192)
         .expect("read shards")
         .collect::<Result<Vec<_>, _>>()

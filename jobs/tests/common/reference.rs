@@ -215,7 +215,8 @@ pub fn examples(events: &[Event], d0_us: i64) -> BTreeMap<i64, Vec<Value>> {
 pub fn rows_from_batches(batches: &[RecordBatch]) -> BTreeMap<i64, Vec<Value>> {
     let mut out = BTreeMap::new();
     for b in batches {
-        let names: Vec<&str> = b.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        let schema = b.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, COLUMNS, "examples columns and order");
         for r in 0..b.num_rows() {
             let row: Vec<Value> = (0..b.num_columns()).map(|c| value_at(b.column(c), r)).collect();
