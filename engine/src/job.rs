@@ -7,7 +7,8 @@ use chrono::NaiveDate;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{Partitioning, col, lit};
+use datafusion::logical_expr::{col, lit};
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, collect};
@@ -301,9 +302,15 @@ async fn write_output(
         .with_column(
             SHARD_COLUMN,
             KilnShardUdf::udf().call(vec![col(format!("\"{}\"", o.key)), lit(o.shards)]),
-        )?
-        .repartition(Partitioning::Hash(vec![col(SHARD_COLUMN)], partitions))?;
+        )?;
     let plan = df.create_physical_plan().await?;
+    // Repartition after optimisation: the optimiser would drop a logical repartition
+    // whose input already looks partitioned enough.
+    let shard_expr = datafusion::physical_expr::expressions::col(SHARD_COLUMN, &plan.schema())?;
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+        plan,
+        datafusion::physical_plan::Partitioning::Hash(vec![shard_expr], partitions),
+    )?);
     let sort_key = |name: &str| -> Result<PhysicalSortExpr> {
         let expr = datafusion::physical_expr::expressions::col(name, &plan.schema())?;
         Ok(PhysicalSortExpr::new_default(expr).asc().nulls_first())
@@ -314,7 +321,13 @@ async fn write_output(
         Arc::new(SortExec::new(ordering, plan).with_preserve_partitioning(true));
     let sink = ShardSinkExec::new(sorted, location.clone(), run_id.to_string(), options.clone())?;
     let data_schema = Arc::clone(sink.data_schema());
-    let results = collect(Arc::new(sink), ctx.task_ctx()).await?;
+    let sink: Arc<dyn ExecutionPlan> = Arc::new(sink);
+    tracing::debug!(
+        "write plan of `{}`:\n{}",
+        o.statement,
+        datafusion::physical_plan::displayable(sink.as_ref()).indent(true)
+    );
+    let results = collect(sink, ctx.task_ctx()).await?;
     let files = shard_files_from_batches(&results)?;
     let mut lineage = lineage_base.clone();
     lineage["statement"] = json!(o.statement);

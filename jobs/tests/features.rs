@@ -9,7 +9,7 @@ use kiln_connectors::dataset::{Dataset, OpenOptions, ShardFormat};
 
 const DATE: &str = "2026-11-20";
 /// 2026-11-20T00:00:00Z in microseconds.
-const D0_US: i64 = 1_763_596_800_000_000;
+const D0_US: i64 = 1_795_132_800_000_000;
 
 fn file_url(p: &Path) -> String {
     format!("file://{}", std::path::absolute(p).unwrap().display())
