@@ -8,12 +8,15 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{col, lit};
-use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use kiln_connectors::{Compression, EncodeOptions, ExampleEncoder, Manifest, ParquetCompression, ShardFormat, ShardOptions};
+use kiln_connectors::{
+    Compression, EncodeOptions, ExampleEncoder, Manifest, ParquetCompression, ShardFormat,
+    ShardOptions,
+};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 use serde_json::json;
@@ -80,11 +83,15 @@ pub fn session(spec: &JobSpec) -> Result<SessionContext> {
         opts.execution.parquet.schema_force_view_types = false;
     }
     let limit = match &engine.memory_limit {
-        Some(text) => parse_bytes(text)
-            .ok_or_else(|| spec.error(format!("engine.memory_limit: cannot parse `{text}` (e.g. \"4GiB\")")))?,
+        Some(text) => parse_bytes(text).ok_or_else(|| {
+            spec.error(format!(
+                "engine.memory_limit: cannot parse `{text}` (e.g. \"4GiB\")"
+            ))
+        })?,
         None => default_memory_limit(),
     };
-    let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+    let mut runtime =
+        RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(limit)));
     if let Some(dir) = &engine.spill_dir {
         runtime = runtime.with_temp_file_path(spec.base_dir().join(dir));
     }
@@ -110,7 +117,9 @@ fn default_memory_limit() -> usize {
 /// `"4GiB"`, `"512MiB"`, `"1000000"` -> bytes.
 pub fn parse_bytes(text: &str) -> Option<usize> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -139,7 +148,11 @@ pub struct PlannedJob {
 }
 
 /// Renders, registers sources and plans every statement; fails before reading data.
-pub async fn plan_job(spec: &JobSpec, date: NaiveDate, overrides: &Overrides) -> Result<PlannedJob> {
+pub async fn plan_job(
+    spec: &JobSpec,
+    date: NaiveDate,
+    overrides: &Overrides,
+) -> Result<PlannedJob> {
     let job = spec.render(date, overrides)?;
     let ctx = session(spec)?;
     let ledger = Arc::new(BadRowLedger::new(spec.on_bad_rows));
@@ -157,12 +170,20 @@ pub async fn plan_job(spec: &JobSpec, date: NaiveDate, overrides: &Overrides) ->
                     "outputs `{}`: key column `{}` is not a column of the statement (columns: {})",
                     o.statement,
                     o.key,
-                    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
                 .into());
         }
         ExampleEncoder::new(Arc::clone(&schema), &EncodeOptions::default()).map_err(|e| {
-            spec.error(format!("outputs `{}`: cannot be written as tf.train.Example: {e}", o.statement))
+            spec.error(format!(
+                "outputs `{}`: cannot be written as tf.train.Example: {e}",
+                o.statement
+            ))
         })?;
     }
     Ok(PlannedJob {
@@ -298,11 +319,10 @@ async fn write_output(
     let options = shard_options(o)?;
     let location = crate::stores::location_for(ctx, &o.location)?;
     let partitions = ctx.state().config().target_partitions().max(1);
-    let df = df
-        .with_column(
-            SHARD_COLUMN,
-            KilnShardUdf::udf().call(vec![col(format!("\"{}\"", o.key)), lit(o.shards)]),
-        )?;
+    let df = df.with_column(
+        SHARD_COLUMN,
+        KilnShardUdf::udf().call(vec![col(format!("\"{}\"", o.key)), lit(o.shards)]),
+    )?;
     let plan = df.create_physical_plan().await?;
     // Repartition after optimisation: the optimiser would drop a logical repartition
     // whose input already looks partitioned enough.
@@ -315,11 +335,16 @@ async fn write_output(
         let expr = datafusion::physical_expr::expressions::col(name, &plan.schema())?;
         Ok(PhysicalSortExpr::new_default(expr).asc().nulls_first())
     };
-    let ordering = LexOrdering::new(vec![sort_key(SHARD_COLUMN)?, sort_key(&o.key)?])
-        .expect("two sort keys");
+    let ordering =
+        LexOrdering::new(vec![sort_key(SHARD_COLUMN)?, sort_key(&o.key)?]).expect("two sort keys");
     let sorted: Arc<dyn ExecutionPlan> =
         Arc::new(SortExec::new(ordering, plan).with_preserve_partitioning(true));
-    let sink = ShardSinkExec::new(sorted, location.clone(), run_id.to_string(), options.clone())?;
+    let sink = ShardSinkExec::new(
+        sorted,
+        location.clone(),
+        run_id.to_string(),
+        options.clone(),
+    )?;
     let data_schema = Arc::clone(sink.data_schema());
     let sink: Arc<dyn ExecutionPlan> = Arc::new(sink);
     tracing::debug!(
@@ -352,7 +377,11 @@ async fn write_output(
         location: o.location.clone(),
         rows: manifest.total_rows,
         shards: o.shards,
-        formats: o.formats.iter().map(|f| format!("{f:?}").to_lowercase()).collect(),
+        formats: o
+            .formats
+            .iter()
+            .map(|f| format!("{f:?}").to_lowercase())
+            .collect(),
         bytes: manifest.shards.iter().map(|s| s.bytes).sum(),
     };
     Ok((manifest, report))

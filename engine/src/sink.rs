@@ -304,9 +304,10 @@ pub fn shard_files_from_batches(batches: &[RecordBatch]) -> DfResult<Vec<ShardFi
             .downcast_ref::<StringArray>()
             .ok_or_else(|| DataFusionError::Internal("shard_file is not Utf8".into()))?;
         for i in 0..col.len() {
-            files.push(serde_json::from_str(col.value(i)).map_err(|e| {
-                DataFusionError::Internal(format!("bad shard_file row: {e}"))
-            })?);
+            files.push(
+                serde_json::from_str(col.value(i))
+                    .map_err(|e| DataFusionError::Internal(format!("bad shard_file row: {e}")))?,
+            );
         }
     }
     Ok(files)

@@ -157,14 +157,15 @@ async fn list_input_files(
     let ext = file_extension(source.format);
     let mut files = Vec::new();
     for prefix in prefixes {
-        let metas: Vec<_> = store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| EngineError::Source {
-                source_name: source.name.clone(),
-                message: format!("cannot list {prefix}: {e}"),
-            })?;
+        let metas: Vec<_> =
+            store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| EngineError::Source {
+                    source_name: source.name.clone(),
+                    message: format!("cannot list {prefix}: {e}"),
+                })?;
         let mut found = 0;
         for meta in metas {
             let name = meta.location.filename().unwrap_or_default();
@@ -220,8 +221,7 @@ async fn register_parquet(
     // The session's parquet options (INT96 coercion, plain Utf8) apply to this table too.
     let state = ctx.state();
     let format = ParquetFormat::new().with_options(state.table_options().parquet.clone());
-    let mut options = ListingOptions::new(Arc::new(format))
-        .with_file_extension(".parquet");
+    let mut options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
     if let Some(col) = &source.partition_column {
         options = options.with_table_partition_cols(vec![(col.clone(), DataType::Utf8)]);
     }
@@ -337,9 +337,10 @@ fn register_text(
     let streams: Vec<Arc<dyn PartitionStream>> = files
         .iter()
         .map(|f| {
-            let partition_value = source.partition_column.as_ref().map(|col| {
-                partition_value_of(&f.url, col).unwrap_or_default()
-            });
+            let partition_value = source
+                .partition_column
+                .as_ref()
+                .map(|col| partition_value_of(&f.url, col).unwrap_or_default());
             Arc::new(TextFileStream {
                 source: source.name.clone(),
                 url: f.url.clone(),
@@ -352,11 +353,12 @@ fn register_text(
             }) as Arc<dyn PartitionStream>
         })
         .collect();
-    let table =
-        StreamingTable::try_new(Arc::clone(&table_schema), streams).map_err(|e| EngineError::Source {
+    let table = StreamingTable::try_new(Arc::clone(&table_schema), streams).map_err(|e| {
+        EngineError::Source {
             source_name: source.name.clone(),
             message: e.to_string(),
-        })?;
+        }
+    })?;
     ctx.register_table(source.name.as_str(), Arc::new(table))
         .map_err(|e| EngineError::Source {
             source_name: source.name.clone(),
@@ -379,8 +381,8 @@ mod tests {
 
     #[test]
     fn parses_schema_strings() {
-        let s = parse_schema(&["a int64".into(), "ts timestamp".into(), "c string".into()])
-            .unwrap();
+        let s =
+            parse_schema(&["a int64".into(), "ts timestamp".into(), "c string".into()]).unwrap();
         assert_eq!(s.fields().len(), 3);
         assert_eq!(
             s.field(1).data_type(),

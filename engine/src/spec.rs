@@ -269,12 +269,12 @@ impl JobSpec {
     fn check_names(&self) -> Result<(), SpecError> {
         let mut names = BTreeSet::new();
         for s in &self.sources {
-            check_identifier(&s.name).map_err(|e| self.error(format!("source `{}`: {e}", s.name)))?;
+            check_identifier(&s.name)
+                .map_err(|e| self.error(format!("source `{}`: {e}", s.name)))?;
             if !names.insert(s.name.to_ascii_lowercase()) {
                 return Err(self.error(format!("source `{}` is defined twice", s.name)));
             }
-            if matches!(s.format, SourceFormat::Csv | SourceFormat::Jsonl) && s.schema.is_none()
-            {
+            if matches!(s.format, SourceFormat::Csv | SourceFormat::Jsonl) && s.schema.is_none() {
                 return Err(self.error(format!(
                     "source `{}`: format {:?} needs an explicit `schema`",
                     s.name, s.format
@@ -531,7 +531,10 @@ formats = ["tfrecord", "parquet"]
         let date = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
         let r = spec.render(date, &Overrides::default()).unwrap();
         let base = std::path::absolute(dir.path()).unwrap();
-        assert_eq!(r.sources[0].url, format!("file://{}/data/events", base.display()));
+        assert_eq!(
+            r.sources[0].url,
+            format!("file://{}/data/events", base.display())
+        );
         assert_eq!(
             r.outputs[0].location,
             format!("file://{}/out/x/dt=2026-11-21/", base.display())
@@ -549,7 +552,10 @@ formats = ["tfrecord", "parquet"]
     #[test]
     fn reports_mistakes_with_path_and_name() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write_spec(dir.path(), &GOOD.replace("statement = \"x\"", "statement = \"y\""));
+        let p = write_spec(
+            dir.path(),
+            &GOOD.replace("statement = \"x\"", "statement = \"y\""),
+        );
         let e = JobSpec::load(&p).unwrap_err().to_string();
         assert!(e.starts_with(&p.display().to_string()), "{e}");
         assert!(e.contains("unknown statement `y`"), "{e}");
@@ -557,8 +563,14 @@ formats = ["tfrecord", "parquet"]
         let p = write_spec(dir.path(), &GOOD.replace("{{ ds }}/", "{{ dz }}/"));
         let spec = JobSpec::load(&p).unwrap();
         let date = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
-        let e = spec.render(date, &Overrides::default()).unwrap_err().to_string();
-        assert!(e.contains("outputs `x` location") && e.contains("unknown variable `dz`"), "{e}");
+        let e = spec
+            .render(date, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outputs `x` location") && e.contains("unknown variable `dz`"),
+            "{e}"
+        );
 
         let o = Overrides {
             sources: vec![("evnts".into(), "/x".into())],
@@ -569,11 +581,23 @@ formats = ["tfrecord", "parquet"]
 
         let p = write_spec(dir.path(), &GOOD.replace("data/events", "ftp://h/x"));
         let spec = JobSpec::load(&p).unwrap();
-        let e = spec.render(date, &Overrides::default()).unwrap_err().to_string();
-        assert!(e.contains("source `events` url") && e.contains("unsupported scheme `ftp`"), "{e}");
+        let e = spec
+            .render(date, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("source `events` url") && e.contains("unsupported scheme `ftp`"),
+            "{e}"
+        );
 
-        let p = write_spec(dir.path(), &GOOD.replace("format = \"parquet\"", "format = \"csv\""));
+        let p = write_spec(
+            dir.path(),
+            &GOOD.replace("format = \"parquet\"", "format = \"csv\""),
+        );
         let e = JobSpec::load(&p).unwrap_err().to_string();
-        assert!(e.contains("source `events`: format Csv needs an explicit `schema`"), "{e}");
+        assert!(
+            e.contains("source `events`: format Csv needs an explicit `schema`"),
+            "{e}"
+        );
     }
 }

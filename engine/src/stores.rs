@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
+use kiln_connectors::Location;
 use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
-use kiln_connectors::Location;
 use url::Url;
 
 use crate::{EngineError, Result};

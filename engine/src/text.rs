@@ -155,10 +155,14 @@ impl PartitionStream for TextFileStream {
             let bytes = store
                 .get(&path)
                 .await
-                .map_err(|e| DataFusionError::IoError(std::io::Error::other(format!("{}: {e}", this.url))))?
+                .map_err(|e| {
+                    DataFusionError::IoError(std::io::Error::other(format!("{}: {e}", this.url)))
+                })?
                 .bytes()
                 .await
-                .map_err(|e| DataFusionError::IoError(std::io::Error::other(format!("{}: {e}", this.url))))?;
+                .map_err(|e| {
+                    DataFusionError::IoError(std::io::Error::other(format!("{}: {e}", this.url)))
+                })?;
             let batches = this.parse(&bytes)?;
             Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
         })
@@ -188,7 +192,13 @@ impl TextFileParser {
     /// Parses a whole file; returns its batches or the first bad row's error (policy `fail`).
     fn parse(&self, bytes: &[u8]) -> Result<Vec<RecordBatch>, DataFusionError> {
         let mut lines: Vec<(u64, &[u8])> = Vec::new();
-        let skip_header = matches!(self.format, TextFormat::Csv { has_header: true, .. });
+        let skip_header = matches!(
+            self.format,
+            TextFormat::Csv {
+                has_header: true,
+                ..
+            }
+        );
         for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if (i == 0 && skip_header) || line.iter().all(u8::is_ascii_whitespace) {
@@ -258,14 +268,12 @@ impl TextFileParser {
     fn decode(&self, data: &[u8]) -> Result<RecordBatch, ArrowError> {
         let schema = Arc::clone(&self.file_schema);
         let batches: Vec<RecordBatch> = match self.format {
-            TextFormat::Csv { delimiter, .. } => {
-                datafusion::arrow::csv::ReaderBuilder::new(schema)
-                    .with_header(false)
-                    .with_delimiter(delimiter)
-                    .with_batch_size(CHUNK_LINES)
-                    .build(Cursor::new(data))?
-                    .collect::<Result<_, _>>()?
-            }
+            TextFormat::Csv { delimiter, .. } => datafusion::arrow::csv::ReaderBuilder::new(schema)
+                .with_header(false)
+                .with_delimiter(delimiter)
+                .with_batch_size(CHUNK_LINES)
+                .build(Cursor::new(data))?
+                .collect::<Result<_, _>>()?,
             TextFormat::Jsonl => datafusion::arrow::json::ReaderBuilder::new(schema)
                 .with_batch_size(CHUNK_LINES)
                 .build(Cursor::new(data))?
@@ -283,7 +291,10 @@ impl TextFileParser {
             value.as_str();
             batch.num_rows()
         ])));
-        Ok(RecordBatch::try_new(Arc::clone(&self.table_schema), columns)?)
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.table_schema),
+            columns,
+        )?)
     }
 }
 
@@ -312,7 +323,12 @@ fn clean_arrow_error(e: &ArrowError) -> String {
         None => s.to_string(),
     };
     match s.find(" for line ") {
-        Some(i) => s[..i].to_string() + s[i..].trim_start_matches(|c: char| c != ',' && c != '.').trim_start_matches(['.', ',']),
+        Some(i) => {
+            s[..i].to_string()
+                + s[i..]
+                    .trim_start_matches(|c: char| c != ',' && c != '.')
+                    .trim_start_matches(['.', ','])
+        }
         None => s,
     }
 }

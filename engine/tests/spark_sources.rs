@@ -10,7 +10,16 @@ use kiln_engine::job::plan_job;
 use kiln_engine::{JobSpec, Overrides};
 
 const COLUMNS: [&str; 11] = [
-    "event_id", "user_id", "event_type", "price", "amount", "clicked", "ts", "day", "tags", "dt",
+    "event_id",
+    "user_id",
+    "event_type",
+    "price",
+    "amount",
+    "clicked",
+    "ts",
+    "day",
+    "tags",
+    "dt",
     "ts_type",
 ];
 
@@ -20,7 +29,9 @@ const SELECT: &str = "event_id, user_id, event_type, price, amount, clicked, \
     CAST(ts AS BIGINT) AS ts, day, tags, dt, arrow_typeof(ts) AS ts_type";
 
 fn spark_dir(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/spark").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/spark")
+        .join(name);
     std::path::absolute(p).unwrap().display().to_string()
 }
 

@@ -70,7 +70,13 @@ fn example_job_matches_the_reference_and_is_deterministic() {
     assert_eq!(report["outputs"][0]["rows"], expected.len() as u64);
 
     // Manifest: 16 shards per format, rows reconcile, shards ordered by event_id.
-    let ds = Dataset::open_blocking(&dataset, OpenOptions { verify_checksums: true }).unwrap();
+    let ds = Dataset::open_blocking(
+        &dataset,
+        OpenOptions {
+            verify_checksums: true,
+        },
+    )
+    .unwrap();
     let m = ds.manifest();
     assert_eq!(m.options.num_shards, 16);
     assert_eq!(m.total_rows, expected.len() as u64);
@@ -94,7 +100,10 @@ fn example_job_matches_the_reference_and_is_deterministic() {
                     .to_vec()
             })
             .collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "shard {shard} ordered by event_id");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "shard {shard} ordered by event_id"
+        );
         for id in ids {
             assert_eq!(kiln_connectors::shard::shard_of_i64(id, 16), shard as u32);
         }
@@ -109,10 +118,13 @@ fn example_job_matches_the_reference_and_is_deterministic() {
     // Same input, same bytes: a second run writes identical shards.
     let out2 = dir.path().join("out2");
     run_example(&events, &out2);
-    let m2 = Dataset::open_blocking(&format!("{}/examples/", file_url(&out2)), OpenOptions::default())
-        .unwrap()
-        .manifest()
-        .clone();
+    let m2 = Dataset::open_blocking(
+        &format!("{}/examples/", file_url(&out2)),
+        OpenOptions::default(),
+    )
+    .unwrap()
+    .manifest()
+    .clone();
     let sums = |m: &kiln_connectors::dataset::Manifest| {
         m.shards
             .iter()
@@ -136,12 +148,21 @@ fn rerun_replaces_output_and_removes_the_old_run() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("run-"))
         .collect();
-    assert_eq!(runs, vec![format!("run-{}", second["run_id"].as_str().unwrap())]);
-    let ds = Dataset::open_blocking(&format!("{}/examples/", file_url(&out)), OpenOptions {
-        verify_checksums: true,
-    })
+    assert_eq!(
+        runs,
+        vec![format!("run-{}", second["run_id"].as_str().unwrap())]
+    );
+    let ds = Dataset::open_blocking(
+        &format!("{}/examples/", file_url(&out)),
+        OpenOptions {
+            verify_checksums: true,
+        },
+    )
     .unwrap();
-    assert_eq!(ds.manifest().total_rows, second["outputs"][0]["rows"].as_u64().unwrap());
+    assert_eq!(
+        ds.manifest().total_rows,
+        second["outputs"][0]["rows"].as_u64().unwrap()
+    );
 }
 
 #[test]
@@ -167,7 +188,13 @@ fn missing_day_partition_names_the_path() {
         err.contains(&format!("{}/dt=2026-11-22/", file_url(&events))),
         "{err}"
     );
-    assert!(!dir.path().join("out").join("examples").join("_manifest.json").exists());
+    assert!(
+        !dir.path()
+            .join("out")
+            .join("examples")
+            .join("_manifest.json")
+            .exists()
+    );
 }
 
 const CSV_SPEC: &str = r#"
@@ -217,7 +244,11 @@ fn malformed_csv_row_fails_naming_file_and_line() {
         err.contains(&format!("{file}:4")) || err.contains(&format!("{file}:5")),
         "{err}"
     );
-    assert!(!dir.path().join("out/totals/dt=2026-11-20/_manifest.json").exists());
+    assert!(
+        !dir.path()
+            .join("out/totals/dt=2026-11-20/_manifest.json")
+            .exists()
+    );
 }
 
 #[test]
@@ -230,18 +261,30 @@ fn rejected_rows_are_written_and_counted() {
     assert_eq!(report["bad_rows"]["clicks"]["rows_out"], 3);
     assert_eq!(report["bad_rows"]["clicks"]["rows_rejected"], 2);
     assert_eq!(report["outputs"][0]["rows"], 3);
-    let rejects = std::fs::read_to_string(dir.path().join("rejects/dt=2026-11-20/rejects-2026-11-20.jsonl"))
-        .unwrap();
+    let rejects = std::fs::read_to_string(
+        dir.path()
+            .join("rejects/dt=2026-11-20/rejects-2026-11-20.jsonl"),
+    )
+    .unwrap();
     let lines: Vec<serde_json::Value> = rejects
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 2);
-    assert_eq!((lines[0]["line"].as_u64(), lines[0]["raw"].as_str()), (Some(4), Some("3,cat,oops")));
-    assert_eq!((lines[1]["line"].as_u64(), lines[1]["raw"].as_str()), (Some(5), Some("4,dan")));
+    assert_eq!(
+        (lines[0]["line"].as_u64(), lines[0]["raw"].as_str()),
+        (Some(4), Some("3,cat,oops"))
+    );
+    assert_eq!(
+        (lines[1]["line"].as_u64(), lines[1]["raw"].as_str()),
+        (Some(5), Some("4,dan"))
+    );
     // Human output prints the reconciliation.
     let human = common::kiln_ok(&["features", spec.to_str().unwrap(), "--date", DATE]);
-    assert!(human.contains("clicks: rows_in 5 = rows_out 3 + rows_rejected 2"), "{human}");
+    assert!(
+        human.contains("clicks: rows_in 5 = rows_out 3 + rows_rejected 2"),
+        "{human}"
+    );
 }
 
 #[test]
@@ -254,7 +297,10 @@ fn spec_mistakes_are_reported_before_reading_data() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&spec.display().to_string()), "{err}");
-    assert!(err.contains("features `totals`") && err.contains("amout"), "{err}");
+    assert!(
+        err.contains("features `totals`") && err.contains("amout"),
+        "{err}"
+    );
     assert!(!dir.path().join("out").exists());
     assert!(!dir.path().join("rejects").exists());
 }

@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::moto::Moto;
-use object_store::ObjectStoreExt;
 use kiln_connectors::dataset::{Dataset, OpenOptions, ShardFormat};
+use object_store::ObjectStoreExt;
 
 /// Copies a local directory tree to `s3://bucket/prefix/` with the `kiln` S3 settings.
 fn upload(local: &Path, url: &str) {
@@ -53,41 +53,86 @@ fn example_job_on_s3_matches_local_run() {
     let spec = spec.to_str().unwrap();
     let local_out = dir.path().join("out");
     common::kiln_ok(&[
-        "features", spec, "--date", "2026-11-20",
-        "--source", &format!("events={}", events.display()),
-        "--out", local_out.to_str().unwrap(),
+        "features",
+        spec,
+        "--date",
+        "2026-11-20",
+        "--source",
+        &format!("events={}", events.display()),
+        "--out",
+        local_out.to_str().unwrap(),
     ]);
     let stdout = common::kiln_ok_env(
         &[
-            "features", spec, "--date", "2026-11-20",
-            "--source", "events=s3://kiln/raw/events",
-            "--out", "s3://kiln/features",
+            "features",
+            spec,
+            "--date",
+            "2026-11-20",
+            "--source",
+            "events=s3://kiln/raw/events",
+            "--out",
+            "s3://kiln/features",
             "--json",
         ],
         &env_ref,
     );
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(report["outputs"][0]["location"], "s3://kiln/features/examples/");
+    assert_eq!(
+        report["outputs"][0]["location"],
+        "s3://kiln/features/examples/"
+    );
 
-    let s3 = Dataset::open_blocking("s3://kiln/features/examples/", OpenOptions { verify_checksums: true })
-        .unwrap();
+    let s3 = Dataset::open_blocking(
+        "s3://kiln/features/examples/",
+        OpenOptions {
+            verify_checksums: true,
+        },
+    )
+    .unwrap();
     let local = Dataset::open_blocking(
         &format!("{}/examples/", local_out.display()),
-        OpenOptions { verify_checksums: true },
+        OpenOptions {
+            verify_checksums: true,
+        },
     )
     .unwrap();
     let sums = |d: &Dataset| {
         d.manifest()
             .shards
             .iter()
-            .map(|s| (s.index, format!("{:?}", s.format), s.sha256.clone(), s.rows, s.bytes))
+            .map(|s| {
+                (
+                    s.index,
+                    format!("{:?}", s.format),
+                    s.sha256.clone(),
+                    s.rows,
+                    s.bytes,
+                )
+            })
             .collect::<Vec<_>>()
     };
-    assert_eq!(sums(&s3), sums(&local), "S3 shards are byte-identical to the local run");
-    let files = s3.manifest().lineage["inputs"][0]["files"].as_array().unwrap().clone();
+    assert_eq!(
+        sums(&s3),
+        sums(&local),
+        "S3 shards are byte-identical to the local run"
+    );
+    let files = s3.manifest().lineage["inputs"][0]["files"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(files.len(), 9);
-    assert!(files.iter().all(|f| f["url"].as_str().unwrap().starts_with("s3://kiln/raw/events/dt=")));
-    assert!(files.iter().all(|f| f["e_tag"].as_str().is_some_and(|t| !t.is_empty())), "ETags recorded");
+    assert!(files.iter().all(|f| {
+        f["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://kiln/raw/events/dt=")
+    }));
+    assert!(
+        files
+            .iter()
+            .all(|f| f["e_tag"].as_str().is_some_and(|t| !t.is_empty())),
+        "ETags recorded"
+    );
     let rows: usize = common::read_dataset("s3://kiln/features/examples/", ShardFormat::Parquet)
         .iter()
         .map(|b| b.num_rows())

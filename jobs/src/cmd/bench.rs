@@ -38,7 +38,8 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
 
 fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let spec_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml");
+    let spec_path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml");
     let spec_text = std::fs::read_to_string(&spec_path)
         .with_context(|| format!("reading {}", spec_path.display()))?;
     std::fs::create_dir_all(&a.work)?;
@@ -47,8 +48,23 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     if !events.join("_SUCCESS").exists() && !events.exists() {
         eprintln!("generating {} events into {}", a.rows, events.display());
         let status = Command::new(&exe)
-            .args(["gen", "events", "--rows", &a.rows.to_string(), "--days", "9"])
-            .args(["--end-date", "2026-11-21", "--seed", "42", "--format", "parquet", "--out"])
+            .args([
+                "gen",
+                "events",
+                "--rows",
+                &a.rows.to_string(),
+                "--days",
+                "9",
+            ])
+            .args([
+                "--end-date",
+                "2026-11-21",
+                "--seed",
+                "42",
+                "--format",
+                "parquet",
+                "--out",
+            ])
             .arg(&events)
             .status()?;
         if !status.success() {
@@ -66,7 +82,10 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     let full_spec = work.join("job-full.toml");
     std::fs::write(&full_spec, &spec_text)?;
     let mut results = Vec::new();
-    for (name, spec) in [("parquet", &parquet_spec), ("tfrecord_gzip+parquet", &full_spec)] {
+    for (name, spec) in [
+        ("parquet", &parquet_spec),
+        ("tfrecord_gzip+parquet", &full_spec),
+    ] {
         let mut runs = Vec::new();
         for _ in 0..a.repeat {
             let out = Command::new(&exe)
@@ -79,14 +98,24 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
                 .env("RUST_LOG", "warn")
                 .output()?;
             if !out.status.success() {
-                bail!("kiln features failed: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "kiln features failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
             runs.push(report);
         }
-        let mut secs: Vec<f64> = runs.iter().map(|r| r["seconds"].as_f64().unwrap_or(0.0)).collect();
+        let mut secs: Vec<f64> = runs
+            .iter()
+            .map(|r| r["seconds"].as_f64().unwrap_or(0.0))
+            .collect();
         secs.sort_by(f64::total_cmp);
-        let peak = runs.iter().filter_map(|r| r["peak_rss_bytes"].as_u64()).max().unwrap_or(0);
+        let peak = runs
+            .iter()
+            .filter_map(|r| r["peak_rss_bytes"].as_u64())
+            .max()
+            .unwrap_or(0);
         let rows_out = runs[0]["outputs"][0]["rows"].as_u64().unwrap_or(0);
         results.push(serde_json::json!({
             "variant": name,
@@ -101,8 +130,11 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::json!({ "features": results }));
     } else {
-        println!("example job on {} events (9 days), run date 2026-11-20, {} cores", a.rows,
-            std::thread::available_parallelism().map_or(0, |n| n.get()));
+        println!(
+            "example job on {} events (9 days), run date 2026-11-20, {} cores",
+            a.rows,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
         for r in &results {
             println!(
                 "  {:<22} {:>8.2} s best ({:.2} median)  {:>6.2} M input rows/s  peak RSS {}  -> {} examples",

@@ -71,8 +71,13 @@ pub fn gen_events(out: &Path, rows: u64, seed: u64) {
 
 /// Reads every row of a committed dataset in one format, in shard order.
 pub fn read_dataset(url: &str, format: ShardFormat) -> Vec<RecordBatch> {
-    let ds = Dataset::open_blocking(url, OpenOptions { verify_checksums: true })
-        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    let ds = Dataset::open_blocking(
+        url,
+        OpenOptions {
+            verify_checksums: true,
+        },
+    )
+    .unwrap_or_else(|e| panic!("open {url}: {e}"));
     let all: Vec<usize> = (0..ds.manifest().options.num_shards as usize).collect();
     ds.read_shards(&all, Some(format), 8192)
         .expect("read shards")

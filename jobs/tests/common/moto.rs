@@ -28,7 +28,9 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start moto_server ({e}): install it with pip install \"moto[server]\"")
+                panic!(
+                    "cannot start moto_server ({e}): install it with pip install \"moto[server]\""
+                )
             });
         let moto = Moto {
             child,
@@ -37,7 +39,10 @@ impl Moto {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         moto

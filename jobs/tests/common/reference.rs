@@ -142,11 +142,35 @@ impl Window {
 
 /// The example table's column names, in order.
 pub const COLUMNS: [&str; 29] = [
-    "event_id", "user_id", "item_id", "ts", "hour", "device", "city", "price", "dwell_ms",
-    "u_views_1d", "u_clicks_1d", "u_carts_1d", "u_purchases_1d", "u_ctr_1d", "u_spend_1d",
-    "u_distinct_items_1d", "u_avg_dwell_1d", "u_views_7d", "u_clicks_7d", "u_carts_7d",
-    "u_purchases_7d", "u_ctr_7d", "u_spend_7d", "u_distinct_items_7d", "u_avg_dwell_7d",
-    "i_views_7d", "i_clicks_7d", "i_ctr_7d", "label",
+    "event_id",
+    "user_id",
+    "item_id",
+    "ts",
+    "hour",
+    "device",
+    "city",
+    "price",
+    "dwell_ms",
+    "u_views_1d",
+    "u_clicks_1d",
+    "u_carts_1d",
+    "u_purchases_1d",
+    "u_ctr_1d",
+    "u_spend_1d",
+    "u_distinct_items_1d",
+    "u_avg_dwell_1d",
+    "u_views_7d",
+    "u_clicks_7d",
+    "u_carts_7d",
+    "u_purchases_7d",
+    "u_ctr_7d",
+    "u_spend_7d",
+    "u_distinct_items_7d",
+    "u_avg_dwell_7d",
+    "i_views_7d",
+    "i_clicks_7d",
+    "i_ctr_7d",
+    "label",
 ];
 
 /// The examples for run date `d0_us` (micros of D 00:00 UTC), by event_id.
@@ -202,9 +226,10 @@ pub fn examples(events: &[Event], d0_us: i64) -> BTreeMap<i64, Vec<Value>> {
         } else {
             Value::Float(ic as f64 / iv as f64)
         });
-        let clicked = clicks
-            .get(&(e.user_id, e.item_id))
-            .is_some_and(|ts| ts.iter().any(|&c| c > e.ts && c <= e.ts + 30 * 60 * 1_000_000));
+        let clicked = clicks.get(&(e.user_id, e.item_id)).is_some_and(|ts| {
+            ts.iter()
+                .any(|&c| c > e.ts && c <= e.ts + 30 * 60 * 1_000_000)
+        });
         row.push(Value::Int(clicked as i64));
         out.insert(e.event_id, row);
     }
@@ -219,7 +244,9 @@ pub fn rows_from_batches(batches: &[RecordBatch]) -> BTreeMap<i64, Vec<Value>> {
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, COLUMNS, "examples columns and order");
         for r in 0..b.num_rows() {
-            let row: Vec<Value> = (0..b.num_columns()).map(|c| value_at(b.column(c), r)).collect();
+            let row: Vec<Value> = (0..b.num_columns())
+                .map(|c| value_at(b.column(c), r))
+                .collect();
             let Value::Int(id) = row[0] else {
                 panic!("event_id not int")
             };
@@ -263,7 +290,11 @@ pub fn assert_same(expected: &BTreeMap<i64, Vec<Value>>, actual: &BTreeMap<i64, 
                 }
                 _ => w == g,
             };
-            assert!(same, "event_id {id} column {}: want {w:?}, got {g:?}", COLUMNS[c]);
+            assert!(
+                same,
+                "event_id {id} column {}: want {w:?}, got {g:?}",
+                COLUMNS[c]
+            );
         }
     }
 }
