@@ -11,6 +11,34 @@ pub enum BenchCommand {
     /// The example feature job on generated events: wall time, input rows/s, peak RSS,
     /// for Parquet-only output and for the full example (TFRecord gzip + Parquet).
     Features(BenchFeaturesArgs),
+    /// Training throughput (examples/s) of the example-shaped wide & deep model with 1 and 2
+    /// workers (threads with their own TCP ring), batch 1024, Adam.
+    Train(BenchTrainArgs),
+    /// All-reduce bus bandwidth for 1, 16 and 64 MiB buffers across 2 and 4 ranks, next to a
+    /// plain TCP copy on loopback.
+    Allreduce(BenchJsonArgs),
+}
+
+/// Arguments of `kiln bench train`.
+#[derive(clap::Args)]
+pub struct BenchTrainArgs {
+    /// Steps to time per worker count.
+    #[arg(long, default_value_t = 300)]
+    pub steps: u64,
+    /// Synthetic rows to train on.
+    #[arg(long, default_value_t = 400_000)]
+    pub rows: usize,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of benchmarks that only take `--json`.
+#[derive(clap::Args)]
+pub struct BenchJsonArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `kiln bench features`.
@@ -33,6 +61,44 @@ pub struct BenchFeaturesArgs {
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Features(a) => bench_features(a),
+        BenchCommand::Train(a) => {
+            for workers in [1, 2] {
+                let r = kiln_trainer::bench::bench_train(workers, a.steps, a.rows)?;
+                if a.json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "train: {} worker(s), batch {}, {} steps: {:.0} examples/s (held-out AUC {})",
+                        r.workers,
+                        r.batch_size,
+                        r.steps,
+                        r.examples_per_sec,
+                        r.auc.map_or("-".into(), |a| format!("{a:.4}"))
+                    );
+                }
+            }
+            Ok(())
+        }
+        BenchCommand::Allreduce(a) => {
+            let r = kiln_trainer::bench::bench_allreduce(&[1 << 20, 16 << 20, 64 << 20], &[2, 4])?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            for (bytes, gbps) in &r.loopback_copy_gbps {
+                println!("loopback TCP copy {:>3} MiB: {gbps:.2} GB/s", bytes >> 20);
+            }
+            for f in &r.allreduce {
+                println!(
+                    "all-reduce {:>3} MiB x {} ranks: {:.2} ms, bus bandwidth {:.2} GB/s",
+                    f.bytes >> 20,
+                    f.world,
+                    f.seconds * 1e3,
+                    f.busbw_gbps
+                );
+            }
+            Ok(())
+        }
     }
 }
 
