@@ -170,6 +170,20 @@ struct ColPlan {
     key_part: Vec<u8>,
     kind: FeatureKind,
     default: Option<DefaultValue>,
+    /// Scalar fast path: everything before the value of a one-value int64 feature whose varint
+    /// has `i` bytes (index 1..=10), and before the 4 bytes of a one-value float feature.
+    i64_prefix: Vec<Vec<u8>>,
+    f32_prefix: Vec<u8>,
+}
+
+fn scalar_prefix(key_part: &[u8], kind_tag: u8, list_len: usize, value_head: &[u8]) -> Vec<u8> {
+    let feature_len = 1 + varint_len(list_len as u64) + list_len;
+    let mut v = Vec::new();
+    entry_header(&mut v, key_part, feature_len);
+    v.push(kind_tag);
+    put_varint(&mut v, list_len as u64);
+    v.extend_from_slice(value_head);
+    v
 }
 
 /// Canonical leaf values of one column for one batch.
@@ -501,11 +515,18 @@ impl ExampleEncoder {
                     kind.name()
                 )));
             }
+            // Int64List { packed: 0x0a <vl> varint }, FloatList { packed: 0x0a 0x04 f32 }.
+            let i64_prefix = (0..=10usize)
+                .map(|vl| scalar_prefix(&key_part, 0x1a, 2 + vl, &[0x0a, vl as u8]))
+                .collect();
+            let f32_prefix = scalar_prefix(&key_part, 0x12, 6, &[0x0a, 0x04]);
             plans.push(ColPlan {
                 name: f.name().clone(),
                 key_part,
                 kind,
                 default,
+                i64_prefix,
+                f32_prefix,
             });
         }
         Ok(ExampleEncoder {
@@ -570,6 +591,22 @@ impl ExampleEncoder {
                     Some(DefaultValue::Empty) => write_empty(out, kp, plan.kind),
                 }
                 continue;
+            }
+            if let Offs::None = v.offs {
+                match &v.leaf {
+                    Leaf::I64(a) => {
+                        let x = a.values()[row] as u64;
+                        out.extend_from_slice(&plan.i64_prefix[varint_len(x)]);
+                        put_varint(out, x);
+                        continue;
+                    }
+                    Leaf::F32(a) => {
+                        out.extend_from_slice(&plan.f32_prefix);
+                        out.extend_from_slice(&a.values()[row].to_le_bytes());
+                        continue;
+                    }
+                    _ => {}
+                }
             }
             let (s, e) = v.range(row);
             match &v.leaf {

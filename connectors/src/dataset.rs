@@ -439,10 +439,15 @@ impl ShardWriter {
             self.keys.update(batch.column(k).as_ref())?;
         }
         if let Some(tf) = &mut self.tf {
-            tf.framed.clear();
-            tf.enc.encode_batch_tfrecord(batch, &mut tf.framed)?;
-            tf.z.write_all(&tf.framed)
-                .map_err(|e| Error::io(format!("compressing {}", tf.sink.url), e))?;
+            if let CompressWriter::None(buf) = &mut tf.z {
+                // Uncompressed: encode straight into the output buffer.
+                tf.enc.encode_batch_tfrecord(batch, buf)?;
+            } else {
+                tf.framed.clear();
+                tf.enc.encode_batch_tfrecord(batch, &mut tf.framed)?;
+                tf.z.write_all(&tf.framed)
+                    .map_err(|e| Error::io(format!("compressing {}", tf.sink.url), e))?;
+            }
             if tf.z.get_mut().len() >= FLUSH_BYTES {
                 let data =
                     std::mem::replace(tf.z.get_mut(), Vec::with_capacity(FLUSH_BYTES + (1 << 20)));
@@ -1109,19 +1114,24 @@ fn read_tfrecord_shard(
     batch_size: usize,
     tx: &Tx,
 ) -> Result<bool> {
-    let stream = store::runtime()
+    let got = store::runtime()
         .block_on(loc.store.get(&loc.path))
-        .map_err(|e| Error::store(format!("reading {}", loc.url), e))?
-        .into_stream();
+        .map_err(|e| Error::store(format!("reading {}", loc.url), e))?;
+    let r: Box<dyn std::io::Read + Send> = match got.payload {
+        // Local files: read the open file directly (no per-chunk hop through the runtime).
+        object_store::GetResultPayload::File(file, _) => Box::new(file),
+        payload => Box::new(ObjectRead::new(
+            match payload {
+                object_store::GetResultPayload::Stream(st) => st,
+                object_store::GetResultPayload::File(..) => unreachable!("matched above"),
+            },
+            loc.url.clone(),
+        )),
+    };
     let compression = match s.compression.as_str() {
         "gzip" => Compression::Gzip,
         "zlib" => Compression::Zlib,
         _ => Compression::None,
-    };
-    let r = ObjectRead {
-        stream,
-        cur: Bytes::new(),
-        url: loc.url.clone(),
     };
     let mut reader = TfRecordReader::new(r, compression, loc.url.clone());
     let mut dec = ExampleDecoder::new(schema)?.with_source(loc.url.clone());
@@ -1143,6 +1153,23 @@ fn read_tfrecord_shard(
         ));
     }
     Ok(true)
+}
+
+/// Give a batch read from Parquet exactly the manifest's schema: Parquet may return a column
+/// with an equivalent but differently spelled type (e.g. list item names), which is cast.
+fn conform(
+    b: &RecordBatch,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let mut cols = Vec::with_capacity(b.num_columns());
+    for (c, f) in b.columns().iter().zip(schema.fields()) {
+        if c.data_type() == f.data_type() {
+            cols.push(c.clone());
+        } else {
+            cols.push(arrow::compute::cast(c, f.data_type())?);
+        }
+    }
+    RecordBatch::try_new(schema.clone(), cols)
 }
 
 // ParquetObjectReader is deprecated in parquet 59 in favour of a hand-written AsyncFileReader;
@@ -1176,7 +1203,7 @@ fn read_parquet_shard(
         while let Some(b) = stream.next().await {
             let b = b.map_err(|e| Error::parquet(format!("reading {url}"), e))?;
             rows += b.num_rows() as u64;
-            let b = RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|e| {
+            let b = conform(&b, &schema).map_err(|e| {
                 Error::arrow(
                     format!("{url}: Parquet columns do not match the manifest schema"),
                     e,

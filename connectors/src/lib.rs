@@ -36,6 +36,18 @@
 //! records that do not fit (wrong kind, missing required feature, several values where a
 //! scalar is expected, out-of-range values) with the record index and feature name.
 
+//!
+//! ## Datasets
+//!
+//! [`DatasetWriter`] (or the engine's per-partition [`ShardWriter`]s plus [`commit_dataset`])
+//! writes N shards per format under `<location>/run-<run_id>/` and commits them with
+//! `_manifest.json` then `_SUCCESS` (see [`dataset`]). Parquet shards keep every value exactly;
+//! TFRecord shards follow the table above, so a Float64 column reads back from TFRecord as the
+//! f32-rounded value ([`codec::example_round_trip`] gives exactly what the TFRecord copy of a
+//! batch decodes to). All other supported types read back identically from both formats.
+//! [`Dataset`] opens a location only through its manifest, verifies sizes (and SHA-256 on
+//! request) and streams RecordBatches from any subset of shards on a background thread.
+
 pub mod codec;
 pub mod dataset;
 pub mod error;

@@ -199,4 +199,54 @@ fn dataset_on_s3_compatible_server() {
     ))
     .unwrap();
     assert_eq!(ds.manifest().total_rows, 10_000);
+
+    // The same dataset through an s3:// URL and the standard AWS_* environment variables, in a
+    // child process (the environment is process-wide).
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "s3_url_child", "--nocapture", "--test-threads=1"])
+        .env(
+            "KILN_S3_CHILD_URL",
+            "s3://kiln-test/ctr/examples/dt=2026-11-21",
+        )
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", moto.port),
+        )
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "kiln")
+        .env("AWS_SECRET_ACCESS_KEY", "kiln")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {stdout}");
+    assert!(stdout.contains("S3 URL ROWS 10000"), "{stdout}");
+}
+
+/// Child of `dataset_on_s3_compatible_server`: opens a dataset by s3:// URL from the environment.
+#[test]
+fn s3_url_child() {
+    let Ok(url) = std::env::var("KILN_S3_CHILD_URL") else {
+        return;
+    };
+    let ds = Dataset::open_blocking(
+        &url,
+        OpenOptions {
+            verify_checksums: true,
+        },
+    )
+    .unwrap();
+    let rows: usize = ds
+        .read_shards(&[0, 1], None, 1000)
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    let mut out = Vec::new();
+    kiln_connectors::inspect::inspect(&url, 1, &mut out).unwrap();
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .contains("\"total_rows\":10000")
+    );
+    println!("S3 URL ROWS {rows}");
 }
