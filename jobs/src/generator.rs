@@ -656,6 +656,8 @@ struct Sampler<'a> {
     n_users: u64,
     n_items: u64,
     hour_cdf: [f64; 24],
+    /// `hour_amp * cos(2π (hour - hour_peak) / 24)` per UTC hour.
+    hour_term: [f64; 24],
 }
 
 impl<'a> Sampler<'a> {
@@ -669,6 +671,9 @@ impl<'a> Sampler<'a> {
             *c = acc;
         }
         hour_cdf[23] = 1.0;
+        let hour_term = std::array::from_fn(|h| {
+            m.hour_amp * (std::f64::consts::TAU * (h as f64 - m.hour_peak) / 24.0).cos()
+        });
         Self {
             m,
             seed: cfg.seed,
@@ -677,6 +682,7 @@ impl<'a> Sampler<'a> {
             n_users: cfg.users,
             n_items: cfg.items,
             hour_cdf,
+            hour_term,
         }
     }
 
@@ -698,8 +704,7 @@ impl<'a> Sampler<'a> {
         dwell: i32,
     ) -> f64 {
         let m = self.m;
-        let hour_term =
-            m.hour_amp * (std::f64::consts::TAU * (hour as f64 - m.hour_peak) / 24.0).cos();
+        let hour_term = self.hour_term[hour as usize];
         let price_term = if price.is_nan() {
             m.price_null
         } else {
@@ -830,7 +835,8 @@ fn draw_day(s: &Sampler, seed: u64, day: i64, budget: u64, last: bool) -> DayDra
     rng.set_stream(day as u64);
     let day_start = day * US_PER_DAY;
     let day_end = day_start + US_PER_DAY;
-    let mut own = Vec::with_capacity(budget as usize + 16);
+    // Room for the spill of the previous day (well under 1%), appended before sorting.
+    let mut own = Vec::with_capacity(budget as usize + budget as usize / 64 + 1024);
     let mut spill = Vec::new();
     let mut session = Vec::with_capacity(64);
     let mut produced = 0u64;
@@ -903,7 +909,12 @@ fn encode(
     events: &[Event],
     first_id: i64,
 ) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::with_capacity(events.len() * 24 + 1024);
+    let per_row = match format {
+        Format::Parquet => 32,
+        Format::Csv => 96,
+        Format::Jsonl => 192,
+    };
+    let mut buf = Vec::with_capacity(events.len() * per_row + 4096);
     let batches = events
         .chunks(BATCH_ROWS)
         .enumerate()
@@ -947,7 +958,7 @@ fn encode(
 /// The example job's label of each view of `views`: 1 when the same user clicked the same
 /// item at `view.ts < click.ts <= view.ts + 30 min`, among `clicks` (sorted by ts).
 fn labels(views: &[Event], clicks: &[Event]) -> Vec<bool> {
-    let mut by_pair: HashMap<(i64, i64), Vec<i64>> = HashMap::new();
+    let mut by_pair: HashMap<(i64, i64), Vec<i64>> = HashMap::with_capacity(clicks.len());
     for e in clicks {
         by_pair.entry((e.user, e.item)).or_default().push(e.ts);
     }
@@ -1083,9 +1094,9 @@ pub fn generate(cfg: &GenConfig, sink: &dyn Sink) -> Result<GenReport, GenError>
                         v.take().expect("checked")
                     };
                     let first_id = (prefix[d] - incoming.len() as u64) as i64 + 1;
-                    let mut events = incoming;
-                    events.extend_from_slice(&draw.own);
-                    drop(draw.own);
+                    let mut events = draw.own;
+                    events.extend_from_slice(&incoming);
+                    drop(incoming);
                     let out = finish_day(cfg, sink, &schema, day, events, first_id, |ev| {
                         if day == ceiling_day {
                             let mut c = ceiling_input.lock().expect("ceiling lock");
@@ -1326,7 +1337,7 @@ mod tests {
             ev(-5, CLICK, 4),
             ev(LABEL_WINDOW_US, CLICK, 1),
             ev(LABEL_WINDOW_US + 1, CLICK, 2),
-            ev(LABEL_WINDOW_US + 20, CLICK, 3),
+            ev(LABEL_WINDOW_US + 10, CLICK, 3),
         ];
         assert_eq!(labels(&views, &clicks), vec![true, false, true, false]);
         // A click at the view's own timestamp does not count.

@@ -339,7 +339,7 @@ fn schema_layout_counts_and_domains() {
             .all(|d| ["mobile", "desktop", "tablet"].contains(&d.as_str()))
     );
     assert!(ev.dwell_ms.iter().all(|&d| (100..=600_000).contains(&d)));
-    assert!(ev.price.iter().flatten().all(|&p| p >= 0.5 && p < 1e6));
+    assert!(ev.price.iter().flatten().all(|&p| (0.5..1e6).contains(&p)));
     assert!(ev.user_id.iter().all(|&u| (1..=60_000).contains(&u)));
     assert!(ev.item_id.iter().all(|&i| (1..=30_000).contains(&i)));
     assert!(ev.city.iter().flatten().all(|c| !c.is_empty()));

@@ -133,7 +133,7 @@ fn events(a: EventsArgs) -> anyhow::Result<()> {
     } else {
         let c = &report.ceiling;
         println!(
-            "kiln gen events: {} rows in {} days ({} files, {:.1} MB) to {} in {:.2} s; \
+            "kiln gen events: {} rows in {} day(s) ({} files, {:.1} MB) to {} in {:.2} s; \
              CTR {:.2}%; ceiling AUC {:.4} on {} ({} views, {:.2}% labelled 1)",
             report.rows,
             report.days,
