@@ -151,10 +151,9 @@ fn events(a: EventsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sink for `--out`: local paths and `file://` URLs on the filesystem, any other URL
-/// (`s3://bucket/prefix`, configured from the usual `AWS_*` variables) through object_store.
-// TODO(connectors): switch to `kiln_connectors::store::resolve_url` once it lands, so every
-// command resolves URLs (and S3 credentials/endpoints) the same way.
+/// The sink for `--out`: local paths and `file://` URLs on the filesystem (written with
+/// std::fs, temporary name + rename), any other URL (`s3://bucket/prefix`, configured from the
+/// usual `AWS_*` variables) through `kiln_connectors::store`, like every other command.
 fn open_sink(out: &str) -> anyhow::Result<Box<dyn Sink>> {
     if !out.contains("://") {
         return Ok(Box::new(LocalSink::new(out)));
@@ -166,17 +165,8 @@ fn open_sink(out: &str) -> anyhow::Result<Box<dyn Sink>> {
             .map_err(|()| anyhow::anyhow!("--out {out}: not an absolute file:// path"))?;
         return Ok(Box::new(LocalSink::new(path)));
     }
-    let (store, prefix): (Arc<dyn ObjectStore>, StorePath) = if url.scheme() == "s3" {
-        let store = object_store::aws::AmazonS3Builder::from_env()
-            .with_url(out)
-            .build()
-            .with_context(|| format!("--out {out}: cannot configure S3"))?;
-        (Arc::new(store), StorePath::from_url_path(url.path())?)
-    } else {
-        let (store, prefix) = object_store::parse_url(&url)
-            .with_context(|| format!("--out {out}: unsupported URL"))?;
-        (Arc::from(store), prefix)
-    };
+    let (store, prefix): (Arc<dyn ObjectStore>, StorePath) =
+        kiln_connectors::store::resolve_url(out).with_context(|| format!("--out {out}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
