@@ -234,8 +234,8 @@ pub struct GenConfig {
 }
 
 impl GenConfig {
-    /// A configuration with the documented defaults for `rows` events (users = rows/5,
-    /// items = rows/10, one parquet file per day, 8 days ending 2026-11-21).
+    /// A configuration with the documented defaults for `rows` events over `days` days
+    /// (users = rows/5, items = rows/10, one parquet file per day, ending 2026-11-21).
     pub fn new(rows: u64, days: u32, seed: u64) -> Self {
         Self {
             rows,

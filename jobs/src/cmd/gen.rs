@@ -36,8 +36,9 @@ pub struct EventsArgs {
     /// Total number of events (exact), split evenly over the days.
     #[arg(long, default_value_t = 10_000_000)]
     pub rows: u64,
-    /// Number of days, ending at --end-date inclusive (the example job needs 8: D-7..D).
-    #[arg(long, default_value_t = 8)]
+    /// Number of days, ending at --end-date inclusive (the example job run for D reads
+    /// D-7 .. D+1: 9 days).
+    #[arg(long, default_value_t = 9)]
     pub days: u32,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 42)]
