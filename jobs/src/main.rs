@@ -29,7 +29,7 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Apply an exported model (and its saved feature transform) to a dataset.
     Predict(cmd::predict::PredictArgs),
-    /// Benchmarks that print figures (`kiln bench features|shards|train|allreduce`).
+    /// Benchmarks that print figures (`kiln bench features|train|allreduce`).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
 }
