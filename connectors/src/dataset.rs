@@ -314,6 +314,7 @@ impl KeyStats {
 struct TfOut {
     enc: ExampleEncoder,
     z: CompressWriter<Vec<u8>>,
+    /// Framed records not yet handed to the compressor (see [`COMPRESS_CHUNK_BYTES`]).
     framed: Vec<u8>,
     sink: Sink,
     path: String,
@@ -323,9 +324,64 @@ struct PqOut {
     w: AsyncArrowWriter<ParquetSink>,
     state: Arc<Mutex<HashState>>,
     path: String,
+    /// Rows not yet handed to the Parquet writer (see [`PARQUET_CHUNK_ROWS`]).
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+}
+
+/// Rows per call into the Parquet writer. Its page and dictionary decisions depend on how
+/// rows are chunked into calls, so rows are re-chunked to this fixed size: the shard's bytes
+/// then depend only on the rows, not on the batch boundaries the writer received.
+const PARQUET_CHUNK_ROWS: usize = 8192;
+
+impl PqOut {
+    async fn write(&mut self, batch: &RecordBatch, schema: &SchemaRef) -> Result<()> {
+        self.pending.push(batch.clone());
+        self.pending_rows += batch.num_rows();
+        if self.pending_rows < PARQUET_CHUNK_ROWS {
+            return Ok(());
+        }
+        let all = arrow::compute::concat_batches(schema, &self.pending)
+            .map_err(|e| Error::Schema(e.to_string()))?;
+        self.pending.clear();
+        let full = all.num_rows() / PARQUET_CHUNK_ROWS * PARQUET_CHUNK_ROWS;
+        for start in (0..full).step_by(PARQUET_CHUNK_ROWS) {
+            self.write_now(&all.slice(start, PARQUET_CHUNK_ROWS))
+                .await?;
+        }
+        self.pending_rows = all.num_rows() - full;
+        if self.pending_rows > 0 {
+            self.pending.push(all.slice(full, self.pending_rows));
+        }
+        Ok(())
+    }
+
+    async fn write_now(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.w
+            .write(batch)
+            .await
+            .map_err(|e| Error::parquet(format!("writing shard {}", self.path), e))
+    }
+
+    async fn close(mut self) -> Result<()> {
+        for b in std::mem::take(&mut self.pending) {
+            self.write_now(&b).await?;
+        }
+        let path = self.path.clone();
+        self.w
+            .close()
+            .await
+            .map_err(|e| Error::parquet(format!("finishing shard {path}"), e))?;
+        Ok(())
+    }
 }
 
 const FLUSH_BYTES: usize = 8 << 20;
+
+/// Bytes per call into the gzip/zlib compressor. Deflate's block choices depend on how the
+/// input is split into calls, so framed records are re-chunked to this fixed size: compressed
+/// shards then depend only on the rows, not on the batch boundaries the writer received.
+const COMPRESS_CHUNK_BYTES: usize = 256 << 10;
 
 /// Writes one shard index in every configured format (`run-<id>/part-NNNNN-of-MMMMM.*`).
 pub struct ShardWriter {
@@ -402,7 +458,13 @@ impl ShardWriter {
                     let w =
                         AsyncArrowWriter::try_new(ParquetSink(sink), schema.clone(), Some(props))
                             .map_err(|e| Error::parquet(format!("creating {}", loc.url), e))?;
-                    pq = Some(PqOut { w, state, path });
+                    pq = Some(PqOut {
+                        w,
+                        state,
+                        path,
+                        pending: Vec::new(),
+                        pending_rows: 0,
+                    });
                 }
             }
         }
@@ -443,10 +505,13 @@ impl ShardWriter {
                 // Uncompressed: encode straight into the output buffer.
                 tf.enc.encode_batch_tfrecord(batch, buf)?;
             } else {
-                tf.framed.clear();
                 tf.enc.encode_batch_tfrecord(batch, &mut tf.framed)?;
-                tf.z.write_all(&tf.framed)
-                    .map_err(|e| Error::io(format!("compressing {}", tf.sink.url), e))?;
+                let whole = tf.framed.len() / COMPRESS_CHUNK_BYTES * COMPRESS_CHUNK_BYTES;
+                for chunk in tf.framed[..whole].chunks(COMPRESS_CHUNK_BYTES) {
+                    tf.z.write_all(chunk)
+                        .map_err(|e| Error::io(format!("compressing {}", tf.sink.url), e))?;
+                }
+                tf.framed.drain(..whole);
             }
             if tf.z.get_mut().len() >= FLUSH_BYTES {
                 let data =
@@ -455,9 +520,7 @@ impl ShardWriter {
             }
         }
         if let Some(pq) = &mut self.pq {
-            pq.w.write(batch)
-                .await
-                .map_err(|e| Error::parquet(format!("writing shard {}", pq.path), e))?;
+            pq.write(batch, &self.schema).await?;
         }
         self.rows += batch.num_rows() as u64;
         Ok(())
@@ -469,6 +532,10 @@ impl ShardWriter {
         let mut tf_file = None;
         let mut pq_file = None;
         if let Some(mut tf) = self.tf {
+            if !tf.framed.is_empty() {
+                tf.z.write_all(&tf.framed)
+                    .map_err(|e| Error::io(format!("compressing {}", tf.sink.url), e))?;
+            }
             let rest =
                 tf.z.finish()
                     .map_err(|e| Error::io(format!("compressing {}", tf.sink.url), e))?;
@@ -489,10 +556,9 @@ impl ShardWriter {
         }
         if let Some(pq) = self.pq {
             let path = pq.path.clone();
-            pq.w.close()
-                .await
-                .map_err(|e| Error::parquet(format!("finishing shard {path}"), e))?;
-            let s = pq.state.lock().unwrap_or_else(|p| p.into_inner());
+            let state = Arc::clone(&pq.state);
+            pq.close().await?;
+            let s = state.lock().unwrap_or_else(|p| p.into_inner());
             pq_file = Some(ShardFile {
                 index: self.index,
                 format: ShardFormat::Parquet,

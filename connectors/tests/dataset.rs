@@ -522,3 +522,31 @@ fn killed_writer_leaves_no_manifest() {
         .sum();
     assert_eq!(n, 200);
 }
+
+/// Shard bytes depend on the rows only, not on how the writer's input was split into batches.
+#[test]
+fn shard_bytes_do_not_depend_on_batch_boundaries() {
+    let rows = concat_batches(&training_schema(), &input(3, 9_000)).unwrap();
+    let split_evenly = vec![rows.clone()];
+    let mut split_unevenly = Vec::new();
+    let mut start = 0;
+    for len in [1, 7_000, 3, 12_345, 999].into_iter().cycle() {
+        if start >= rows.num_rows() {
+            break;
+        }
+        let len = len.min(rows.num_rows() - start);
+        split_unevenly.push(rows.slice(start, len));
+        start += len;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sums = |name: &str, batches: &[RecordBatch]| {
+        let url = dir.path().join(name).display().to_string();
+        let m =
+            write_dataset_blocking(&url, training_schema(), batches, opts(3), json!({})).unwrap();
+        m.shards
+            .iter()
+            .map(|s| (s.index, s.format, s.sha256.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sums("a", &split_evenly), sums("b", &split_unevenly));
+}
