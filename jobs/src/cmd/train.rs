@@ -28,7 +28,8 @@ pub struct TrainArgs {
     /// Start this many local worker processes (ranks 0..N-1).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Model directory (local path or file:// URL). Default: ./models/<spec name>/<date>.
+    /// Model directory (local path or file:// URL). Default: <spec dir>/models/<job name>/<date>
+    /// (with --config: ./models/<config file stem>/<date>).
     #[arg(long)]
     pub model_dir: Option<String>,
     /// Continue from the latest checkpoint in the model directory.
@@ -59,11 +60,10 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
             Some(toml::Value::Table(t)) => t.clone(),
             _ => bail!("{}: no [train] table", cfg.display()),
         };
-        let name = cfg
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("model")
-            .to_string();
+        let name = format!(
+            "models/{}",
+            cfg.file_stem().and_then(|s| s.to_str()).unwrap_or("model")
+        );
         (t, None, name)
     } else if let Some(spec_path) = &args.spec {
         let spec = kiln_engine::spec::JobSpec::load(spec_path)?;
@@ -92,10 +92,12 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
             }
             (None, None) => bail!("kiln train SPEC needs --date D (or --data DATASET)"),
         };
-        let name = spec_path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("model")
+        // Models live beside the spec, like its other relative paths: <spec dir>/models/<job>.
+        let name = spec
+            .base_dir()
+            .join("models")
+            .join(&spec.name)
+            .display()
             .to_string();
         (t, data, name)
     } else {
@@ -112,7 +114,7 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
         .context("no training data: pass --data DATASET")?;
     let model_dir = args.model_dir.clone().unwrap_or_else(|| {
         format!(
-            "models/{name}/{}",
+            "{name}/{}",
             args.date.clone().unwrap_or_else(|| "latest".into())
         )
     });
