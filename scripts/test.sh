@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: every crate's unit and integration tests, then the TensorFlow
 # compatibility check (Kiln-written shards read back by real TensorFlow).
-# Needs: `pip install "moto[server]" tensorflow-cpu` (the S3 and TensorFlow peers).
+# Needs: `pip install "moto[server]" tensorflow-cpu pyarrow` (S3, TensorFlow and Parquet peers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
