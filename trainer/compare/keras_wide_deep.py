@@ -49,7 +49,19 @@ def main():
     cats = [c for c in args.categorical.split(",") if c]
     nums = [c for c in args.numeric.split(",") if c]
     spec = {c: tf.io.FixedLenFeature([], tf.int64) for c in cats}
-    spec.update({c: tf.io.FixedLenFeature([], tf.float32, default_value=float("nan")) for c in nums})
+    # Integer columns are int64_list features: parse them as int64 (missing -> a sentinel)
+    # and turn them into float32 (missing -> NaN) after parsing.
+    types = {f["name"]: f["type"] for f in manifest["schema"]["fields"]}
+    int_nums = [c for c in nums if not types.get(c, "Float").startswith("Float")]
+    missing = -(2**63)
+    spec.update({c: tf.io.FixedLenFeature([], tf.float32, default_value=float("nan")) for c in nums if c not in int_nums})
+    spec.update({c: tf.io.FixedLenFeature([], tf.int64, default_value=missing) for c in int_nums})
+
+    def ints_to_float(ex):
+        for c in int_nums:
+            v = ex[c]
+            ex[c] = tf.where(v == missing, tf.constant(float("nan")), tf.cast(v, tf.float32))
+        return ex
     spec[args.label] = tf.io.FixedLenFeature([], tf.int64)
     spec[args.key] = tf.io.FixedLenFeature([], tf.int64)
     limit = int(args.eval_fraction * 1_000_000)
@@ -59,7 +71,7 @@ def main():
         return h < limit
 
     raw = tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
-    parsed = raw.batch(4096).map(lambda b: tf.io.parse_example(b, spec), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    parsed = raw.batch(4096).map(lambda b: ints_to_float(tf.io.parse_example(b, spec)), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     train_ds = parsed.filter(lambda ex: tf.logical_not(held_out(ex)))
     eval_ds = parsed.filter(held_out)
 
@@ -91,7 +103,7 @@ def main():
             cols.append(tf.where(isnan, 0.0, (v - mean) / std))
             cols.append(tf.cast(isnan, tf.float32))
         if cols:
-            x["dense"] = tf.stack(cols, axis=-1)
+            x["numeric_inputs"] = tf.stack(cols, axis=-1)
         return x, tf.cast(ex[args.label], tf.float32)
 
     inputs, deep, wide = {}, [], []
@@ -101,8 +113,8 @@ def main():
         deep.append(tf.keras.layers.Embedding(args.buckets, args.dim)(inp))
         wide.append(tf.keras.layers.Embedding(args.buckets, 1)(inp))
     if nums:
-        d = tf.keras.Input(shape=(2 * len(nums),), name="dense")
-        inputs["dense"] = d
+        d = tf.keras.Input(shape=(2 * len(nums),), name="numeric_inputs")
+        inputs["numeric_inputs"] = d
         deep.append(d)
     h = tf.keras.layers.Concatenate()(deep)
     h = tf.keras.layers.Dense(256, activation="relu")(h)
