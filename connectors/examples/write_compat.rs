@@ -15,6 +15,7 @@ use arrow::buffer::NullBuffer;
 use arrow::datatypes::*;
 use kiln_connectors::codec::example_round_trip;
 use kiln_connectors::dataset::write_dataset_blocking;
+use kiln_connectors::wire::base64;
 use kiln_connectors::{
     Compression, EncodeOptions, ExampleEncoder, ShardFormat, ShardOptions, TfRecordWriter,
 };
@@ -22,28 +23,6 @@ use kiln_connectors::{Dataset, OpenOptions};
 use serde_json::{Value, json};
 
 const N: usize = 40;
-
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
-        s.push(T[(n >> 18) as usize & 63] as char);
-        s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        s.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    s
-}
 
 /// Per row: feature name -> {"kind", "value"} for the features that must be present.
 type Expected = Vec<BTreeMap<String, Value>>;
@@ -235,7 +214,7 @@ fn main() {
         Arc::new(StringArray::from(strs.clone())),
         "bytes_list",
         strs.iter()
-            .map(|x| x.as_ref().map(|x| vec![json!(b64(x.as_bytes()))]))
+            .map(|x| x.as_ref().map(|x| vec![json!(base64(x.as_bytes()))]))
             .collect(),
     );
     c.add(
@@ -244,7 +223,7 @@ fn main() {
         Arc::new(StringViewArray::from(strs.clone())),
         "bytes_list",
         strs.iter()
-            .map(|x| x.as_ref().map(|x| vec![json!(b64(x.as_bytes()))]))
+            .map(|x| x.as_ref().map(|x| vec![json!(base64(x.as_bytes()))]))
             .collect(),
     );
     let city: Vec<Option<&str>> = rows
@@ -258,7 +237,7 @@ fn main() {
         Arc::new(dict),
         "bytes_list",
         city.iter()
-            .map(|x| x.map(|x| vec![json!(b64(x.as_bytes()))]))
+            .map(|x| x.map(|x| vec![json!(base64(x.as_bytes()))]))
             .collect(),
     );
     let bins: Vec<Option<Vec<u8>>> = rows
@@ -271,7 +250,7 @@ fn main() {
         Arc::new(LargeBinaryArray::from_iter(bins.clone())),
         "bytes_list",
         bins.iter()
-            .map(|x| x.as_ref().map(|x| vec![json!(b64(x))]))
+            .map(|x| x.as_ref().map(|x| vec![json!(base64(x))]))
             .collect(),
     );
     c.add(
@@ -282,7 +261,7 @@ fn main() {
         ),
         "bytes_list",
         bins.iter()
-            .map(|x| x.as_ref().map(|x| vec![json!(b64(x))]))
+            .map(|x| x.as_ref().map(|x| vec![json!(base64(x))]))
             .collect(),
     );
 
@@ -332,7 +311,7 @@ fn main() {
         tags.iter()
             .map(|x| {
                 x.as_ref()
-                    .map(|v| v.iter().map(|s| json!(b64(s.as_bytes()))).collect())
+                    .map(|v| v.iter().map(|s| json!(base64(s.as_bytes()))).collect())
             })
             .collect(),
     );
