@@ -17,7 +17,7 @@ use std::future::Future;
 use std::path::{Component, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -186,6 +186,75 @@ pub fn resolve(url_or_path: &str) -> Result<Location> {
 pub fn resolve_url(url_or_path: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let l = resolve(url_or_path)?;
     Ok((l.store, l.path))
+}
+
+/// Uploads every file under the local directory `dir` to `dest` (same relative paths).
+/// Files named in `last` are uploaded after all others, in that order, so a reader that waits
+/// for them sees everything else first. Returns the number of files.
+pub fn upload_dir(dir: &std::path::Path, dest: &Location, last: &[&str]) -> Result<usize> {
+    let mut files = Vec::new();
+    collect_files(dir, dir, &mut files)?;
+    files.sort_by_key(|rel| (last.iter().position(|l| l == rel), rel.clone()));
+    block_on(async {
+        for rel in &files {
+            let local = dir.join(rel);
+            let bytes = std::fs::read(&local).map_err(|e| Error::io(local.display().to_string(), e))?;
+            let to = dest.child(rel);
+            to.store
+                .put(&to.path, bytes.into())
+                .await
+                .map_err(|e| Error::store(&to.url, e))?;
+        }
+        Ok(files.len())
+    })
+}
+
+/// Downloads every object under `src` into the local directory `dir` (created if needed),
+/// replacing files of the same name. Returns the number of files.
+pub fn download_dir(src: &Location, dir: &std::path::Path) -> Result<usize> {
+    use futures::TryStreamExt;
+    block_on(async {
+        let objects: Vec<_> = src
+            .store
+            .list(Some(&src.path))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(&src.url, e))?;
+        for meta in &objects {
+            let rel: Vec<_> = meta
+                .location
+                .prefix_match(&src.path)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+                .unwrap_or_default();
+            let local = rel.iter().fold(dir.to_path_buf(), |p, part| p.join(part));
+            let got = src.store.get(&meta.location).await;
+            let bytes = match got {
+                Ok(r) => r.bytes().await,
+                Err(e) => Err(e),
+            }
+            .map_err(|e| Error::store(format!("{}/{}", src.url, rel.join("/")), e))?;
+            if let Some(parent) = local.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display().to_string(), e))?;
+            }
+            std::fs::write(&local, &bytes).map_err(|e| Error::io(local.display().to_string(), e))?;
+        }
+        Ok(objects.len())
+    })
+}
+
+fn collect_files(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir.display().to_string(), e))?;
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).expect("under root");
+            out.push(rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/"));
+        }
+    }
+    Ok(())
 }
 
 /// The crate's shared I/O runtime used by the blocking wrappers (2 worker threads).

@@ -7,9 +7,11 @@ same hashed ids), the numeric columns normalised with training mean/std (nulls -
 is-null input), MLP 256-128-1, batch 1024, Adam (lr 1e-3), for the same number of examples,
 and prints held-out AUC / log loss and training examples/s as one JSON line.
 
-The held-out split is the rows whose `--key` hashes (tf.strings.to_hash_bucket_fast of the
-decimal key) into the first --eval-fraction of 1e6 buckets: the same fraction as Kiln's
-(xxh3-based) split, not the same rows.
+The held-out split is exactly Kiln's `eval = { by = "hash", key = ..., fraction = ... }`: a row is
+held out when xxh3_64 of its key (8 bytes, little-endian) modulo 1e6 is below fraction * 1e6, so
+both frameworks are scored on the same rows (needs `pip install xxhash`). String columns given
+with `--string-categorical name:buckets` are hashed into that many buckets (Kiln builds a
+vocabulary of about that size for them).
 
     python3 trainer/compare/keras_wide_deep.py DATASET_DIR --numeric price,dwell_ms,...
 """
@@ -19,13 +21,30 @@ import json
 import os
 import time
 
+import numpy as np
 import tensorflow as tf
+import xxhash
+
+SPLIT_SLOTS = 1_000_000
+
+
+def exact_auc(y, p):
+    """Exact AUC over all rows (ties count one half), like Kiln's evaluation."""
+    order = np.argsort(p, kind="mergesort")
+    _, inverse, counts = np.unique(p[order], return_inverse=True, return_counts=True)
+    end = np.cumsum(counts)
+    ranks = np.empty(len(p))
+    ranks[order] = ((end - counts + 1 + end) / 2.0)[inverse]
+    pos = float(y.sum())
+    neg = len(y) - pos
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dataset", help="local dataset directory (with _manifest.json)")
     ap.add_argument("--categorical", default="user_id,item_id")
+    ap.add_argument("--string-categorical", default="", help="name:buckets,... (string columns)")
     ap.add_argument("--numeric", default="")
     ap.add_argument("--label", default="label")
     ap.add_argument("--key", default="event_id")
@@ -49,6 +68,11 @@ def main():
     cats = [c for c in args.categorical.split(",") if c]
     nums = [c for c in args.numeric.split(",") if c]
     spec = {c: tf.io.FixedLenFeature([], tf.int64) for c in cats}
+    str_cats = {}
+    for item in [x for x in args.string_categorical.split(",") if x]:
+        name, buckets = item.split(":")
+        str_cats[name] = int(buckets)
+        spec[name] = tf.io.FixedLenFeature([], tf.string, default_value="")
     # Integer columns are int64_list features: parse them as int64 (missing -> a sentinel)
     # and turn them into float32 (missing -> NaN) after parsing.
     types = {f["name"]: f["type"] for f in manifest["schema"]["fields"]}
@@ -64,16 +88,24 @@ def main():
         return ex
     spec[args.label] = tf.io.FixedLenFeature([], tf.int64)
     spec[args.key] = tf.io.FixedLenFeature([], tf.int64)
-    limit = int(args.eval_fraction * 1_000_000)
+    limit = round(args.eval_fraction * SPLIT_SLOTS)
 
-    def held_out(ex):
-        h = tf.strings.to_hash_bucket_fast(tf.strings.as_string(ex[args.key]), 1_000_000)
-        return h < limit
+    def held_out_flags(keys):
+        # Kiln's split: xxh3_64(i64 little-endian) % 1e6 < limit.
+        return np.array(
+            [xxhash.xxh3_64_intdigest(int(k).to_bytes(8, "little", signed=True)) % SPLIT_SLOTS < limit for k in keys],
+            dtype=np.bool_,
+        )
+
+    def parse_batch(b):
+        ex = ints_to_float(tf.io.parse_example(b, spec))
+        ex["_held_out"] = tf.reshape(tf.numpy_function(held_out_flags, [ex[args.key]], tf.bool), [-1])
+        return ex
 
     raw = tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
-    parsed = raw.batch(4096).map(lambda b: ints_to_float(tf.io.parse_example(b, spec)), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    train_ds = parsed.filter(lambda ex: tf.logical_not(held_out(ex)))
-    eval_ds = parsed.filter(held_out)
+    parsed = raw.batch(4096).map(parse_batch, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    train_ds = parsed.filter(lambda ex: tf.logical_not(ex["_held_out"]))
+    eval_ds = parsed.filter(lambda ex: ex["_held_out"])
 
     # Normalisation statistics from the training rows (like Kiln's transform fit pass).
     stats = {c: [0.0, 0.0, 0] for c in nums}
@@ -95,6 +127,7 @@ def main():
 
     def features(ex):
         x = {c: tf.math.floormod(tf.cast(tf.strings.to_hash_bucket_fast(tf.strings.as_string(ex[c]), args.buckets), tf.int64), args.buckets) for c in cats}
+        x.update({c: tf.strings.to_hash_bucket_fast(ex[c], n) for c, n in str_cats.items()})
         cols = []
         for c in nums:
             v = ex[c]
@@ -112,6 +145,11 @@ def main():
         inputs[c] = inp
         deep.append(tf.keras.layers.Embedding(args.buckets, args.dim)(inp))
         wide.append(tf.keras.layers.Embedding(args.buckets, 1)(inp))
+    for c, n in str_cats.items():
+        inp = tf.keras.Input(shape=(), dtype=tf.int64, name=c)
+        inputs[c] = inp
+        deep.append(tf.keras.layers.Embedding(n, args.dim)(inp))
+        wide.append(tf.keras.layers.Embedding(n, 1)(inp))
     if nums:
         d = tf.keras.Input(shape=(2 * len(nums),), name="numeric_inputs")
         inputs["numeric_inputs"] = d
@@ -139,18 +177,15 @@ def main():
     for x, y in ev:
         ps.append(model(x, training=False).numpy())
         ys.append(y.numpy())
-    import numpy as np
-
-    y = np.concatenate(ys)
-    p = np.clip(np.concatenate(ps), 1e-7, 1 - 1e-7)
-    auc = tf.keras.metrics.AUC(num_thresholds=100_000)
-    auc.update_state(y, p)
+    y = np.concatenate(ys).reshape(-1)
+    p = np.clip(np.concatenate(ps).reshape(-1), 1e-7, 1 - 1e-7)
+    auc = exact_auc(y, p)
     logloss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     print(json.dumps({
         "framework": f"tensorflow {tf.__version__} / keras {tf.keras.__version__ if hasattr(tf.keras, '__version__') else ''}",
         "train_rows": n_train, "steps": steps, "batch": args.batch,
         "examples_per_sec": (steps - 1) * args.batch / dt,
-        "metrics": {"auc": float(auc.result()), "logloss": logloss, "rows": int(len(y)),
+        "metrics": {"auc": auc, "logloss": logloss, "rows": int(len(y)),
                     "mean_prediction": float(p.mean()), "mean_label": float(y.mean())},
     }))
 

@@ -152,7 +152,7 @@ pub fn synthetic_config() -> TrainConfig {
 pub struct AllreduceFigure {
     /// Buffer size in bytes.
     pub bytes: usize,
-    /// Ranks (threads in this process, each with its own TCP ring sockets on loopback).
+    /// Ranks (each with its own TCP ring sockets on loopback).
     pub world: usize,
     /// Mean seconds per all-reduce.
     pub seconds: f64,
@@ -237,30 +237,55 @@ fn loopback_copy(bytes: usize, reps: usize) -> Result<f64> {
     Ok((bytes * reps) as f64 / dt / 1e9)
 }
 
+/// Repetitions timed for a buffer of `bytes`: about 256 MiB reduced per size, 3 to 50 times.
+fn allreduce_reps(bytes: usize) -> usize {
+    (256usize << 20).div_ceil(bytes).clamp(3, 50)
+}
+
+/// Times all-reduces of each of `sizes` (bytes) on this rank's group, after one warm-up each.
+/// Returns the mean seconds per all-reduce of the slowest rank, for every size (the same on
+/// every rank).
+pub fn time_allreduce(comm: &mut Comm, sizes: &[usize]) -> Result<Vec<f64>> {
+    let mut mine = Vec::with_capacity(sizes.len());
+    for &bytes in sizes {
+        let reps = allreduce_reps(bytes);
+        let mut buf = vec![1.0f32; bytes / 4];
+        comm.allreduce_sum(&mut buf)?;
+        comm.barrier()?;
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            comm.allreduce_sum(&mut buf)?;
+        }
+        mine.push(t0.elapsed().as_secs_f64() / reps as f64);
+    }
+    let all = comm.allgather_bytes(&serde_json::to_vec(&mine).expect("json"))?;
+    let mut slowest = vec![0.0f64; sizes.len()];
+    for bytes in all {
+        let times: Vec<f64> = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Comm(format!("all-reduce bench: {e}")))?;
+        for (s, t) in slowest.iter_mut().zip(times) {
+            *s = s.max(t);
+        }
+    }
+    Ok(slowest)
+}
+
 /// Measures all-reduce of `sizes` (bytes) for each world size, and a plain loopback copy.
-pub fn bench_allreduce(sizes: &[usize], worlds: &[usize]) -> Result<AllreduceReport> {
-    let reps = |bytes: usize| (256usize << 20).div_ceil(bytes).clamp(3, 50);
+/// `run_world(world, sizes)` runs [`time_allreduce`] on a group of `world` ranks (processes
+/// in `kiln bench allreduce`, threads in [`threads_world`]) and returns its result.
+pub fn bench_allreduce(
+    sizes: &[usize],
+    worlds: &[usize],
+    run_world: &dyn Fn(usize, &[usize]) -> Result<Vec<f64>>,
+) -> Result<AllreduceReport> {
     let mut loopback = Vec::new();
     for &b in sizes {
-        loopback.push((b, loopback_copy(b, reps(b))?));
+        loopback.push((b, loopback_copy(b, allreduce_reps(b))?));
     }
     let mut out = Vec::new();
     for &w in worlds {
-        for &b in sizes {
-            let n = b / 4;
-            let r = reps(b);
-            let times = with_local_ring(w, |c| {
-                let mut buf = vec![1.0f32; n];
-                c.allreduce_sum(&mut buf)?; // warm-up
-                c.barrier()?;
-                let t0 = Instant::now();
-                for _ in 0..r {
-                    c.allreduce_sum(&mut buf)?;
-                }
-                c.barrier()?;
-                Ok(t0.elapsed().as_secs_f64() / r as f64)
-            })?;
-            let secs = times.iter().cloned().fold(0.0, f64::max);
+        let times = run_world(w, sizes)?;
+        for (&b, secs) in sizes.iter().zip(times) {
             let algbw = b as f64 / secs / 1e9;
             out.push(AllreduceFigure {
                 bytes: b,
@@ -275,6 +300,12 @@ pub fn bench_allreduce(sizes: &[usize], worlds: &[usize]) -> Result<AllreduceRep
         loopback_copy_gbps: loopback,
         allreduce: out,
     })
+}
+
+/// Runs [`time_allreduce`] on `world` ranks that are threads of this process.
+pub fn threads_world(world: usize, sizes: &[usize]) -> Result<Vec<f64>> {
+    let mut all = with_local_ring(world, |c| time_allreduce(c, sizes))?;
+    Ok(all.swap_remove(0))
 }
 
 /// Training throughput report.

@@ -17,8 +17,8 @@ use crate::{Error, Result};
 const MAGIC: &[u8; 8] = b"KILNRDV1";
 /// Floats per all-reduce bucket (16 MiB).
 pub const BUCKET_FLOATS: usize = 4 << 20;
-/// Bytes per socket read while reducing.
-const PIECE: usize = 256 << 10;
+/// Floats per socket read while reducing (256 KiB: stays in L2 while it is added).
+const PIECE_FLOATS: usize = 64 << 10;
 
 /// How this process finds the others (the torchrun / Kubernetes indexed-Job convention).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,8 @@ pub struct Comm {
     world: usize,
     next: Option<TcpStream>,
     prev: Option<TcpStream>,
-    scratch: Vec<u8>,
+    /// Receive buffer of the reduce steps (f32-aligned, one piece).
+    scratch: Vec<f32>,
 }
 
 impl Comm {
@@ -219,21 +220,14 @@ impl Comm {
                 let send_c = (self.rank + w - s) % w;
                 let recv_c = (self.rank + w - s - 1) % w;
                 let (send, recv) = split_two(buf, chunk(send_c), chunk(recv_c));
-                let rl = recv.len() * 4;
                 exchange(
                     &mut next,
                     next_rank,
                     as_bytes(send),
                     &mut prev,
                     prev_rank,
-                    rl,
+                    Recv::Add(recv),
                     &mut scratch,
-                    |bytes, off| {
-                        let dst = &mut recv[off / 4..off / 4 + bytes.len() / 4];
-                        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-                            *d += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                        }
-                    },
                 )?;
             }
             // All-gather: pass the reduced chunks around the ring.
@@ -241,18 +235,14 @@ impl Comm {
                 let send_c = (self.rank + 1 + w - s) % w;
                 let recv_c = (self.rank + w - s) % w;
                 let (send, recv) = split_two(buf, chunk(send_c), chunk(recv_c));
-                let rl = recv.len() * 4;
                 exchange(
                     &mut next,
                     next_rank,
                     as_bytes(send),
                     &mut prev,
                     prev_rank,
-                    rl,
+                    Recv::Copy(as_bytes_mut(recv)),
                     &mut scratch,
-                    |bytes, off| {
-                        as_bytes_mut(recv)[off..off + bytes.len()].copy_from_slice(bytes);
-                    },
                 )?;
             }
             Ok(())
@@ -289,9 +279,8 @@ impl Comm {
                     &len.to_le_bytes(),
                     &mut prev,
                     prev_rank,
-                    8,
+                    Recv::Copy(&mut lb),
                     &mut scratch,
-                    |b, off| lb[off..off + b.len()].copy_from_slice(b),
                 )?;
                 let rlen = u64::from_le_bytes(lb) as usize;
                 if rlen > (1 << 34) {
@@ -307,9 +296,8 @@ impl Comm {
                     &send,
                     &mut prev,
                     prev_rank,
-                    rlen,
+                    Recv::Copy(&mut got),
                     &mut scratch,
-                    |b, off| got[off..off + b.len()].copy_from_slice(b),
                 );
                 out[send_i] = send;
                 res?;
@@ -336,47 +324,56 @@ impl Comm {
     }
 }
 
-/// Sends `send` to the next rank while receiving `recv_len` bytes from the previous rank;
-/// `on_recv(bytes, offset)` consumes the received bytes as they arrive.
-#[allow(clippy::too_many_arguments)]
+/// What to do with the bytes received from the previous rank.
+enum Recv<'a> {
+    /// Add the received f32s into this slice (received piece by piece into the scratch buffer).
+    Add(&'a mut [f32]),
+    /// Receive straight into this slice.
+    Copy(&'a mut [u8]),
+}
+
+/// Sends `send` to the next rank while receiving from the previous rank into `recv`; large
+/// sends run on a helper thread so both directions of the ring move at once.
 fn exchange(
     next: &mut TcpStream,
     next_rank: usize,
     send: &[u8],
     prev: &mut TcpStream,
     prev_rank: usize,
-    recv_len: usize,
-    scratch: &mut Vec<u8>,
-    mut on_recv: impl FnMut(&[u8], usize),
+    recv: Recv<'_>,
+    scratch: &mut Vec<f32>,
 ) -> Result<()> {
-    scratch.resize(PIECE.min(recv_len.max(1)), 0);
     let lost_next = |e: std::io::Error| Error::LostRank {
         rank: next_rank,
         message: format!("sending: {e}"),
     };
-    let recv_loop = |prev: &mut TcpStream,
-                     scratch: &mut Vec<u8>,
-                     on_recv: &mut dyn FnMut(&[u8], usize)|
-     -> Result<()> {
-        let mut off = 0;
-        while off < recv_len {
-            let want = (recv_len - off).min(scratch.len());
-            read_full(prev, &mut scratch[..want]).map_err(|e| Error::LostRank {
-                rank: prev_rank,
-                message: format!("receiving: {e}"),
-            })?;
-            on_recv(&scratch[..want], off);
-            off += want;
+    let receive = |prev: &mut TcpStream, scratch: &mut Vec<f32>| -> Result<()> {
+        let lost_prev = |e: std::io::Error| Error::LostRank {
+            rank: prev_rank,
+            message: format!("receiving: {e}"),
+        };
+        match recv {
+            Recv::Copy(dst) => read_full(prev, dst).map_err(lost_prev),
+            Recv::Add(dst) => {
+                scratch.resize(PIECE_FLOATS.min(dst.len()), 0.0);
+                for piece in dst.chunks_mut(PIECE_FLOATS) {
+                    let got = &mut scratch[..piece.len()];
+                    read_full(prev, as_bytes_mut(got)).map_err(lost_prev)?;
+                    for (d, x) in piece.iter_mut().zip(got.iter()) {
+                        *d += *x;
+                    }
+                }
+                Ok(())
+            }
         }
-        Ok(())
     };
     if send.len() <= 32 << 10 {
         next.write_all(send).map_err(lost_next)?;
-        recv_loop(prev, scratch, &mut on_recv)
+        receive(prev, scratch)
     } else {
         std::thread::scope(|sc| {
             let h = sc.spawn(|| next.write_all(send));
-            let r = recv_loop(prev, scratch, &mut on_recv);
+            let r = receive(prev, scratch);
             let w = h.join().expect("sender thread");
             r?;
             w.map_err(lost_next)

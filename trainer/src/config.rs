@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::device::ComputeDevice;
 
 /// Which model to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -234,6 +235,9 @@ pub struct TrainConfig {
     /// Log progress every K steps.
     #[serde(default = "default_log_every")]
     pub log_every: u64,
+    /// Device of the dense network: `cpu` (default), `cuda[:N]`, `wgpu[:N]` (GPU builds).
+    #[serde(default)]
+    pub device: ComputeDevice,
 }
 
 impl Default for TrainConfig {
@@ -262,6 +266,7 @@ fn toml_default() -> TrainConfig {
         shuffle_buffer: default_shuffle_buffer(),
         read_ahead: default_read_ahead(),
         log_every: default_log_every(),
+        device: ComputeDevice::default(),
     }
 }
 

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::eval::Metrics;
-use crate::model::{DeepNet, ModelSpec, Params, infer_device, predict_logits};
+use crate::device::infer_device;
+use crate::model::{DeepNet, ModelSpec, Params, predict_logits};
 use crate::source::ShardSource;
 use crate::tensorfile::{TensorFile, write_atomic};
 use crate::transform::{Prepared, RowFilter, Transform};

@@ -1,6 +1,7 @@
 //! # kiln-trainer — multi-worker training on Kiln's committed shards, on Burn
 //!
 //! * [`config`]: the job spec's `[train]` table ([`TrainConfig`]).
+//! * [`device`]: where the dense network runs (CPU `flex`; CUDA / wgpu behind cargo features).
 //! * [`source`]: where rows come from ([`ShardSource`]: a committed dataset or in-memory
 //!   batches for tests).
 //! * [`transform`]: the feature transform (hash buckets, vocabularies, normalisation) fitted on
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod comm;
 pub mod config;
+pub mod device;
 pub mod eval;
 pub mod export;
 pub mod loader;

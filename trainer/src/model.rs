@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelKind, TrainConfig};
+use crate::device::{infer_device, train_device};
 use crate::transform::{Prepared, Transform};
 use crate::{Error, Result};
 
@@ -360,16 +361,6 @@ fn gather(params: &Params, rows: &Prepared) -> (Vec<f32>, Vec<f32>) {
         xi[nf * d..].copy_from_slice(&rows.dense[i * nd..(i + 1) * nd]);
     }
     (x, wide)
-}
-
-/// The training device: Burn's `flex` CPU backend with autodiff.
-pub fn train_device() -> Device {
-    Device::flex().autodiff()
-}
-
-/// The inference device: `flex` without autodiff.
-pub fn infer_device() -> Device {
-    Device::flex()
 }
 
 fn mlp(

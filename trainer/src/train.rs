@@ -140,6 +140,7 @@ fn check_same(comm: &mut Comm, step: u64, params: &Params) -> Result<u64> {
 pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     let cfg = &opts.config;
     cfg.validate()?;
+    crate::device::select_device(cfg.device)?;
     let (rank, world) = (comm.rank(), comm.world());
     if !cfg.batch_size.is_multiple_of(world) {
         return Err(Error::Config(format!(
