@@ -54,6 +54,10 @@ pub struct JobSpec {
     /// The trainer's section, interpreted by `kiln-trainer` (kept raw here).
     #[serde(default)]
     pub train: Option<toml::Table>,
+    /// The daily pipeline's section (`kiln run`: model repository, gate, retries, sensors,
+    /// schedule, alerts), interpreted by `kiln-jobs` (kept raw here). See `docs/pipeline.md`.
+    #[serde(default)]
+    pub pipeline: Option<toml::Table>,
     /// The file this spec came from.
     #[serde(skip)]
     pub path: PathBuf,

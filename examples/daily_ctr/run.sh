@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The example daily job on embedded defaults: local files, local DataFusion, CPU training.
+# The example daily job on embedded defaults: local files, local DataFusion, CPU training,
+# the SQLite run metadata store and a local model repository.
 # Usage: bash examples/daily_ctr/run.sh [DATE]   (default 2026-11-20)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -13,10 +14,8 @@ if [ ! -d "$here/data/events" ]; then
     --out "$here/data/events" --format parquet
 fi
 
-echo "== features for $date"
-kiln features "$here/job.toml" --date "$date"
+echo "== the daily pipeline for $date: features -> train -> evaluate -> gate -> publish"
+kiln run "$here/job.toml" --date "$date"
 
-if grep -q '^\[train\]' "$here/job.toml"; then
-  echo "== training on dt=$date"
-  kiln train "$here/job.toml" --date "$date" --workers 2
-fi
+echo "== the model repository"
+kiln models list "$here/job.toml"

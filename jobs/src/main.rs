@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod generator;
+mod pipeline;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -29,6 +30,18 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Apply an exported model (and its saved feature transform) to a dataset.
     Predict(cmd::predict::PredictArgs),
+    /// The daily pipeline for one date: sensors, features, train, evaluate, gate, publish.
+    Run(cmd::run::RunArgs),
+    /// Records of pipeline runs (`kiln runs list|show`).
+    #[command(subcommand)]
+    Runs(cmd::runs::RunsCommand),
+    /// The model repository (`kiln models list|show|promote|rollback|verify`).
+    #[command(subcommand)]
+    Models(cmd::models::ModelsCommand),
+    /// The daily pipeline for each date of a range, in order, skipping dates already done.
+    Backfill(cmd::backfill::BackfillArgs),
+    /// Long-running: start the daily run at the spec's cron time ([pipeline.schedule]).
+    Schedule(cmd::schedule::ScheduleArgs),
     /// Benchmarks that print figures (`kiln bench features|train|allreduce`).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -43,6 +56,11 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Predict(a) => cmd::predict::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Runs(c) => cmd::runs::run(c),
+        Command::Models(c) => cmd::models::run(c),
+        Command::Backfill(a) => cmd::backfill::run(a),
+        Command::Schedule(a) => cmd::schedule::run(a),
         Command::Bench(c) => cmd::bench::run(c),
     };
     match result {

@@ -1,10 +1,15 @@
 //! One module per `kiln` subcommand: argument struct + `run`.
 
+pub mod backfill;
 pub mod bench;
 pub mod features;
 pub mod r#gen;
 pub mod inspect;
+pub mod models;
 pub mod predict;
+pub mod run;
+pub mod runs;
+pub mod schedule;
 pub mod train;
 
 /// Logs go to stderr (`RUST_LOG` to tune; default `info`), so stdout stays machine-readable.

@@ -179,12 +179,16 @@ fn launch(args: &TrainArgs) -> anyhow::Result<()> {
     }
     let mut children = Vec::new();
     for rank in 0..args.workers {
-        let child = std::process::Command::new(&exe)
-            .args(&child_args)
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(&child_args)
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", args.workers.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
+            .env("MASTER_PORT", port.to_string());
+        // A worker dies with its launcher (e.g. `kill -9` of `kiln run` or of the launcher):
+        // no orphan keeps writing checkpoints that a resumed run is reading.
+        crate::pipeline::proc::die_with_parent(&mut cmd);
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting worker {rank}"))?;
         eprintln!("kiln train: worker rank {rank} pid {}", child.id());

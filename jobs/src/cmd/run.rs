@@ -1,0 +1,66 @@
+//! `kiln run`: the daily pipeline for one date (see `docs/pipeline.md`).
+
+use std::path::PathBuf;
+
+use chrono::NaiveDate;
+
+use crate::pipeline::runner::{self, Request, Summary};
+
+/// Arguments of `kiln run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The job spec (TOML) with `[train]` and optionally `[pipeline]`.
+    pub spec: PathBuf,
+    /// Run date, YYYY-MM-DD.
+    #[arg(long)]
+    pub date: NaiveDate,
+    /// Override a source's URL: NAME=URL (repeatable), as for `kiln features`.
+    #[arg(long = "source", value_name = "NAME=URL", value_parser = super::features::parse_source_override)]
+    pub sources: Vec<(String, String)>,
+    /// Write every feature output under URL/<statement>/ instead of the spec's locations.
+    #[arg(long, value_name = "URL")]
+    pub out: Option<String>,
+    /// Rerun tasks that already succeeded for this date with the same inputs.
+    #[arg(long)]
+    pub force: bool,
+    /// Print one JSON object (the run summary) on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints a run summary (JSON or one human line; progress went to stderr already).
+pub fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(());
+    }
+    let version = s
+        .model_version
+        .map(|v| format!(" version {v}"))
+        .unwrap_or_default();
+    println!(
+        "run {} {} {}: {}{} in {:.1} s",
+        s.run_id, s.job, s.date, s.status, version, s.seconds
+    );
+    Ok(())
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let summary = runner::run(&Request {
+        spec: args.spec,
+        date: args.date,
+        sources: args.sources,
+        out: args.out,
+        force: args.force,
+        trigger: "run".into(),
+    })?;
+    print_summary(&summary, args.json)?;
+    if summary.status == "failed" {
+        anyhow::bail!(
+            "run {} failed: {}",
+            summary.run_id,
+            summary.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,713 @@
+//! End-to-end tests of the daily pipeline (`kiln run`, `backfill`, `schedule`, `runs`,
+//! `models`) driving the real binary on small generated click logs: a copy of the example
+//! job with a small model and few training steps.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn kiln(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(KILN);
+    c.args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("KILN_METASTORE");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("kiln runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json_line(o: &Output) -> Json {
+    let s = String::from_utf8_lossy(&o.stdout);
+    let line = s
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{') || l.starts_with('['))
+        .unwrap_or_else(|| panic!("no JSON on stdout\n{}", text(o)));
+    serde_json::from_str(line).unwrap()
+}
+
+fn ok_json(args: &[&str]) -> Json {
+    let o = kiln(args, &[]);
+    assert!(o.status.success(), "kiln {args:?} failed\n{}", text(&o));
+    json_line(&o)
+}
+
+/// 11 days of events ending 2026-11-22: run dates 2026-11-19 ..= 2026-11-21 are complete.
+fn gen_events(dir: &Path) {
+    let o = kiln(
+        &[
+            "gen",
+            "events",
+            "--rows",
+            "40000",
+            "--days",
+            "11",
+            "--end-date",
+            "2026-11-22",
+            "--seed",
+            "7",
+            "--out",
+            dir.join("data/events").to_str().unwrap(),
+            "--format",
+            "parquet",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// The example job with 4 shards, a small model, `steps` training steps, and `pipeline` as
+/// its `[pipeline]` section.
+fn write_spec(dir: &Path, steps: u64, lr: &str, pipeline: &str) -> PathBuf {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml");
+    let full = std::fs::read_to_string(example).unwrap();
+    let base = match full.find("\n[pipeline]") {
+        Some(i) => full[..i].rsplit_once("\n#").map_or(&full[..i], |(a, _)| a),
+        None => &full[..],
+    };
+    assert!(base.contains("shards = 16") && base.contains("hidden = [256, 128]"));
+    let spec = base
+        .replace("shards = 16", "shards = 4")
+        .replace("hidden = [256, 128]", "hidden = [16]")
+        .replace("hash_buckets = 100000", "hash_buckets = 1000")
+        .replace("embedding_dim = 16", "embedding_dim = 4")
+        .replace(
+            "batch_size = 1024\nepochs = 1",
+            &format!(
+                "batch_size = 256\nsteps = {steps}\ncheckpoint_every = 10\nlog_every = 10\noptimizer = {{ kind = \"adam\", lr = {lr} }}"
+            ),
+        );
+    assert!(
+        spec.contains(&format!("steps = {steps}")),
+        "example [train] changed"
+    );
+    let p = dir.join("job.toml");
+    std::fs::write(&p, format!("{spec}\n[pipeline]\n{pipeline}\n")).unwrap();
+    p
+}
+
+/// A local HTTP server recording POST bodies; answers 500 to the first `fail_first`.
+struct Hook {
+    url: String,
+    bodies: Arc<Mutex<Vec<Json>>>,
+    hits: Arc<Mutex<usize>>,
+}
+
+fn hook(fail_first: usize) -> Hook {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/kiln", l.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let hits = Arc::new(Mutex::new(0));
+    let (b, h) = (bodies.clone(), hits.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0usize;
+            let mut line = String::new();
+            let mut request_line = String::new();
+            r.read_line(&mut request_line).unwrap();
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            assert!(
+                request_line.starts_with("POST /hooks/kiln "),
+                "{request_line}"
+            );
+            let n = {
+                let mut h = h.lock().unwrap();
+                *h += 1;
+                *h
+            };
+            let status = if n <= fail_first {
+                "500 Internal Server Error"
+            } else {
+                b.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+                "200 OK"
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    Hook { url, bodies, hits }
+}
+
+fn versions(repo: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(repo)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn labels(repo: &Path) -> Json {
+    serde_json::from_slice(&std::fs::read(repo.join("labels.json")).unwrap()).unwrap()
+}
+
+fn task<'a>(summary: &'a Json, name: &str) -> &'a Json {
+    summary["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no task {name} in {summary}"))
+}
+
+const GATE: &str = r#"
+keep_versions = 3
+[pipeline.gate]
+rules = ["auc >= 0.5", "logloss <= 1.0", "logloss <= stable * 1.5"]
+"#;
+
+#[test]
+fn daily_runs_publish_reject_rollback_and_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    gen_events(dir.path());
+    let h = hook(0);
+    let pipeline = format!(
+        "{GATE}[pipeline.alerts]\nwebhook = \"{}\"\n[[pipeline.sensors]]\nname = \"next_day\"\npath = \"data/events/dt={{{{ ds | add_days(1) }}}}/\"\npoke_seconds = 1\ntimeout_seconds = 5\n",
+        h.url
+    );
+    let spec = write_spec(dir.path(), 30, "0.01", &pipeline);
+    let s = spec.to_str().unwrap();
+    let repo = dir.path().join("models/daily_ctr");
+
+    // Two consecutive dates publish versions 1 and 2 (backfill runs them in order).
+    let o = kiln(
+        &[
+            "backfill",
+            s,
+            "--from",
+            "2026-11-19",
+            "--to",
+            "2026-11-20",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<Json> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (l, v) in lines.iter().zip([1, 2]) {
+        assert_eq!(l["status"], "success", "{l}");
+        assert_eq!(l["model_version"], v);
+        assert_eq!(task(l, "sensor:next_day")["status"], "success");
+        assert_eq!(task(l, "publish")["output"]["label"], "stable");
+    }
+    assert_eq!(lines[1]["gate"]["stable_version"], 1);
+    assert_eq!(versions(&repo), [1, 2]);
+    assert_eq!(labels(&repo)["stable"], 2);
+    for v in ["1", "2"] {
+        let d = repo.join(v);
+        for f in [
+            "SHA256SUMS",
+            "model.json",
+            "metrics.json",
+            "lineage.json",
+            "deep.bpk",
+        ] {
+            assert!(d.join(f).is_file(), "{}/{f}", d.display());
+        }
+        assert!(!d.join("checkpoints").exists());
+    }
+    // Backfill again: both dates are done.
+    let o = kiln(
+        &["backfill", s, "--from", "2026-11-19", "--to", "2026-11-20"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr)
+            .matches("already done")
+            .count(),
+        2,
+        "{}",
+        text(&o)
+    );
+
+    // The same date again through `kiln run`: every task is skipped, no new version.
+    let again = ok_json(&["run", s, "--date", "2026-11-20", "--json"]);
+    assert_eq!(again["status"], "success");
+    for t in again["tasks"].as_array().unwrap() {
+        assert_eq!(t["status"], "skipped", "{t}");
+    }
+    assert_eq!(versions(&repo), [1, 2]);
+
+    // A deliberately bad model (absurd learning rate) is rejected; stable stays at 2.
+    let spec_bad = write_spec(dir.path(), 30, "1000000.0", &pipeline);
+    let bad = ok_json(&[
+        "run",
+        spec_bad.to_str().unwrap(),
+        "--date",
+        "2026-11-21",
+        "--json",
+    ]);
+    assert_eq!(bad["status"], "rejected", "{bad}");
+    assert_eq!(bad["model_version"], 3);
+    assert_eq!(task(&bad, "publish")["output"]["status"], "rejected");
+    let failed: Vec<&Json> = bad["gate"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "fail")
+        .collect();
+    assert!(!failed.is_empty(), "{bad}");
+    let detail = failed[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("rule `") && detail.contains("failed: "),
+        "{detail}"
+    );
+    let l = labels(&repo);
+    assert_eq!(l["stable"], 2);
+    assert_eq!(l["rejected"], serde_json::json!([3]));
+    // The rejection alert reached the webhook.
+    let bodies = h.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(bodies[0]["kind"], "rejected");
+    assert_eq!(bodies[0]["date"], "2026-11-21");
+    assert_eq!(bodies[0]["model_version"], 3);
+    assert_eq!(bodies[0]["stable_version"], 2);
+    assert!(
+        bodies[0]["gate_failures"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("rule `")
+    );
+    let o = kiln(&["models", "promote", s, "3"], &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("rejected by the gate"), "{}", text(&o));
+
+    // Rollback moves stable back to 1.
+    let o = kiln(&["models", "rollback", s], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("stable 2 -> 1"), "{}", text(&o));
+    assert_eq!(labels(&repo)["stable"], 1);
+    let o = kiln(&["models", "verify", s], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(text(&o).matches("ok (").count(), 3, "{}", text(&o));
+
+    // A good model for 2026-11-21 (spec changed back: training reruns, features are reused)
+    // becomes version 4 and stable; retention (3 newest + labelled) prunes version 1.
+    let good = ok_json(&["run", s, "--date", "2026-11-21", "--json"]);
+    assert_eq!(good["status"], "success", "{good}");
+    assert_eq!(task(&good, "features")["status"], "skipped");
+    assert_eq!(task(&good, "train")["status"], "success");
+    assert_eq!(good["model_version"], 4);
+    assert_eq!(good["gate"]["stable_version"], 1);
+    assert_eq!(
+        task(&good, "publish")["output"]["pruned"],
+        serde_json::json!([1])
+    );
+    assert_eq!(versions(&repo), [2, 3, 4]);
+    assert_eq!(labels(&repo)["stable"], 4);
+
+    // Tampering is caught by verify.
+    std::fs::write(repo.join("2/metrics.json"), "{}").unwrap();
+    let o = kiln(&["models", "verify", repo.to_str().unwrap(), "2"], &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("SHA-256 mismatch"), "{}", text(&o));
+
+    // The metadata store has every run, its tasks, attempts, logs and lineage.
+    let runs = ok_json(&["runs", "list", "--spec", s, "--json"]);
+    let statuses: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["success", "rejected", "success", "success", "success"]
+    );
+    let id = runs[1]["id"].as_i64().unwrap().to_string();
+    let show = ok_json(&["runs", "show", &id, "--spec", s, "--json"]);
+    assert_eq!(show["status"], "rejected");
+    assert_eq!(show["model_version"], 3);
+    assert_eq!(show["kiln_version"], env!("CARGO_PKG_VERSION"));
+    assert!(show["lineage"]["examples_manifest_sha256"].is_string());
+    assert!(show["hyperparams"]["steps"] == 30);
+    assert!(show["metrics"]["auc"].is_number() || show["metrics"]["auc"].is_null());
+    assert!(
+        show["events"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alert delivered")
+    );
+    let train = show["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "train")
+        .unwrap();
+    let log = train["attempt_log"][0]["log_path"].as_str().unwrap();
+    assert!(Path::new(log).is_file(), "{log}");
+    let o = kiln(&["runs", "show", &id, "--spec", s], &[]);
+    assert!(text(&o).contains("gate          rule `"), "{}", text(&o));
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+            && let Ok(c) = std::fs::read(e.path().join("cmdline"))
+        {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                out.push(format!("{}: {c}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn kill_9_during_training_then_rerun_resumes_and_publishes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    gen_events(dir.path());
+    let spec = write_spec(dir.path(), 400, "0.01", "workers = 2\nkeep_versions = 3\n");
+    let s = spec.to_str().unwrap();
+    let repo = dir.path().join("models/daily_ctr");
+    let ckpt = dir
+        .path()
+        .join(".kiln/staging/daily_ctr/2026-11-20/model/checkpoints/latest");
+
+    // Watch the repository the whole time: an integer directory must always be complete.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (repo, stop) = (repo.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for v in versions(&repo) {
+                    let d = repo.join(v.to_string());
+                    let sums = std::fs::read_to_string(d.join("SHA256SUMS"))
+                        .unwrap_or_else(|_| panic!("version {v} visible without SHA256SUMS"));
+                    for line in sums.lines() {
+                        let f = line.split_once("  ").unwrap().1;
+                        assert!(d.join(f).is_file(), "version {v} visible without {f}");
+                    }
+                    seen += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        })
+    };
+
+    // The same overrides as `kiln features`, on both runs.
+    let events = dir.path().join("data/events");
+    let source = format!("events={}", events.display());
+    let out_dir = dir.path().join("elsewhere");
+    let out = out_dir.to_str().unwrap();
+    let run_args = [
+        "run",
+        s,
+        "--date",
+        "2026-11-20",
+        "--source",
+        &source,
+        "--out",
+        out,
+        "--json",
+    ];
+    let mut child = Command::new(KILN)
+        .args(run_args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !ckpt.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "no training checkpoint"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "kiln run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGKILL: no chance to clean up. Its children die with it (PR_SET_PDEATHSIG).
+    let pid = child.id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    child.wait().unwrap();
+    let needle = dir.path().to_str().unwrap().to_string();
+    let t = Instant::now();
+    while !processes_mentioning(&needle).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "orphans: {:?}",
+            processes_mentioning(&needle)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(versions(&repo).is_empty());
+
+    // The same command again: features skipped, training resumes, one version appears.
+    let again = ok_json(&run_args);
+    assert_eq!(again["status"], "success", "{again}");
+    assert_eq!(task(&again, "features")["status"], "skipped");
+    assert_eq!(
+        task(&again, "features")["output"]["examples"],
+        format!("file://{out}/examples/")
+    );
+    let train = task(&again, "train");
+    assert_eq!(train["status"], "success");
+    let start = train["output"]["start_step"].as_u64().unwrap();
+    assert!(start >= 10, "resumed at step {start}");
+    assert_eq!(train["output"]["steps"], 400);
+    assert_eq!(train["output"]["workers"], 2);
+    assert_eq!(again["model_version"], 1);
+    stop.store(true, Ordering::Relaxed);
+    assert!(watcher.join().unwrap() > 0);
+    assert_eq!(versions(&repo), [1]);
+    let leftovers: Vec<String> = std::fs::read_dir(&repo)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.ok()?.file_name().to_string_lossy().into_owned();
+            (n.starts_with(".tmp") || n.starts_with(".trash")).then_some(n)
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let show = ok_json(&[
+        "runs",
+        "show",
+        &again["run_id"].to_string(),
+        "--spec",
+        s,
+        "--json",
+    ]);
+    let train_record = show["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "train")
+        .unwrap();
+    let log = std::fs::read_to_string(train_record["attempt_log"][0]["log_path"].as_str().unwrap())
+        .unwrap();
+    assert!(log.contains(&format!("resuming at step {start}")), "{log}");
+    // The killed run is recorded as abandoned, not left running.
+    let runs = ok_json(&["runs", "list", "--spec", s, "--json"]);
+    assert_eq!(runs[1]["status"], "failed", "{runs}");
+    assert!(
+        runs[1]["error"].as_str().unwrap().contains("abandoned"),
+        "{runs}"
+    );
+}
+
+/// A spec whose sensor waits for a partition that never comes.
+fn waiting_spec(dir: &Path, extra: &str) -> PathBuf {
+    write_spec(
+        dir,
+        10,
+        "0.01",
+        &format!(
+            "{extra}\n[[pipeline.sensors]]\nname = \"never\"\npath = \"data/nothing/dt={{{{ ds }}}}/\"\npoke_seconds = 0.2\ntimeout_seconds = 3\n"
+        ),
+    )
+}
+
+/// Both backends: the default SQLite file, and PostgreSQL when configured.
+fn metastores() -> Vec<Option<String>> {
+    let mut v = vec![None];
+    match std::env::var("KILN_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => v.push(Some(u)),
+        _ if std::env::var("CI").is_ok_and(|c| c == "true") => {
+            panic!("CI=true but KILN_TEST_POSTGRES_URL is not set")
+        }
+        _ => eprintln!("note: KILN_TEST_POSTGRES_URL not set; PostgreSQL lock test skipped"),
+    }
+    v
+}
+
+#[test]
+fn two_runs_of_the_same_job_and_date_one_refuses() {
+    for store in metastores() {
+        let dir = tempfile::tempdir().unwrap();
+        // A unique job name per backend run: the PostgreSQL database is shared.
+        let spec = waiting_spec(dir.path(), "");
+        let name = format!("lock_{}", std::process::id());
+        let text_spec = std::fs::read_to_string(&spec).unwrap().replacen(
+            "name = \"daily_ctr\"",
+            &format!("name = \"{name}\""),
+            1,
+        );
+        std::fs::write(&spec, text_spec).unwrap();
+        let s = spec.to_str().unwrap();
+        let spawn = || {
+            let mut c = Command::new(KILN);
+            c.args(["run", s, "--date", "2026-11-20"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            match &store {
+                Some(u) => c.env("KILN_METASTORE", u),
+                None => c.env_remove("KILN_METASTORE"),
+            };
+            c.spawn().unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let (refused, ran): (Vec<&Output>, Vec<&Output>) = [&a, &b]
+            .into_iter()
+            .partition(|o| String::from_utf8_lossy(&o.stderr).contains("is already running"));
+        assert_eq!(
+            (refused.len(), ran.len()),
+            (1, 1),
+            "{store:?}\nA: {}\nB: {}",
+            text(&a),
+            text(&b)
+        );
+        let msg = String::from_utf8_lossy(&refused[0].stderr).to_string();
+        assert!(!refused[0].status.success());
+        assert!(
+            msg.contains(&format!(
+                "{name} 2026-11-20 is already running: lock held by pid"
+            )) && msg.contains("refusing to start a second run"),
+            "{msg}"
+        );
+        // The other one ran (and failed at its sensor after 3 s), then released the lock.
+        let e = String::from_utf8_lossy(&ran[0].stderr);
+        assert!(
+            e.contains("sensor `never`") && e.contains("did not appear within 3 s"),
+            "{e}"
+        );
+        let mut c = Command::new(KILN);
+        c.args(["run", s, "--date", "2026-11-20"])
+            .env("RUST_LOG", "warn");
+        if let Some(u) = &store {
+            c.env("KILN_METASTORE", u);
+        }
+        let third = c.output().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&third.stderr).contains("is already running"),
+            "{}",
+            text(&third)
+        );
+    }
+}
+
+#[test]
+fn failure_alert_is_posted_with_retries_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hook(1);
+    let spec = waiting_spec(
+        dir.path(),
+        &format!(
+            "[pipeline.alerts]\nwebhook = \"{}\"\nretries = 2\nbackoff_seconds = 0.1\ntimeout_seconds = 5\n",
+            h.url
+        ),
+    );
+    let s = spec.to_str().unwrap();
+    let o = kiln(&["run", s, "--date", "2026-11-20", "--json"], &[]);
+    assert!(!o.status.success());
+    let summary = json_line(&o);
+    assert_eq!(summary["status"], "failed");
+    assert_eq!(task(&summary, "features")["status"], "upstream_failed");
+    assert!(
+        summary["alert"]
+            .as_str()
+            .unwrap()
+            .contains("(HTTP 200) after 2 attempt(s)"),
+        "{summary}"
+    );
+    assert_eq!(*h.hits.lock().unwrap(), 2);
+    let body = h.bodies.lock().unwrap()[0].clone();
+    assert_eq!(body["kind"], "failure");
+    assert_eq!(body["job"], "daily_ctr");
+    assert_eq!(body["date"], "2026-11-20");
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["failed_task"], "sensor:never");
+    assert_eq!(body["run_id"], summary["run_id"]);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("data/nothing/dt=2026-11-20")
+    );
+    assert_eq!(body["kiln_version"], env!("CARGO_PKG_VERSION"));
+    // Recorded in the run's log and in the metadata store.
+    let log =
+        std::fs::read_to_string(Path::new(summary["log_dir"].as_str().unwrap()).join("run.log"))
+            .unwrap();
+    assert!(log.contains("alert payload: {"), "{log}");
+    assert!(log.contains("alert delivered to"), "{log}");
+    let show = ok_json(&[
+        "runs",
+        "show",
+        &summary["run_id"].to_string(),
+        "--spec",
+        s,
+        "--json",
+    ]);
+    assert_eq!(show["events"][0]["kind"], "alert");
+    assert_eq!(show["tasks"][0]["name"], "sensor:never");
+    assert_eq!(show["tasks"][0]["status"], "failed");
+}
+
+#[test]
+fn schedule_starts_the_daily_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = waiting_spec(
+        dir.path(),
+        "[pipeline.schedule]\ncron = \"* * * * * *\"\ntimezone = \"Asia/Tokyo\"\ndate_offset_days = -2\n",
+    );
+    let s = spec.to_str().unwrap();
+    // Override mistakes are reported before anything runs.
+    let o = kiln(
+        &["run", s, "--date", "2026-11-20", "--source", "evnts=/x"],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("unknown source `evnts`"), "{}", text(&o));
+    let plan = ok_json(&["schedule", s, "--dry-run"]);
+    assert_eq!(plan["timezone"], "Asia/Tokyo");
+    assert_eq!(plan["due_now"].as_array().unwrap().len(), 1);
+    assert_eq!(plan["next"].as_array().unwrap().len(), 3);
+    let o = kiln(&["schedule", s, "--max-runs", "1"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let runs = ok_json(&["runs", "list", "--spec", s, "--json"]);
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    assert_eq!(runs[0]["trigger"], "schedule");
+    assert_eq!(runs[0]["run_date"], plan["due_now"][0]);
+}
