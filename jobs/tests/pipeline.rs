@@ -446,7 +446,7 @@ fn kill_9_during_training_then_rerun_resumes_and_publishes_once() {
         "--date",
         "2026-11-20",
         "--source",
-        &source,
+        source.as_str(),
         "--out",
         out,
         "--json",
@@ -498,6 +498,7 @@ fn kill_9_during_training_then_rerun_resumes_and_publishes_once() {
     assert_eq!(train["output"]["steps"], 400);
     assert_eq!(train["output"]["workers"], 2);
     assert_eq!(again["model_version"], 1);
+    std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     assert!(watcher.join().unwrap() > 0);
     assert_eq!(versions(&repo), [1]);
