@@ -4,9 +4,9 @@
 //! A version is assembled in `.tmp-*` inside the model's directory, checksummed
 //! (`SHA256SUMS`, `sha256sum -c` format), verified, fsynced, and published by an atomic
 //! rename that never replaces an existing version (`renameat2(RENAME_NOREPLACE)`), so a
-//! reader never sees a half-written version. `labels.json` is replaced by write-temp + fsync
-//! + rename. Version allocation and label changes hold an exclusive `flock` on
-//! `<name>/.lock`. Pruned versions are renamed away before being deleted.
+//! reader never sees a half-written version. `labels.json` is replaced by writing a temporary
+//! file, fsyncing and renaming it. Version allocation and label changes hold an exclusive
+//! `flock` on `<name>/.lock`. Pruned versions are renamed away before being deleted.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;

@@ -28,6 +28,9 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Progress callback: (elapsed, stderr log file).
+pub type Tick<'a> = &'a dyn Fn(Duration, &Path);
+
 /// What a finished child left behind.
 #[derive(Debug)]
 pub struct ChildResult {
@@ -72,7 +75,7 @@ pub fn run_logged(
     args: &[String],
     log_base: &Path,
     timeout: Option<Duration>,
-    tick: Option<&dyn Fn(Duration, &Path)>,
+    tick: Option<Tick<'_>>,
 ) -> anyhow::Result<ChildResult> {
     if let Some(dir) = log_base.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
