@@ -1,6 +1,7 @@
 //! The data loader: balanced shard assignment, seeded shuffling (shard order per epoch plus a
-//! bounded shuffle buffer), decoding and batching on a background thread with a bounded
-//! read-ahead channel, and a position that checkpoints save and restore exactly.
+//! bounded shuffle buffer, drained at the end of each epoch), decoding and batching on a
+//! background thread with a bounded read-ahead channel, and a position that checkpoints save
+//! and restore exactly.
 //!
 //! Each rank streams its shards epoch after epoch without a break: a batch may span the end
 //! of one epoch and the start of the next, so every rank can take any number of steps (the
@@ -227,6 +228,7 @@ impl Worker {
                 self.pos.epoch,
                 &self.cfg.shards,
             );
+            let whole_pass = self.pos.shard_pos == 0 && self.pos.rows_in_shard == 0;
             while self.pos.shard_pos < order.len() {
                 let shard = order[self.pos.shard_pos];
                 let skip = self.pos.rows_in_shard;
@@ -269,11 +271,26 @@ impl Worker {
                 self.pos.shard_pos += 1;
                 self.pos.rows_in_shard = 0;
             }
-            if rows_this_epoch_pass == 0 && self.buffer.len() < self.cfg.batch_rows {
+            if whole_pass && rows_this_epoch_pass == 0 && self.buffer.is_empty() {
                 return Err(Error::Data(format!(
                     "rank {}: a full pass over shards {:?} yielded no training rows",
                     self.cfg.rank, self.cfg.shards
                 )));
+            }
+            // Drain the shuffle buffer in random order: every epoch yields each of its rows
+            // exactly once (a batch may still span two epochs).
+            while !self.buffer.is_empty() {
+                let j = self.rng.random_range(0..self.buffer.len());
+                out.push_row(&self.buffer, j);
+                self.buffer.swap_remove_row(j);
+                if out.len() == self.cfg.batch_rows {
+                    if !self.emit_batch(&mut out, emit) {
+                        return Ok(());
+                    }
+                    if self.pos.batches >= self.cfg.end_batch {
+                        return Ok(());
+                    }
+                }
             }
             rows_this_epoch_pass = 0;
             self.pos.epoch += 1;

@@ -441,6 +441,18 @@ impl Prepared {
         self.source_rows.push(other.source_rows[i]);
     }
 
+    /// Removes row `i`, moving the last row into its place.
+    pub fn swap_remove_row(&mut self, i: usize) {
+        let last = self.len() - 1;
+        let (nf, nd) = (self.nf, self.nd);
+        self.ids.copy_within(last * nf..(last + 1) * nf, i * nf);
+        self.dense.copy_within(last * nd..(last + 1) * nd, i * nd);
+        self.ids.truncate(last * nf);
+        self.dense.truncate(last * nd);
+        self.labels.swap_remove(i);
+        self.source_rows.swap_remove(i);
+    }
+
     /// Overwrites row `dst` with row `i` of `other`.
     pub fn set_row(&mut self, dst: usize, other: &Prepared, i: usize) {
         self.ids[dst * self.nf..(dst + 1) * self.nf]
