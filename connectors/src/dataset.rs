@@ -712,6 +712,9 @@ pub async fn commit_dataset(
         shards: files.into_values().collect(),
         lineage,
     };
+    if location.url.starts_with("file://") {
+        remove_stray_local_files(location, run_id, &manifest);
+    }
     let m = location.child(MANIFEST_FILE);
     m.store
         .put(&m.path, manifest.to_json_bytes().into())
@@ -726,6 +729,29 @@ pub async fn commit_dataset(
         tracing::warn!("committed {loc_url}, but deleting older runs failed: {e}");
     }
     Ok(manifest)
+}
+
+/// Removes files of this run that the manifest does not list: staging files of a shard
+/// writer that was killed mid-write (a distributed task attempt on a lost executor). Readers
+/// never trust them, but they should not linger next to the committed shards.
+fn remove_stray_local_files(location: &Location, run_id: &str, manifest: &Manifest) {
+    let dir = std::path::PathBuf::from(format!("/{}", location.path.as_ref()))
+        .join(format!("run-{run_id}"));
+    let listed: std::collections::HashSet<&str> =
+        manifest.shards.iter().map(|s| s.path.as_str()).collect();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !listed.contains(format!("run-{run_id}/{name}").as_str()) {
+            tracing::warn!(
+                "removing {}/{name}: not a committed shard (left by an interrupted writer)",
+                dir.display()
+            );
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 async fn delete_old_runs(location: &Location, keep_run: &str) -> Result<()> {

@@ -5,26 +5,21 @@ use std::time::Instant;
 
 use chrono::NaiveDate;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{col, lit};
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use kiln_connectors::{
-    Compression, EncodeOptions, ExampleEncoder, Manifest, ParquetCompression, ShardFormat,
-    ShardOptions,
-};
+use kiln_connectors::{EncodeOptions, ExampleEncoder, Manifest};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::sink::{KilnShardUdf, SHARD_COLUMN, ShardSinkExec, shard_files_from_batches};
+use crate::sink::{KilnShardUdf, SinkSpec, shard_files_from_batches};
 use crate::sources::{SourceLineage, register_sources};
-use crate::spec::{JobSpec, OutputFormat, OutputSpec, Overrides, RenderedJob};
+use crate::spec::{JobSpec, OutputSpec, Overrides, RenderedJob, SourceFormat};
+use crate::stores::KilnObjectStoreRegistry;
 use crate::text::{BadRowLedger, RowCounts};
+use crate::write::{KilnQueryPlanner, ShardWriteNode};
 use crate::{EngineError, Result};
 
 /// What one `kiln features` run did.
@@ -67,8 +62,57 @@ pub struct OutputReport {
     pub bytes: u64,
 }
 
-/// Builds the DataFusion session for a spec's `[engine]` settings.
+/// Where a feature job runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// In this process (DataFusion).
+    #[default]
+    Local,
+    /// On the Ballista cluster whose scheduler is at `df://HOST:PORT`.
+    Cluster(String),
+}
+
+/// Builds the local DataFusion session for a spec's `[engine]` settings.
 pub fn session(spec: &JobSpec) -> Result<SessionContext> {
+    let config = session_config(spec);
+    let limit = memory_limit(spec)?;
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
+        .with_object_store_registry(Arc::new(KilnObjectStoreRegistry::new()));
+    if let Some(dir) = &spec.engine.spill_dir {
+        runtime = runtime.with_temp_file_path(spec.base_dir().join(dir));
+    }
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime.build_arc()?)
+        .with_query_planner(Arc::new(KilnQueryPlanner))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    ctx.register_udf(KilnShardUdf::udf());
+    Ok(ctx)
+}
+
+/// The session for `mode`: local, or a Ballista client of the cluster (whose executors
+/// bring their own memory pools, spill directories and object store credentials).
+pub async fn session_for(spec: &JobSpec, mode: &Mode, date: NaiveDate) -> Result<SessionContext> {
+    match mode {
+        Mode::Local => session(spec),
+        Mode::Cluster(url) => {
+            memory_limit(spec)?;
+            let name = format!("kiln {} {date}", spec.name);
+            crate::cluster::client_context(url, session_config(spec), &name)
+                .await
+                .map_err(|e| EngineError::Url {
+                    url: url.clone(),
+                    message: format!("cannot use the cluster: {e}"),
+                })
+        }
+    }
+}
+
+/// DataFusion settings of a spec (the same locally and on a cluster).
+fn session_config(spec: &JobSpec) -> SessionConfig {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let engine = &spec.engine;
     let mut config = SessionConfig::new()
@@ -82,23 +126,19 @@ pub fn session(spec: &JobSpec) -> Result<SessionContext> {
         // Plain Utf8 columns, so output schemas are the standard Arrow types.
         opts.execution.parquet.schema_force_view_types = false;
     }
-    let limit = match &engine.memory_limit {
+    config
+}
+
+/// `engine.memory_limit`, or half of physical memory.
+fn memory_limit(spec: &JobSpec) -> Result<usize> {
+    Ok(match &spec.engine.memory_limit {
         Some(text) => parse_bytes(text).ok_or_else(|| {
             spec.error(format!(
                 "engine.memory_limit: cannot parse `{text}` (e.g. \"4GiB\")"
             ))
         })?,
         None => default_memory_limit(),
-    };
-    let mut runtime =
-        RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(limit)));
-    if let Some(dir) = &engine.spill_dir {
-        runtime = runtime.with_temp_file_path(spec.base_dir().join(dir));
-    }
-    let runtime = runtime.build_arc()?;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
-    ctx.register_udf(KilnShardUdf::udf());
-    Ok(ctx)
+    })
 }
 
 /// Half of physical memory (at least 1 GiB).
@@ -153,8 +193,21 @@ pub async fn plan_job(
     date: NaiveDate,
     overrides: &Overrides,
 ) -> Result<PlannedJob> {
+    plan_job_on(spec, date, overrides, &Mode::Local).await
+}
+
+/// [`plan_job`] for a local run or a cluster.
+pub async fn plan_job_on(
+    spec: &JobSpec,
+    date: NaiveDate,
+    overrides: &Overrides,
+    mode: &Mode,
+) -> Result<PlannedJob> {
     let job = spec.render(date, overrides)?;
-    let ctx = session(spec)?;
+    if let Mode::Cluster(url) = mode {
+        check_cluster_support(spec, &job, url)?;
+    }
+    let ctx = session_for(spec, mode, date).await?;
     let ledger = Arc::new(BadRowLedger::new(spec.on_bad_rows));
     let inputs = register_sources(&ctx, &job, &ledger).await?;
     for f in &job.features {
@@ -194,6 +247,33 @@ pub async fn plan_job(
     })
 }
 
+/// What a cluster run cannot do yet, named before anything is read.
+fn check_cluster_support(spec: &JobSpec, job: &RenderedJob, url: &str) -> Result<()> {
+    for source in &job.sources {
+        if matches!(source.format, SourceFormat::Csv | SourceFormat::Jsonl) {
+            return Err(EngineError::Source {
+                source_name: source.name.clone(),
+                message: format!(
+                    "{} sources cannot run on the cluster {url} yet: Kiln parses text files \
+                     itself to account for bad rows, in the client process. Convert the \
+                     source to Parquet, or run without --cluster",
+                    format!("{:?}", source.format).to_lowercase()
+                ),
+            });
+        }
+    }
+    if let Some(f) = job.features.iter().find(|f| f.materialize) {
+        return Err(spec
+            .error(format!(
+                "features `{}`: materialize = true is not supported with --cluster ({url}) yet; \
+                 remove it (the statement is then computed inside each query that uses it)",
+                f.name
+            ))
+            .into());
+    }
+    Ok(())
+}
+
 async fn plan_statement(
     ctx: &SessionContext,
     spec: &JobSpec,
@@ -211,8 +291,19 @@ pub async fn run_features(
     date: NaiveDate,
     overrides: &Overrides,
 ) -> Result<FeaturesReport> {
+    run_features_on(spec, date, overrides, &Mode::Local).await
+}
+
+/// [`run_features`] locally or on a Ballista cluster: the same plan either way, and the
+/// client commits each dataset once every shard task has succeeded.
+pub async fn run_features_on(
+    spec: &JobSpec,
+    date: NaiveDate,
+    overrides: &Overrides,
+    mode: &Mode,
+) -> Result<FeaturesReport> {
     let started = Instant::now();
-    let planned = plan_job(spec, date, overrides).await?;
+    let planned = plan_job_on(spec, date, overrides, mode).await?;
     let PlannedJob {
         ctx,
         job,
@@ -276,38 +367,25 @@ pub async fn run_features(
     })
 }
 
-/// Shard options of an output spec.
-pub fn shard_options(o: &OutputSpec) -> Result<ShardOptions> {
-    let formats = o
-        .formats
-        .iter()
-        .map(|f| match f {
-            OutputFormat::Tfrecord => ShardFormat::TfRecord,
-            OutputFormat::Parquet => ShardFormat::Parquet,
-        })
-        .collect();
-    let tfrecord_compression = match o.tfrecord_compression.as_str() {
-        "none" => Compression::None,
-        "zlib" => Compression::Zlib,
-        _ => Compression::Gzip,
-    };
-    let parquet_compression = match o.parquet_compression.as_str() {
-        "none" => ParquetCompression::None,
-        "snappy" => ParquetCompression::Snappy,
-        "gzip" => ParquetCompression::Gzip(6),
-        _ => ParquetCompression::Zstd(3),
-    };
-    Ok(ShardOptions {
-        num_shards: o.shards,
-        formats,
-        tfrecord_compression,
-        parquet_compression,
-        key_column: Some(o.key.clone()),
-        ..ShardOptions::default()
+/// The serialisable description of one output's write.
+pub fn sink_spec(o: &OutputSpec, run_id: &str) -> Result<SinkSpec> {
+    Ok(SinkSpec {
+        statement: o.statement.clone(),
+        location: crate::stores::location_for_url(&o.location)?,
+        run_id: run_id.to_string(),
+        key: o.key.clone(),
+        shards: o.shards,
+        formats: o
+            .formats
+            .iter()
+            .map(|f| format!("{f:?}").to_lowercase())
+            .collect(),
+        tfrecord_compression: o.tfrecord_compression.clone(),
+        parquet_compression: o.parquet_compression.clone(),
     })
 }
 
-/// Builds the write plan of one output, runs it and commits the dataset.
+/// Runs the write of one output (locally or on the cluster) and commits the dataset.
 async fn write_output(
     ctx: &SessionContext,
     df: DataFrame,
@@ -316,43 +394,21 @@ async fn write_output(
     lineage_base: &serde_json::Value,
     ledger: &Arc<BadRowLedger>,
 ) -> Result<(Manifest, OutputReport)> {
-    let options = shard_options(o)?;
-    let location = crate::stores::location_for(ctx, &o.location)?;
-    let partitions = ctx.state().config().target_partitions().max(1);
-    let df = df.with_column(
-        SHARD_COLUMN,
-        KilnShardUdf::udf().call(vec![col(format!("\"{}\"", o.key)), lit(o.shards)]),
-    )?;
-    let plan = df.create_physical_plan().await?;
-    // Repartition after optimisation: the optimiser would drop a logical repartition
-    // whose input already looks partitioned enough.
-    let shard_expr = datafusion::physical_expr::expressions::col(SHARD_COLUMN, &plan.schema())?;
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
-        plan,
-        datafusion::physical_plan::Partitioning::Hash(vec![shard_expr], partitions),
-    )?);
-    let sort_key = |name: &str| -> Result<PhysicalSortExpr> {
-        let expr = datafusion::physical_expr::expressions::col(name, &plan.schema())?;
-        Ok(PhysicalSortExpr::new_default(expr).asc().nulls_first())
-    };
-    let ordering =
-        LexOrdering::new(vec![sort_key(SHARD_COLUMN)?, sort_key(&o.key)?]).expect("two sort keys");
-    let sorted: Arc<dyn ExecutionPlan> =
-        Arc::new(SortExec::new(ordering, plan).with_preserve_partitioning(true));
-    let sink = ShardSinkExec::new(
-        sorted,
-        location.clone(),
-        run_id.to_string(),
-        options.clone(),
-    )?;
-    let data_schema = Arc::clone(sink.data_schema());
-    let sink: Arc<dyn ExecutionPlan> = Arc::new(sink);
+    let spec = sink_spec(o, run_id)?;
+    let options = spec.options()?;
+    let location = spec.resolve_location()?;
+    let data_schema = SchemaRef::new(df.schema().as_arrow().clone());
+    let plan = ShardWriteNode::plan(df, spec)?;
+    let write = DataFrame::new(ctx.state(), plan);
     tracing::debug!(
         "write plan of `{}`:\n{}",
         o.statement,
-        datafusion::physical_plan::displayable(sink.as_ref()).indent(true)
+        write.logical_plan().display_indent()
     );
-    let results = collect(sink, ctx.task_ctx()).await?;
+    let results = write.collect().await.map_err(|e| EngineError::Output {
+        statement: o.statement.clone(),
+        message: format!("writing shards to {}: {}", o.location, root_message(&e)),
+    })?;
     let files = shard_files_from_batches(&results)?;
     let mut lineage = lineage_base.clone();
     lineage["statement"] = json!(o.statement);
@@ -385,6 +441,12 @@ async fn write_output(
         bytes: manifest.shards.iter().map(|s| s.bytes).sum(),
     };
     Ok((manifest, report))
+}
+
+/// The innermost message of a DataFusion error (a failed cluster job's task error,
+/// not the wrappers around it).
+fn root_message(e: &datafusion::error::DataFusionError) -> String {
+    e.find_root().to_string()
 }
 
 /// Writes rejected rows as JSON lines to `<rejects_location>/rejects-<date>.jsonl`.

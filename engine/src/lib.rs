@@ -5,16 +5,24 @@
 //! [`text`], which names or rejects bad rows), plans every statement before reading data,
 //! then writes each output with a DataFusion plan that ends in [`sink::ShardSinkExec`] (one
 //! shard writer per partition) and commits the dataset's manifest once every shard is done.
+//!
+//! The same plan runs on a Ballista cluster ([`job::Mode::Cluster`]): the write is a logical
+//! node ([`write::ShardWriteNode`]) carried by Kiln's codecs ([`codec`]) and planned by the
+//! scheduler with Kiln's planner ([`cluster`]).
 
+pub mod cluster;
+pub mod codec;
 pub mod job;
+pub mod retry;
 pub mod sink;
 pub mod sources;
 pub mod spec;
 pub mod stores;
 pub mod template;
 pub mod text;
+pub mod write;
 
-pub use job::{FeaturesReport, run_features};
+pub use job::{FeaturesReport, Mode, run_features, run_features_on};
 pub use spec::{JobSpec, Overrides};
 
 /// Errors of the feature engine.

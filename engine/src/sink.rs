@@ -8,12 +8,18 @@
 //!         <the statement's plan>
 //! ```
 //!
+//! The write is the logical node [`crate::write::ShardWriteNode`]; Kiln's extension planner
+//! ([`crate::write::KilnQueryPlanner`]) turns it into the plan above, locally and on a
+//! Ballista scheduler alike (where the repartition becomes a shuffle between stages and each
+//! shard-writer task runs on an executor). [`ShardSinkExec`] carries only a serialisable
+//! [`SinkSpec`] (URL, run id, options): executors resolve the object store themselves.
+//!
 //! Row -> shard is Kiln's own hash ([`kiln_connectors::shard`]), so it is the same in every
 //! engine. Rows arrive in each partition grouped by shard and ordered by key; the writer
 //! opens shard `s` when its first row arrives and finishes it when the shard id changes.
 //! Shards that receive no rows are written empty by the commit step
-//! ([`commit_sharded_output`]), which runs once, after every partition has succeeded, and
-//! writes `_manifest.json` last.
+//! ([`kiln_connectors::commit_dataset`]), which runs once, on the client, after every
+//! partition has succeeded, and writes `_manifest.json` last.
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,7 +32,10 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{
+    Distribution, EquivalenceProperties, LexOrdering, OrderingRequirements, PhysicalExpr,
+    PhysicalSortExpr,
+};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -34,7 +43,10 @@ use datafusion::physical_plan::{
     PlanProperties,
 };
 use futures::StreamExt;
-use kiln_connectors::{Location, ShardFile, ShardOptions, ShardWriter};
+use kiln_connectors::{
+    Compression, Location, ParquetCompression, ShardFile, ShardFormat, ShardOptions, ShardWriter,
+};
+use serde::{Deserialize, Serialize};
 
 /// Name of the shard-id column added before repartitioning.
 pub const SHARD_COLUMN: &str = "__kiln_shard";
@@ -86,26 +98,95 @@ impl ScalarUDFImpl for KilnShardUdf {
     }
 }
 
+/// Everything a shard writer needs, in a form that travels inside plans: the dataset URL
+/// (never credentials: every process resolves its object store from its own environment),
+/// the run id and the shard options of one output.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+pub struct SinkSpec {
+    /// Statement written (for messages).
+    pub statement: String,
+    /// Dataset location URL.
+    pub location: String,
+    /// Run id (`run-<id>/` prefix of every shard).
+    pub run_id: String,
+    /// Key column: shard assignment and order inside a shard.
+    pub key: String,
+    /// Number of shards.
+    pub shards: u32,
+    /// `tfrecord` and/or `parquet`.
+    pub formats: Vec<String>,
+    /// TFRecord compression: none | gzip | zlib.
+    pub tfrecord_compression: String,
+    /// Parquet compression: none | snappy | gzip | zstd.
+    pub parquet_compression: String,
+}
+
+impl SinkSpec {
+    /// The connectors' shard options.
+    pub fn options(&self) -> DfResult<ShardOptions> {
+        let formats = self
+            .formats
+            .iter()
+            .map(|f| match f.as_str() {
+                "tfrecord" => Ok(ShardFormat::TfRecord),
+                "parquet" => Ok(ShardFormat::Parquet),
+                other => Err(DataFusionError::Plan(format!(
+                    "output `{}`: unknown format `{other}`",
+                    self.statement
+                ))),
+            })
+            .collect::<DfResult<_>>()?;
+        let tfrecord_compression = match self.tfrecord_compression.as_str() {
+            "none" => Compression::None,
+            "zlib" => Compression::Zlib,
+            _ => Compression::Gzip,
+        };
+        let parquet_compression = match self.parquet_compression.as_str() {
+            "none" => ParquetCompression::None,
+            "snappy" => ParquetCompression::Snappy,
+            "gzip" => ParquetCompression::Gzip(6),
+            _ => ParquetCompression::Zstd(3),
+        };
+        Ok(ShardOptions {
+            num_shards: self.shards,
+            formats,
+            tfrecord_compression,
+            parquet_compression,
+            key_column: Some(self.key.clone()),
+            ..ShardOptions::default()
+        })
+    }
+
+    /// The dataset location, with the object store of this process's environment.
+    pub fn resolve_location(&self) -> DfResult<Location> {
+        kiln_connectors::store::resolve(&self.location).map_err(|e| {
+            DataFusionError::Plan(format!(
+                "output `{}`: location {}: {e}",
+                self.statement, self.location
+            ))
+        })
+    }
+}
+
 /// Writes each input partition's rows into shard files; emits one row per file written.
 #[derive(Debug)]
 pub struct ShardSinkExec {
     input: Arc<dyn ExecutionPlan>,
+    spec: SinkSpec,
     location: Location,
-    run_id: String,
     /// Schema of the written data (the input without the shard column).
     data_schema: SchemaRef,
     options: ShardOptions,
+    /// Rows grouped by shard and ordered by key inside each partition.
+    ordering: LexOrdering,
     properties: Arc<PlanProperties>,
 }
 
 impl ShardSinkExec {
     /// A sink writing `input` (which carries [`SHARD_COLUMN`] as its last column).
-    pub fn new(
-        input: Arc<dyn ExecutionPlan>,
-        location: Location,
-        run_id: String,
-        options: ShardOptions,
-    ) -> DfResult<Self> {
+    pub fn new(input: Arc<dyn ExecutionPlan>, spec: SinkSpec) -> DfResult<Self> {
+        let location = spec.resolve_location()?;
+        let options = spec.options()?;
         let in_schema = input.schema();
         let shard_idx = in_schema.index_of(SHARD_COLUMN)?;
         if shard_idx + 1 != in_schema.fields().len() {
@@ -123,12 +204,14 @@ impl ShardSinkExec {
             EmissionType::Final,
             Boundedness::Bounded,
         ));
+        let ordering = shard_key_ordering(&in_schema, &spec.key)?;
         Ok(Self {
             input,
+            spec,
             location,
-            run_id,
             data_schema,
             options,
+            ordering,
             properties,
         })
     }
@@ -137,6 +220,21 @@ impl ShardSinkExec {
     pub fn data_schema(&self) -> &SchemaRef {
         &self.data_schema
     }
+
+    /// What this sink writes.
+    pub fn spec(&self) -> &SinkSpec {
+        &self.spec
+    }
+}
+
+/// `[__kiln_shard ASC, key ASC]` (nulls first) over `schema`.
+pub fn shard_key_ordering(schema: &SchemaRef, key: &str) -> DfResult<LexOrdering> {
+    let sort_key = |name: &str| -> DfResult<PhysicalSortExpr> {
+        let expr = datafusion::physical_expr::expressions::col(name, schema)?;
+        Ok(PhysicalSortExpr::new_default(expr).asc().nulls_first())
+    };
+    LexOrdering::new(vec![sort_key(SHARD_COLUMN)?, sort_key(key)?])
+        .ok_or_else(|| DataFusionError::Internal("empty shard ordering".into()))
 }
 
 /// One column, `shard_file`: a JSON [`ShardFile`] per written file.
@@ -153,7 +251,7 @@ impl DisplayAs for ShardSinkExec {
         write!(
             f,
             "ShardSinkExec: location={}, run={}, shards={}, formats={:?}",
-            self.location.url, self.run_id, self.options.num_shards, self.options.formats
+            self.location.url, self.spec.run_id, self.options.num_shards, self.options.formats
         )
     }
 }
@@ -175,6 +273,18 @@ impl ExecutionPlan for ShardSinkExec {
         vec![true]
     }
 
+    /// Every row of a shard in one partition: the optimiser keeps (or re-adds) the hash
+    /// repartition on the shard column, which Ballista turns into a shuffle.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        let shard = datafusion::physical_expr::expressions::col(SHARD_COLUMN, &self.input.schema())
+            .expect("the shard column was checked in new()");
+        vec![Distribution::KeyPartitioned(vec![shard])]
+    }
+
+    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        vec![Some(OrderingRequirements::from(self.ordering.clone()))]
+    }
+
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         vec![false]
     }
@@ -185,9 +295,7 @@ impl ExecutionPlan for ShardSinkExec {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(Self::new(
             Arc::clone(&children[0]),
-            self.location.clone(),
-            self.run_id.clone(),
-            self.options.clone(),
+            self.spec.clone(),
         )?))
     }
 
@@ -206,7 +314,7 @@ impl ExecutionPlan for ShardSinkExec {
         let input = self.input.execute(partition, context)?;
         let writer = PartitionWriter {
             location: self.location.clone(),
-            run_id: self.run_id.clone(),
+            run_id: self.spec.run_id.clone(),
             data_schema: Arc::clone(&self.data_schema),
             options: self.options.clone(),
         };

@@ -30,6 +30,13 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Apply an exported model (and its saved feature transform) to a dataset.
     Predict(cmd::predict::PredictArgs),
+    /// Run a Ballista scheduler for `kiln features --cluster` (Kiln's codecs and planner).
+    Scheduler(cmd::scheduler::SchedulerArgs),
+    /// Run a Ballista executor that runs Kiln's sources and sharded writers.
+    Executor(cmd::executor::ExecutorArgs),
+    /// Inspect a Kiln Ballista cluster (`kiln cluster status --cluster df://HOST:PORT`).
+    #[command(subcommand)]
+    Cluster(cmd::cluster::ClusterCommand),
     /// The daily pipeline for one date: sensors, features, train, evaluate, gate, publish.
     Run(cmd::run::RunArgs),
     /// Records of pipeline runs (`kiln runs list|show`).
@@ -56,6 +63,9 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Predict(a) => cmd::predict::run(a),
+        Command::Scheduler(a) => cmd::scheduler::run(a),
+        Command::Executor(a) => cmd::executor::run(a),
+        Command::Cluster(c) => cmd::cluster::run(c),
         Command::Run(a) => cmd::run::run(a),
         Command::Runs(c) => cmd::runs::run(c),
         Command::Models(c) => cmd::models::run(c),

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use std::time::Duration;
+
 use anyhow::{Context, bail};
+use kiln_trainer::comm::{Comm, WorldEnv};
 
 /// Benchmarks.
 #[derive(clap::Subcommand)]
@@ -14,9 +17,13 @@ pub enum BenchCommand {
     /// Training throughput (examples/s) of the example-shaped wide & deep model with 1 and 2
     /// workers (threads with their own TCP ring), batch 1024, Adam.
     Train(BenchTrainArgs),
-    /// All-reduce bus bandwidth for 1, 16 and 64 MiB buffers across 2 and 4 ranks, next to a
-    /// plain TCP copy on loopback.
+    /// All-reduce bus bandwidth for 1, 16 and 64 MiB buffers across 2 and 4 local worker
+    /// processes (the ranks `kiln train` uses), next to a plain TCP copy on loopback.
     Allreduce(BenchJsonArgs),
+    /// One rank of `kiln bench allreduce` (started by it with RANK, WORLD_SIZE, MASTER_ADDR,
+    /// MASTER_PORT; rank 0 prints the timings as JSON).
+    #[command(hide = true)]
+    AllreduceRank(AllreduceRankArgs),
 }
 
 /// Arguments of `kiln bench train`.
@@ -41,6 +48,17 @@ pub struct BenchJsonArgs {
     pub json: bool,
 }
 
+/// Arguments of the hidden `kiln bench allreduce-rank`.
+#[derive(clap::Args)]
+pub struct AllreduceRankArgs {
+    /// Buffer sizes in bytes.
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<usize>,
+}
+
+/// Buffer sizes of `kiln bench allreduce`.
+const ALLREDUCE_SIZES: [usize; 3] = [1 << 20, 16 << 20, 64 << 20];
+
 /// Arguments of `kiln bench features`.
 #[derive(clap::Args)]
 pub struct BenchFeaturesArgs {
@@ -53,6 +71,10 @@ pub struct BenchFeaturesArgs {
     /// Repetitions per variant (the best and median are printed).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// Also run every variant on a Ballista scheduler + 2 executors started on this machine
+    /// (`kiln scheduler`, `kiln executor`), to show the overhead of distribution.
+    #[arg(long)]
+    pub cluster: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -79,8 +101,17 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        BenchCommand::AllreduceRank(a) => allreduce_rank(a),
         BenchCommand::Allreduce(a) => {
-            let r = kiln_trainer::bench::bench_allreduce(&[1 << 20, 16 << 20, 64 << 20], &[2, 4])?;
+            let r = kiln_trainer::bench::bench_allreduce(
+                &ALLREDUCE_SIZES,
+                &[2, 4],
+                &|world, sizes| {
+                    allreduce_processes(world, sizes).map_err(|e| {
+                        kiln_trainer::Error::Comm(format!("{world} worker processes: {e:#}"))
+                    })
+                },
+            )?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
@@ -90,7 +121,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
             }
             for f in &r.allreduce {
                 println!(
-                    "all-reduce {:>3} MiB x {} ranks: {:.2} ms, bus bandwidth {:.2} GB/s",
+                    "all-reduce {:>3} MiB x {} processes: {:.2} ms, bus bandwidth {:.2} GB/s",
                     f.bytes >> 20,
                     f.world,
                     f.seconds * 1e3,
@@ -100,6 +131,55 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Starts `world` copies of this binary as ranks of one group; returns rank 0's timings.
+fn allreduce_processes(world: usize, sizes: &[usize]) -> anyhow::Result<Vec<f64>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let exe = std::env::current_exe()?;
+    let sizes_arg = sizes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let children = (0..world)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(["bench", "allreduce-rank", "--sizes", &sizes_arg])
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting rank {rank}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut timings = None;
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("rank {rank} exited with {}", out.status);
+        }
+        if rank == 0 {
+            timings = Some(serde_json::from_slice(&out.stdout).context("rank 0's timings")?);
+        }
+    }
+    timings.context("rank 0 printed no timings")
+}
+
+/// `kiln bench allreduce-rank`: one rank of the process group.
+fn allreduce_rank(a: AllreduceRankArgs) -> anyhow::Result<()> {
+    let env = WorldEnv::from_env()?.context("RANK, WORLD_SIZE, MASTER_PORT must be set")?;
+    let mut comm = Comm::connect(&env, Duration::from_secs(60))?;
+    let times = kiln_trainer::bench::time_allreduce(&mut comm, &a.sizes)?;
+    comm.shutdown();
+    if env.rank == 0 {
+        println!("{}", serde_json::to_string(&times)?);
+    }
+    Ok(())
 }
 
 fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
@@ -148,21 +228,45 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     let full_spec = work.join("job-full.toml");
     std::fs::write(&full_spec, &spec_text)?;
     let mut results = Vec::new();
-    for (name, spec) in [
-        ("parquet", &parquet_spec),
-        ("tfrecord_gzip+parquet", &full_spec),
-    ] {
+    let cluster = if a.cluster {
+        Some(super::local_cluster::LocalCluster::start(
+            2,
+            &work.join("cluster"),
+        )?)
+    } else {
+        None
+    };
+    let mut variants = vec![
+        ("parquet".to_string(), &parquet_spec, None),
+        ("tfrecord_gzip+parquet".to_string(), &full_spec, None),
+    ];
+    if let Some(c) = &cluster {
+        variants.push((
+            "parquet, cluster 1+2".into(),
+            &parquet_spec,
+            Some(c.url.clone()),
+        ));
+        variants.push((
+            "tfrecord_gzip+parquet, cluster 1+2".into(),
+            &full_spec,
+            Some(c.url.clone()),
+        ));
+    }
+    for (name, spec, cluster_url) in variants {
         let mut runs = Vec::new();
         for _ in 0..a.repeat {
-            let out = Command::new(&exe)
-                .arg("features")
+            let mut cmd = Command::new(&exe);
+            cmd.arg("features")
                 .arg(spec)
                 .args(["--date", "2026-11-20", "--json", "--source"])
                 .arg(format!("events={}", events.display()))
                 .arg("--out")
                 .arg(work.join("out"))
-                .env("RUST_LOG", "warn")
-                .output()?;
+                .env("RUST_LOG", "warn");
+            if let Some(url) = &cluster_url {
+                cmd.args(["--cluster", url]);
+            }
+            let out = cmd.output()?;
             if !out.status.success() {
                 bail!(
                     "kiln features failed: {}",
@@ -201,9 +305,14 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
             a.rows,
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
+        if cluster.is_some() {
+            println!(
+                "  (cluster 1+2: scheduler + 2 executors on this machine; peak RSS is the client's)"
+            );
+        }
         for r in &results {
             println!(
-                "  {:<22} {:>8.2} s best ({:.2} median)  {:>6.2} M input rows/s  peak RSS {}  -> {} examples",
+                "  {:<36} {:>8.2} s best ({:.2} median)  {:>6.2} M input rows/s  peak RSS {}  -> {} examples",
                 r["variant"].as_str().unwrap_or(""),
                 r["best_seconds"].as_f64().unwrap_or(0.0),
                 r["median_seconds"].as_f64().unwrap_or(0.0),

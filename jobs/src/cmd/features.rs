@@ -20,6 +20,10 @@ pub struct FeaturesArgs {
     /// Write every output under URL/<statement>/ instead of the spec's locations.
     #[arg(long, value_name = "URL")]
     pub out: Option<String>,
+    /// Run on the Ballista cluster whose scheduler is at df://HOST:PORT (`kiln scheduler`);
+    /// shards are written by the executors and committed here once all succeeded.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    pub cluster: Option<String>,
     /// Print one JSON object instead of a human summary.
     #[arg(long)]
     pub json: bool,
@@ -39,9 +43,18 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<()> {
         sources: args.sources,
         out: args.out,
     };
+    let mode = match args.cluster {
+        Some(url) => kiln_engine::Mode::Cluster(url),
+        None => kiln_engine::Mode::Local,
+    };
     let runtime = super::runtime()?;
     let report = runtime
-        .block_on(kiln_engine::run_features(&spec, args.date, &overrides))
+        .block_on(kiln_engine::run_features_on(
+            &spec,
+            args.date,
+            &overrides,
+            &mode,
+        ))
         .with_context(|| format!("features for {} on {}", spec.name, args.date))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

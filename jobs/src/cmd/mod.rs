@@ -2,14 +2,19 @@
 
 pub mod backfill;
 pub mod bench;
+pub mod cluster;
+pub mod executor;
 pub mod features;
 pub mod r#gen;
 pub mod inspect;
+pub mod local_cluster;
+pub mod model_dir;
 pub mod models;
 pub mod predict;
 pub mod run;
 pub mod runs;
 pub mod schedule;
+pub mod scheduler;
 pub mod train;
 
 /// Logs go to stderr (`RUST_LOG` to tune; default `info`), so stdout stays machine-readable.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod moto;
 pub mod reference;
 
@@ -83,4 +84,28 @@ pub fn read_dataset(url: &str, format: ShardFormat) -> Vec<RecordBatch> {
         .expect("read shards")
         .collect::<Result<Vec<_>, _>>()
         .expect("batches")
+}
+
+/// `(shard, format, sha256, rows, bytes)` of every shard in a committed dataset's manifest.
+pub fn shard_sums(url: &str) -> Vec<(u32, String, String, u64, u64)> {
+    let ds = Dataset::open_blocking(
+        url,
+        OpenOptions {
+            verify_checksums: true,
+        },
+    )
+    .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    ds.manifest()
+        .shards
+        .iter()
+        .map(|s| {
+            (
+                s.index,
+                format!("{:?}", s.format),
+                s.sha256.clone(),
+                s.rows,
+                s.bytes,
+            )
+        })
+        .collect()
 }

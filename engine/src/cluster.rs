@@ -1,0 +1,166 @@
+//! Kiln on Ballista: the pieces every process of a cluster shares.
+//!
+//! - the client ([`client_context`]): a Ballista session whose plans carry Kiln's nodes
+//!   through [`KilnLogicalCodec`] / [`KilnPhysicalCodec`];
+//! - the scheduler ([`scheduler_session_state`]): plans Kiln's [`crate::write::ShardWriteNode`]
+//!   with [`KilnQueryPlanner`] and lists input files with [`KilnObjectStoreRegistry`];
+//! - executors ([`executor_runtime_producer`], [`executor_function_registry`]): decode and run
+//!   [`crate::sink::ShardSinkExec`], reading and writing object stores with their own
+//!   credentials.
+//!
+//! Session settings sent to the cluster are DataFusion/Ballista options only; object store
+//! credentials are never set there (each process reads its own `AWS_*` environment).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ballista::extension::SessionContextExt;
+use ballista_core::extension::{
+    SessionConfigExt, ballista_aggregate_functions, ballista_scalar_functions,
+    ballista_window_functions,
+};
+use ballista_core::registry::BallistaFunctionRegistry;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::codec::{KilnLogicalCodec, KilnPhysicalCodec};
+use crate::sink::KilnShardUdf;
+use crate::stores::KilnObjectStoreRegistry;
+use crate::write::KilnQueryPlanner;
+
+/// Ballista's default scheduler port.
+pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
+/// `df://host:port` (or `host:port`) -> `(host, port)`; the port defaults to 50050.
+pub fn parse_cluster_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("df://")
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    if rest.contains("://") {
+        return Err(format!(
+            "cluster `{url}`: expected df://HOST:PORT (the scheduler's address)"
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("cluster `{url}`: bad port `{p}`"))?,
+        ),
+        None => (rest, DEFAULT_SCHEDULER_PORT),
+    };
+    if host.is_empty() {
+        return Err(format!("cluster `{url}`: missing host (df://HOST:PORT)"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Scalar functions of every Kiln Ballista process: Ballista's set plus `kiln_shard`.
+pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
+    let mut f = ballista_scalar_functions();
+    f.push(Arc::new(KilnShardUdf::udf()));
+    f
+}
+
+/// A runtime whose object stores come from this process's environment, spilling to
+/// `temp_dir` when given.
+pub fn runtime_env(temp_dir: Option<&Path>) -> DfResult<Arc<RuntimeEnv>> {
+    let mut builder = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(KilnObjectStoreRegistry::new()));
+    if let Some(dir) = temp_dir {
+        builder = builder.with_temp_file_path(dir);
+    }
+    builder.build_arc()
+}
+
+/// The scheduler's session for a job's settings: Ballista's rules and functions, Kiln's
+/// planner (the sharded write) and `kiln_shard`, object stores from the environment.
+pub fn scheduler_session_state(config: SessionConfig) -> DfResult<SessionState> {
+    Ok(SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime_env(None)?)
+        .with_optimizer_rules(ballista_core::optimizer::ballista_default_optimizer_rules())
+        .with_scalar_functions(scalar_functions())
+        .with_aggregate_functions(ballista_aggregate_functions())
+        .with_window_functions(ballista_window_functions())
+        .with_query_planner(Arc::new(KilnQueryPlanner))
+        .build())
+}
+
+/// The functions executors resolve plans against: Ballista's defaults plus `kiln_shard`.
+pub fn executor_function_registry() -> BallistaFunctionRegistry {
+    let mut registry = BallistaFunctionRegistry::default();
+    let udf = Arc::new(KilnShardUdf::udf());
+    registry
+        .scalar_functions
+        .insert(udf.name().to_string(), udf);
+    registry
+}
+
+/// Executor task runtimes: object stores from the executor's environment, spill files in
+/// its work directory (Ballista adds the memory pool).
+pub fn executor_runtime_producer(work_dir: PathBuf) -> ballista_core::RuntimeProducer {
+    Arc::new(move |_config: &SessionConfig| runtime_env(Some(&work_dir)))
+}
+
+/// A Ballista client session on the scheduler at `url` (`df://host:port`) with Kiln's
+/// codecs and functions. `config` carries DataFusion settings only.
+pub async fn client_context(
+    url: &str,
+    config: SessionConfig,
+    job_name: &str,
+) -> DfResult<SessionContext> {
+    let (host, port) = parse_cluster_url(url).map_err(DataFusionError::Configuration)?;
+    let config = config
+        .upgrade_for_ballista()
+        .with_ballista_logical_extension_codec(Arc::new(KilnLogicalCodec::default()))
+        .with_ballista_physical_extension_codec(Arc::new(KilnPhysicalCodec::default()))
+        // The static planner: stages exactly as planned (the write's shuffle included).
+        .with_ballista_adaptive_query_planner(false)
+        .with_ballista_job_name(job_name);
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime_env(None)?)
+        .build();
+    let ctx = SessionContext::remote_with_state(&format!("df://{host}:{port}"), state).await?;
+    ctx.register_udf(KilnShardUdf::udf());
+    Ok(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cluster_urls() {
+        assert_eq!(
+            parse_cluster_url("df://127.0.0.1:50123").unwrap(),
+            ("127.0.0.1".to_string(), 50123)
+        );
+        assert_eq!(
+            parse_cluster_url("sched.kiln.svc").unwrap(),
+            ("sched.kiln.svc".to_string(), DEFAULT_SCHEDULER_PORT)
+        );
+        assert!(
+            parse_cluster_url("http://x:1")
+                .unwrap_err()
+                .contains("df://")
+        );
+        assert!(
+            parse_cluster_url("df://x:port")
+                .unwrap_err()
+                .contains("bad port")
+        );
+        assert!(
+            parse_cluster_url("df://:1")
+                .unwrap_err()
+                .contains("missing host")
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! `kiln scheduler`: a Ballista scheduler that knows Kiln's plan nodes, functions and object
+//! stores, plus a small JSON status endpoint for `kiln cluster status`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use ballista_core::serde::protobuf::job_status;
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_scheduler::scheduler_server::SchedulerServer;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use kiln_engine::codec::{KilnLogicalCodec, KilnPhysicalCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::cluster::{ClusterStatus, ExecutorStatus, JobProgress, STATUS_PATH};
+
+/// Arguments of `kiln scheduler`.
+#[derive(clap::Args)]
+pub struct SchedulerArgs {
+    /// Address of the scheduler's gRPC service (clients use `--cluster df://HOST:PORT`,
+    /// executors `--scheduler HOST:PORT`).
+    #[arg(long, default_value = "0.0.0.0:50050", value_name = "HOST:PORT")]
+    pub bind: SocketAddr,
+    /// Address of the JSON status endpoint read by `kiln cluster status`
+    /// [default: the --bind host, port + 1].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub status_bind: Option<SocketAddr>,
+    /// Host name executors and clients use to reach this scheduler
+    /// [default: the --bind host, or this machine's host name when binding 0.0.0.0].
+    #[arg(long)]
+    pub external_host: Option<String>,
+    /// An executor whose last heartbeat is older than this is declared lost: its running
+    /// tasks are re-run elsewhere, and the stages whose shuffle output it held are re-run.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub executor_timeout: u64,
+    /// How often lost executors are looked for.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub expire_interval: u64,
+    /// Attempts of one task before its job fails (only I/O errors are retried).
+    #[arg(long, default_value_t = 4)]
+    pub task_max_failures: usize,
+    /// Attempts of one stage before its job fails.
+    #[arg(long, default_value_t = 4)]
+    pub stage_max_failures: usize,
+    /// Shuffle files of a finished job are deleted from executors after this delay
+    /// (0 keeps them).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub cleanup_delay: u64,
+}
+
+/// Default host name: the bind host, or this machine's name for a wildcard bind.
+pub fn advertised_host(bind: &SocketAddr, external: Option<&str>) -> String {
+    if let Some(h) = external {
+        return h.to_string();
+    }
+    if bind.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    } else {
+        bind.ip().to_string()
+    }
+}
+
+pub fn run(args: SchedulerArgs) -> anyhow::Result<()> {
+    let runtime = super::runtime()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: SchedulerArgs) -> anyhow::Result<()> {
+    let status_bind = args
+        .status_bind
+        .unwrap_or_else(|| SocketAddr::new(args.bind.ip(), args.bind.port().wrapping_add(1)));
+    let mut config = SchedulerConfig {
+        bind_host: args.bind.ip().to_string(),
+        bind_port: args.bind.port(),
+        external_host: advertised_host(&args.bind, args.external_host.as_deref()),
+        executor_timeout_seconds: args.executor_timeout,
+        expire_dead_executor_interval_seconds: args.expire_interval,
+        no_executors_grace_period_seconds: args.executor_timeout,
+        task_max_failures: args.task_max_failures,
+        stage_max_failures: args.stage_max_failures,
+        finished_job_data_clean_up_interval_seconds: args.cleanup_delay,
+        override_logical_codec: Some(Arc::new(KilnLogicalCodec::default())),
+        override_physical_codec: Some(Arc::new(KilnPhysicalCodec::default())),
+        override_session_builder: Some(Arc::new(kiln_engine::cluster::scheduler_session_state)),
+        ..SchedulerConfig::default()
+    };
+    // Jobs never wait forever for executors that do not exist.
+    config.job_resubmit_interval_ms = Some(500);
+    let config = Arc::new(config);
+    config.validate()?;
+    let cluster = BallistaCluster::new_from_config(&config).await?;
+    let scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> =
+        create_scheduler(cluster, Arc::clone(&config)).await?;
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding the scheduler to {}", args.bind))?;
+    let status_listener = tokio::net::TcpListener::bind(status_bind)
+        .await
+        .with_context(|| format!("binding the status endpoint to {status_bind}"))?;
+    tracing::info!(
+        "kiln scheduler {} (Ballista {}) on {} (status http://{status_bind}{STATUS_PATH})",
+        env!("CARGO_PKG_VERSION"),
+        ballista_core::BALLISTA_VERSION,
+        args.bind
+    );
+    let status = tokio::spawn(serve_status(status_listener, scheduler.clone(), args.bind));
+    tokio::select! {
+        r = start_grpc_service_with_listener(listener, scheduler) => {
+            r.context("scheduler gRPC service")?;
+        }
+        r = status => {
+            r.context("status endpoint")??;
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("scheduler stopping (interrupt)");
+        }
+    }
+    Ok(())
+}
+
+/// Answers every HTTP request with the cluster status as JSON.
+async fn serve_status(
+    listener: tokio::net::TcpListener,
+    scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    bind: SocketAddr,
+) -> anyhow::Result<()> {
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let scheduler = scheduler.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 << 10 {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let (code, body) = match status(&scheduler, bind).await {
+                Ok(s) => ("200 OK", serde_json::to_string(&s).unwrap_or_default()),
+                Err(e) => (
+                    "500 Internal Server Error",
+                    serde_json::json!({ "error": e.to_string() }).to_string(),
+                ),
+            };
+            let response = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+async fn status(
+    scheduler: &SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    bind: SocketAddr,
+) -> anyhow::Result<ClusterStatus> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let mut executors = Vec::new();
+    for (meta, heartbeat, _) in scheduler
+        .state
+        .executor_manager
+        .get_executors_state()
+        .await?
+    {
+        let last = heartbeat.map(|d| d.as_secs());
+        executors.push(ExecutorStatus {
+            id: meta.id,
+            host: meta.host,
+            port: meta.port,
+            grpc_port: meta.grpc_port,
+            slots: meta.specification.vcores,
+            last_heartbeat_unix: last,
+            seconds_since_heartbeat: last.map(|t| now.saturating_sub(t)),
+        });
+    }
+    executors.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut jobs = Vec::new();
+    for job in scheduler.state.task_manager.get_running_jobs().await? {
+        let status = match &job.status.status {
+            Some(job_status::Status::Queued(_)) => "queued",
+            Some(job_status::Status::Running(_)) => "running",
+            Some(job_status::Status::Failed(_)) => "failed",
+            Some(job_status::Status::Successful(_)) => "successful",
+            None => "unknown",
+        };
+        jobs.push(JobProgress {
+            id: job.job_id.to_string(),
+            name: job.job_name,
+            status: status.to_string(),
+            stages_completed: job.completed_stages,
+            stages_total: job.num_stages,
+            started_at_ms: job.start_time,
+        });
+    }
+    jobs.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(ClusterStatus {
+        scheduler: bind.to_string(),
+        ballista_version: ballista_core::BALLISTA_VERSION.to_string(),
+        executors,
+        jobs,
+    })
+}
