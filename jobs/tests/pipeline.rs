@@ -326,6 +326,7 @@ fn daily_runs_publish_reject_rollback_and_prune() {
 
     // A good model for 2026-11-21 (spec changed back: training reruns, features are reused)
     // becomes version 4 and stable; retention (3 newest + labelled) prunes version 1.
+    write_spec(dir.path(), 30, "0.01", &pipeline);
     let good = ok_json(&["run", s, "--date", "2026-11-21", "--json"]);
     assert_eq!(good["status"], "success", "{good}");
     assert_eq!(task(&good, "features")["status"], "skipped");

@@ -153,6 +153,7 @@ impl Dag {
     }
 
     /// Task names in execution order.
+    #[cfg(test)]
     pub fn names(&self) -> Vec<String> {
         self.order()
             .unwrap_or_default()

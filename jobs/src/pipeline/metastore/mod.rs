@@ -613,6 +613,7 @@ impl Store {
     }
 
     /// Applied migrations: (version, name, applied_at).
+    #[cfg(test)]
     pub fn migrations(&mut self) -> anyhow::Result<Vec<(i64, String, String)>> {
         Ok(self
             .db
