@@ -103,7 +103,7 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
                     v.version,
                     labels,
                     l["date"].as_str().unwrap_or("-"),
-                    l["run_id"],
+                    l["run_id"].to_string(),
                     f(&l["metrics"]["auc"]),
                     f(&l["metrics"]["logloss"])
                 );

@@ -811,9 +811,14 @@ impl Recorder for StoreRecorder {
             .start_task(self.run_id, task, fingerprint, "running", None)
     }
     fn task_skipped(&mut self, task: &str, fingerprint: &str, output: &Json) -> anyhow::Result<()> {
+        let summary = summarize(task, output);
         self.say(&format!(
-            "  {task:<18} skipped  done before with the same inputs ({})",
-            summarize(task, output)
+            "  {task:<18} skipped  done before with the same inputs{}",
+            if summary.is_empty() {
+                String::new()
+            } else {
+                format!(" ({summary})")
+            }
         ));
         self.store
             .start_task(self.run_id, task, fingerprint, "skipped", Some(output))?;
