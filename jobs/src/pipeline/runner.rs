@@ -1001,8 +1001,8 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
         }
         LockOutcome::Acquired { took_over } => took_over,
     };
-    let _lock = LockGuard::start(&pipeline.metastore, &spec.name, &date, &owner, stale);
-    let _lock = match _lock {
+    // Held (and heartbeating) until this function returns.
+    let _lock = match LockGuard::start(&pipeline.metastore, &spec.name, &date, &owner, stale) {
         Ok(g) => g,
         Err(e) => {
             let _ = store.unlock(&spec.name, &date, &owner);
