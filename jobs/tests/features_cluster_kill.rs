@@ -99,9 +99,19 @@ fn killing_an_executor_mid_job_still_commits_the_identical_output() {
         "the lost executor to expire",
     );
     assert_eq!(after["executors"][0]["id"], "executor-0");
-    let logs = cluster.logs();
+    let log = cluster.scheduler_log();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("executor-1") || l.contains("lost"))
+    {
+        eprintln!("scheduler: {line}");
+    }
     assert!(
-        logs.contains("executor-1"),
-        "the scheduler logs name the lost executor:\n{logs}"
+        log.contains("executor executor-1 heartbeat timed out"),
+        "the scheduler declared executor-1 lost:\n{log}"
+    );
+    assert!(
+        log.contains("on lost Executor executor-1"),
+        "tasks of the lost executor were reset and re-run:\n{log}"
     );
 }

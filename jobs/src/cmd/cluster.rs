@@ -152,10 +152,10 @@ pub fn render(s: &ClusterStatus) -> String {
             e.slots
         ));
     }
-    out.push_str("JOB        STATUS      STAGES  NAME\n");
+    out.push_str("JOB            STATUS      STAGES  NAME\n");
     for j in &s.jobs {
         out.push_str(&format!(
-            "{:<10} {:<11} {:>2}/{:<3}  {}\n",
+            "{:<14} {:<11} {:>2}/{:<3}  {}\n",
             j.id, j.status, j.stages_completed, j.stages_total, j.name
         ));
     }

@@ -11,6 +11,7 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use ballista_scheduler::scheduler_server::SchedulerServer;
+use ballista_scheduler::state::task_manager::JobOverview;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use kiln_engine::codec::{KilnLogicalCodec, KilnPhysicalCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -188,8 +189,24 @@ async fn status(
         });
     }
     executors.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut jobs = Vec::new();
+    // Running jobs live in the active cache; the job state lists queued and finished ones.
+    let mut overviews = Vec::new();
+    for cached in scheduler
+        .state
+        .task_manager
+        .get_running_job_cache()
+        .values()
+    {
+        let graph = cached.execution_graph.read().await;
+        overviews.push(JobOverview::from(&*graph));
+    }
     for job in scheduler.state.task_manager.get_running_jobs().await? {
+        if !overviews.iter().any(|o| o.job_id == job.job_id) {
+            overviews.push(job);
+        }
+    }
+    let mut jobs = Vec::new();
+    for job in overviews {
         let status = match &job.status.status {
             Some(job_status::Status::Queued(_)) => "queued",
             Some(job_status::Status::Running(_)) => "running",

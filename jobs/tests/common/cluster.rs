@@ -155,6 +155,11 @@ impl Cluster {
         }
     }
 
+    /// The scheduler's log.
+    pub fn scheduler_log(&self) -> String {
+        std::fs::read_to_string(self.logs.join("scheduler.log")).unwrap_or_default()
+    }
+
     /// Every process's log, concatenated (for assertions and failure messages).
     pub fn logs(&self) -> String {
         let mut names: Vec<_> = std::fs::read_dir(&self.logs)
