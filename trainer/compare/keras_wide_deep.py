@@ -54,7 +54,9 @@ def main():
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--steps", type=int, default=0, help="train exactly this many steps (0: epochs)")
+    ap.add_argument("--seed", type=int, default=42, help="weight initialisation and shuffling")
     args = ap.parse_args()
+    tf.keras.utils.set_random_seed(args.seed)
 
     manifest = json.load(open(os.path.join(args.dataset, "_manifest.json")))
     files = sorted(
@@ -165,7 +167,7 @@ def main():
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
 
     steps = args.steps or args.epochs * (n_train // args.batch)
-    ds = train_ds.shuffle(16384, seed=42).map(features, num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch, drop_remainder=True).repeat().prefetch(8)
+    ds = train_ds.shuffle(16384, seed=args.seed).map(features, num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch, drop_remainder=True).repeat().prefetch(8)
     # Warm-up step (graph tracing) is excluded from the timing, like Kiln's fit pass.
     model.fit(ds.take(1), verbose=0)
     t0 = time.time()
@@ -183,7 +185,7 @@ def main():
     logloss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     print(json.dumps({
         "framework": f"tensorflow {tf.__version__} / keras {tf.keras.__version__ if hasattr(tf.keras, '__version__') else ''}",
-        "train_rows": n_train, "steps": steps, "batch": args.batch,
+        "seed": args.seed, "train_rows": n_train, "steps": steps, "batch": args.batch,
         "examples_per_sec": (steps - 1) * args.batch / dt,
         "metrics": {"auc": auc, "logloss": logloss, "rows": int(len(y)),
                     "mean_prediction": float(p.mean()), "mean_label": float(y.mean())},

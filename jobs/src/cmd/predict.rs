@@ -1,24 +1,24 @@
 //! `kiln predict`: score a dataset with an exported model, applying the saved feature
 //! transform — the same code path as the trainer's evaluation, so predictions match exactly.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use kiln_trainer::ShardSource;
 use kiln_trainer::source::DatasetSource;
 use kiln_trainer::transform::RowFilter;
 
+use super::model_dir::{ModelDir, write_output};
+
 /// Arguments of `kiln predict`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PredictArgs {
-    /// Model directory written by `kiln train`.
-    pub model_dir: PathBuf,
+    /// Model directory written by `kiln train` (local path, file:// or s3:// URL).
+    pub model_dir: String,
     /// Committed dataset to score (path or URL).
     #[arg(long)]
     pub input: String,
-    /// Write predictions as CSV (`shard,row,label,logit,prediction`) to this path or file:// URL.
+    /// Write predictions as CSV (`shard,row,label,logit,prediction`) to this path or URL
+    /// (file://, s3://).
     #[arg(long)]
     pub output: Option<String>,
     /// Score only the rows of the model's held-out split (what the trainer evaluated).
@@ -30,7 +30,9 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
-    let model = kiln_trainer::export::load(&args.model_dir)?;
+    let mut model_dir = ModelDir::resolve(&args.model_dir)?;
+    model_dir.fetch()?;
+    let model = kiln_trainer::export::load(&model_dir.local)?;
     let source: Arc<dyn ShardSource> = Arc::new(DatasetSource::open(&args.input)?);
     let filter = if args.eval_split {
         RowFilter::Eval
@@ -41,10 +43,6 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         kiln_trainer::export::score(&model.params, &model.transform, &source, filter)?;
     let metrics = kiln_trainer::eval::metrics(&logits, &labels);
     if let Some(out) = &args.output {
-        if out.contains("://") && !out.starts_with("file://") {
-            bail!("--output {out}: only local paths and file:// URLs are supported");
-        }
-        let path = PathBuf::from(out.strip_prefix("file://").unwrap_or(out));
         let mut text = String::with_capacity(logits.len() * 32);
         text.push_str("shard,row,label,logit,prediction\n");
         for ((z, y), (s, r)) in logits.iter().zip(&labels).zip(&rows) {
@@ -53,10 +51,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                 kiln_trainer::model::sigmoid(*z)
             ));
         }
-        let mut f =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(text.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_output(out, text.into_bytes())?;
     }
     eprintln!(
         "scored {} rows: auc {:.4} logloss {:.4} mean prediction {:.4} (label {:.4})",

@@ -10,6 +10,8 @@ use kiln_trainer::comm::{Comm, WorldEnv};
 use kiln_trainer::source::DatasetSource;
 use kiln_trainer::{TrainConfig, TrainOptions};
 
+use super::model_dir::ModelDir;
+
 /// Arguments of `kiln train`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -28,7 +30,8 @@ pub struct TrainArgs {
     /// Start this many local worker processes (ranks 0..N-1).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Model directory (local path or file:// URL). Default: <spec dir>/models/<job name>/<date>
+    /// Model directory: a local path, file:// or s3:// URL (object stores: trained in a local
+    /// staging directory and uploaded at the end). Default: <spec dir>/models/<job name>/<date>
     /// (with --config: ./models/<config file stem>/<date>).
     #[arg(long)]
     pub model_dir: Option<String>,
@@ -38,6 +41,10 @@ pub struct TrainArgs {
     /// Override `[train] steps`.
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Override `[train] device`: cpu, cuda[:N] or wgpu[:N] (`cuda` alone: GPU `LOCAL_RANK`).
+    /// GPU devices need a build with `--features kiln-trainer/cuda` or `kiln-trainer/wgpu`.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<kiln_trainer::device::ComputeDevice>,
     /// Print one JSON object with the results to stdout.
     #[arg(long)]
     pub json: bool,
@@ -107,6 +114,9 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
     if let Some(s) = args.steps {
         config.steps = Some(s);
     }
+    if let Some(d) = args.device {
+        config.device = d;
+    }
     let data = args
         .data
         .clone()
@@ -121,42 +131,39 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
     Ok((config, data, model_dir))
 }
 
-fn local_dir(url: &str) -> anyhow::Result<PathBuf> {
-    if let Some(p) = url.strip_prefix("file://") {
-        return Ok(PathBuf::from(p));
-    }
-    if url.contains("://") {
-        bail!("--model-dir {url}: only local paths and file:// URLs are supported");
-    }
-    Ok(std::path::absolute(url)?)
-}
-
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let env = WorldEnv::from_env()?;
     if env.is_none() && args.workers > 1 {
         return launch(&args);
     }
     let (config, data, model_dir) = resolve(&args)?;
-    let model_dir = local_dir(&model_dir)?;
+    let model_dir = ModelDir::resolve(&model_dir)?;
     let env = env.unwrap_or(WorldEnv {
         rank: 0,
         world: 1,
         master_addr: "127.0.0.1".into(),
         master_port: 0,
     });
+    if env.rank == 0 {
+        model_dir.prepare_for_training(args.resume)?;
+    }
     let source = Arc::new(DatasetSource::open(&data)?);
     let mut comm = Comm::connect(&env, Duration::from_secs(args.rendezvous_timeout))
         .with_context(|| format!("rank {} of {}", env.rank, env.world))?;
-    let mut opts = TrainOptions::new(config, source, model_dir);
+    let mut opts = TrainOptions::new(config, source, model_dir.local.clone());
     opts.resume = args.resume;
     opts.progress = true;
     opts.step_timeout = Duration::from_secs(args.peer_timeout);
     let report =
         kiln_trainer::train(&opts, &mut comm).with_context(|| format!("rank {}", env.rank))?;
     comm.shutdown();
+    if env.rank == 0 {
+        model_dir.publish()?;
+    }
     if args.json && env.rank == 0 {
         let mut v = serde_json::to_value(&report)?;
         v["data"] = serde_json::Value::String(data);
+        v["model_dir"] = serde_json::Value::String(model_dir.display());
         println!("{v}");
     }
     Ok(())

@@ -1,0 +1,117 @@
+//! Model directories by URL: a local path / `file://` URL is used in place; an object-store
+//! URL (`s3://bucket/prefix`) is trained into a local staging directory that rank 0 fills from
+//! the store on `--resume` and uploads when training ends (`model.json` last, so a reader that
+//! finds it finds every other file), and is downloaded before `kiln predict` reads it.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use kiln_connectors::store::{self, Location};
+
+/// A resolved model directory.
+pub struct ModelDir {
+    /// The directory the trainer reads and writes.
+    pub local: PathBuf,
+    /// The object-store location it mirrors, if the URL was not local.
+    pub remote: Option<Location>,
+}
+
+/// Files uploaded last, in this order: `model.json` marks a complete model.
+const UPLOAD_LAST: [&str; 2] = ["metrics.json", "model.json"];
+
+impl ModelDir {
+    /// Resolves `url`: local paths as they are, object-store URLs to a staging directory under
+    /// the system temp dir named after the URL (stable, so a rerun on this host finds it).
+    pub fn resolve(url: &str) -> anyhow::Result<ModelDir> {
+        if let Some(p) = url.strip_prefix("file://") {
+            return Ok(ModelDir {
+                local: PathBuf::from(p),
+                remote: None,
+            });
+        }
+        if !url.contains("://") {
+            return Ok(ModelDir {
+                local: std::path::absolute(url)?,
+                remote: None,
+            });
+        }
+        let remote = store::resolve(url).with_context(|| format!("model directory {url}"))?;
+        let name: String = url
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        Ok(ModelDir {
+            local: std::env::temp_dir().join("kiln-models").join(name),
+            remote: Some(remote),
+        })
+    }
+
+    /// Before training (rank 0): a fresh run starts from an empty staging directory; a resumed
+    /// run keeps a local checkpoint left by an earlier run on this host, else downloads the
+    /// store's checkpoints.
+    pub fn prepare_for_training(&self, resume: bool) -> anyhow::Result<()> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let local_ckpt = self.local.join("checkpoints");
+        if !resume {
+            if self.local.exists() {
+                std::fs::remove_dir_all(&self.local)
+                    .with_context(|| format!("clearing {}", self.local.display()))?;
+            }
+        } else if !local_ckpt.join("latest").exists() {
+            let n = store::download_dir(&remote.child("checkpoints"), &local_ckpt)?;
+            tracing::info!(files = n, from = %remote.url, "downloaded checkpoints");
+        }
+        std::fs::create_dir_all(&self.local)
+            .with_context(|| format!("creating {}", self.local.display()))?;
+        Ok(())
+    }
+
+    /// After training (rank 0): uploads the model and its checkpoints to the store.
+    pub fn publish(&self) -> anyhow::Result<()> {
+        if let Some(remote) = &self.remote {
+            let n = store::upload_dir(&self.local, remote, &UPLOAD_LAST)?;
+            tracing::info!(files = n, to = %remote.url, "uploaded the model directory");
+        }
+        Ok(())
+    }
+
+    /// Before reading a model: downloads a remote model directory (it must hold `model.json`)
+    /// into a directory of this process (not the training staging directory).
+    pub fn fetch(&mut self) -> anyhow::Result<()> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let name = self.local.file_name().expect("staging name").to_string_lossy();
+        self.local = self
+            .local
+            .with_file_name(format!("read-{}-{name}", std::process::id()));
+        if self.local.exists() {
+            std::fs::remove_dir_all(&self.local)
+                .with_context(|| format!("clearing {}", self.local.display()))?;
+        }
+        let n = store::download_dir(remote, &self.local)?;
+        if n == 0 || !self.local.join("model.json").exists() {
+            anyhow::bail!("{}: no model.json (not a complete model directory)", remote.url);
+        }
+        Ok(())
+    }
+
+    /// The URL or path for messages and reports.
+    pub fn display(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url.clone(),
+            None => self.local.display().to_string(),
+        }
+    }
+}
+
+/// Writes `bytes` to a local path, `file://` URL or object-store URL.
+pub fn write_output(url: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    use object_store::ObjectStoreExt;
+    let loc = store::resolve(url).with_context(|| format!("output {url}"))?;
+    store::block_on(async { loc.store.put(&loc.path, bytes.into()).await })
+        .with_context(|| format!("writing {}", loc.url))?;
+    Ok(())
+}
