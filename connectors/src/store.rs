@@ -17,11 +17,11 @@ use std::future::Future;
 use std::path::{Component, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{Error, Result};
 
@@ -198,7 +198,8 @@ pub fn upload_dir(dir: &std::path::Path, dest: &Location, last: &[&str]) -> Resu
     block_on(async {
         for rel in &files {
             let local = dir.join(rel);
-            let bytes = std::fs::read(&local).map_err(|e| Error::io(local.display().to_string(), e))?;
+            let bytes =
+                std::fs::read(&local).map_err(|e| Error::io(local.display().to_string(), e))?;
             let to = dest.child(rel);
             to.store
                 .put(&to.path, bytes.into())
@@ -234,15 +235,21 @@ pub fn download_dir(src: &Location, dir: &std::path::Path) -> Result<usize> {
             }
             .map_err(|e| Error::store(format!("{}/{}", src.url, rel.join("/")), e))?;
             if let Some(parent) = local.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display().to_string(), e))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(parent.display().to_string(), e))?;
             }
-            std::fs::write(&local, &bytes).map_err(|e| Error::io(local.display().to_string(), e))?;
+            std::fs::write(&local, &bytes)
+                .map_err(|e| Error::io(local.display().to_string(), e))?;
         }
         Ok(objects.len())
     })
 }
 
-fn collect_files(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) -> Result<()> {
+fn collect_files(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    out: &mut Vec<String>,
+) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir.display().to_string(), e))?;
@@ -251,7 +258,10 @@ fn collect_files(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<St
             collect_files(root, &path, out)?;
         } else {
             let rel = path.strip_prefix(root).expect("under root");
-            out.push(rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/"));
+            out.push(
+                rel.to_string_lossy()
+                    .replace(std::path::MAIN_SEPARATOR, "/"),
+            );
         }
     }
     Ok(())

@@ -270,13 +270,16 @@ pub fn time_allreduce(comm: &mut Comm, sizes: &[usize]) -> Result<Vec<f64>> {
     Ok(slowest)
 }
 
+/// Runs [`time_allreduce`] on a group of `world` ranks for the given sizes.
+pub type RunWorld<'a> = &'a dyn Fn(usize, &[usize]) -> Result<Vec<f64>>;
+
 /// Measures all-reduce of `sizes` (bytes) for each world size, and a plain loopback copy.
 /// `run_world(world, sizes)` runs [`time_allreduce`] on a group of `world` ranks (processes
 /// in `kiln bench allreduce`, threads in [`threads_world`]) and returns its result.
 pub fn bench_allreduce(
     sizes: &[usize],
     worlds: &[usize],
-    run_world: &dyn Fn(usize, &[usize]) -> Result<Vec<f64>>,
+    run_world: RunWorld<'_>,
 ) -> Result<AllreduceReport> {
     let mut loopback = Vec::new();
     for &b in sizes {

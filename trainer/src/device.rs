@@ -142,8 +142,14 @@ mod tests {
     #[test]
     fn parses_devices() {
         assert_eq!("cpu".parse::<ComputeDevice>().unwrap(), ComputeDevice::Cpu);
-        assert_eq!("cuda:3".parse::<ComputeDevice>().unwrap(), ComputeDevice::Cuda(3));
-        assert_eq!("wgpu:1".parse::<ComputeDevice>().unwrap(), ComputeDevice::Wgpu(1));
+        assert_eq!(
+            "cuda:3".parse::<ComputeDevice>().unwrap(),
+            ComputeDevice::Cuda(3)
+        );
+        assert_eq!(
+            "wgpu:1".parse::<ComputeDevice>().unwrap(),
+            ComputeDevice::Wgpu(1)
+        );
         let e = "tpu".parse::<ComputeDevice>().unwrap_err().to_string();
         assert!(e.contains("expected cpu, cuda"), "{e}");
         let e = "cuda:x".parse::<ComputeDevice>().unwrap_err().to_string();
@@ -153,7 +159,9 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn gpu_without_feature_is_a_clear_error() {
-        let e = select_device(ComputeDevice::Cuda(0)).unwrap_err().to_string();
+        let e = select_device(ComputeDevice::Cuda(0))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("built without the `cuda` feature"), "{e}");
         assert_eq!(selected_device(), ComputeDevice::Cpu);
     }

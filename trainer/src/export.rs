@@ -17,8 +17,8 @@ use burn::store::ModuleRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
-use crate::eval::Metrics;
 use crate::device::infer_device;
+use crate::eval::Metrics;
 use crate::model::{DeepNet, ModelSpec, Params, predict_logits};
 use crate::source::ShardSource;
 use crate::tensorfile::{TensorFile, write_atomic};

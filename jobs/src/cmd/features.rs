@@ -50,10 +50,7 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     let report = runtime
         .block_on(kiln_engine::run_features_on(
-            &spec,
-            args.date,
-            &overrides,
-            &mode,
+            &spec, args.date, &overrides, &mode,
         ))
         .with_context(|| format!("features for {} on {}", spec.name, args.date))?;
     if args.json {

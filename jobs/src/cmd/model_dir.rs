@@ -83,7 +83,11 @@ impl ModelDir {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
-        let name = self.local.file_name().expect("staging name").to_string_lossy();
+        let name = self
+            .local
+            .file_name()
+            .expect("staging name")
+            .to_string_lossy();
         self.local = self
             .local
             .with_file_name(format!("read-{}-{name}", std::process::id()));
@@ -93,7 +97,10 @@ impl ModelDir {
         }
         let n = store::download_dir(remote, &self.local)?;
         if n == 0 || !self.local.join("model.json").exists() {
-            anyhow::bail!("{}: no model.json (not a complete model directory)", remote.url);
+            anyhow::bail!(
+                "{}: no model.json (not a complete model directory)",
+                remote.url
+            );
         }
         Ok(())
     }
