@@ -34,6 +34,28 @@ use crate::write::KilnQueryPlanner;
 /// Ballista's default scheduler port.
 pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
 
+/// Attempts of one cluster job: `kiln scheduler` cancels every running job when an executor
+/// leaves the cluster, and the client resubmits it (with a fresh run id) up to this many times
+/// in all.
+pub const CLUSTER_JOB_ATTEMPTS: usize = 3;
+
+/// Whether a failed cluster job was cancelled by the scheduler (Ballista reports
+/// `Job <id> failed: Cancelled`), which Kiln's scheduler does when an executor is lost.
+pub fn is_cancelled_job(message: &str) -> bool {
+    message.contains("failed: Cancelled")
+}
+
+/// How tasks reach executors, on the scheduler and every executor alike: executors pull work
+/// and report their free slots on every poll (the poll is also their heartbeat).
+///
+/// Not Ballista's default push mode: there the scheduler counts each executor's free slots
+/// itself, and when a lost executor makes it roll a running stage back, the slots held by
+/// that stage's tasks on the surviving executors are never given back (Ballista 55 looks the
+/// refund up in the rolled-back stage, which no longer has task records). The survivors then
+/// sit idle and the job never finishes. In pull mode the executor's own count is the truth.
+pub const TASK_SCHEDULING: ballista_core::config::TaskSchedulingPolicy =
+    ballista_core::config::TaskSchedulingPolicy::PullStaged;
+
 /// `df://host:port` (or `host:port`) -> `(host, port)`; the port defaults to 50050.
 pub fn parse_cluster_url(url: &str) -> Result<(String, u16), String> {
     let rest = url

@@ -41,6 +41,9 @@ pub struct FeaturesReport {
     pub inputs: Vec<SourceLineage>,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Times the job was run: more than 1 when a cluster lost an executor and the job was
+    /// resubmitted.
+    pub attempts: usize,
     /// Peak resident memory of this process (Linux `VmHWM`), when known.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -295,8 +298,42 @@ pub async fn run_features(
 }
 
 /// [`run_features`] locally or on a Ballista cluster: the same plan either way, and the
-/// client commits each dataset once every shard task has succeeded.
+/// client commits each dataset once every shard task has succeeded. A cluster job that the
+/// scheduler cancels because an executor was lost is run again from the start, with a fresh
+/// run id, up to [`crate::cluster::CLUSTER_JOB_ATTEMPTS`] times in all.
 pub async fn run_features_on(
+    spec: &JobSpec,
+    date: NaiveDate,
+    overrides: &Overrides,
+    mode: &Mode,
+) -> Result<FeaturesReport> {
+    let started = Instant::now();
+    let mut attempt = 1;
+    loop {
+        match run_features_once(spec, date, overrides, mode).await {
+            Err(EngineError::ClusterJobCancelled { statement, message })
+                if attempt < crate::cluster::CLUSTER_JOB_ATTEMPTS =>
+            {
+                attempt += 1;
+                tracing::warn!(
+                    "the cluster cancelled the job writing `{statement}` ({message}), which \
+                     `kiln scheduler` does when an executor is lost: running it again from \
+                     the start, attempt {attempt} of {}",
+                    crate::cluster::CLUSTER_JOB_ATTEMPTS
+                );
+            }
+            Ok(mut report) => {
+                report.seconds = started.elapsed().as_secs_f64();
+                report.attempts = attempt;
+                return Ok(report);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One attempt of [`run_features_on`].
+async fn run_features_once(
     spec: &JobSpec,
     date: NaiveDate,
     overrides: &Overrides,
@@ -363,6 +400,7 @@ pub async fn run_features_on(
         rejects_file,
         inputs,
         seconds: started.elapsed().as_secs_f64(),
+        attempts: 1,
         peak_rss_bytes: peak_rss_bytes(),
     })
 }
@@ -405,9 +443,19 @@ async fn write_output(
         o.statement,
         write.logical_plan().display_indent()
     );
-    let results = write.collect().await.map_err(|e| EngineError::Output {
-        statement: o.statement.clone(),
-        message: format!("writing shards to {}: {}", o.location, root_message(&e)),
+    let results = write.collect().await.map_err(|e| {
+        let message = root_message(&e);
+        if crate::cluster::is_cancelled_job(&message) {
+            EngineError::ClusterJobCancelled {
+                statement: o.statement.clone(),
+                message,
+            }
+        } else {
+            EngineError::Output {
+                statement: o.statement.clone(),
+                message: format!("writing shards to {}: {message}", o.location),
+            }
+        }
     })?;
     let files = shard_files_from_batches(&results)?;
     let mut lineage = lineage_base.clone();

@@ -65,6 +65,15 @@ pub enum EngineError {
         /// What went wrong.
         message: String,
     },
+    /// The cluster cancelled the job (Kiln's scheduler does so when an executor is lost);
+    /// [`run_features_on`] resubmits it.
+    #[error("output `{statement}`: the cluster cancelled the job ({message})")]
+    ClusterJobCancelled {
+        /// Statement being written.
+        statement: String,
+        /// Ballista's message.
+        message: String,
+    },
     /// Row counts do not reconcile.
     #[error("row accounting failed: {0}")]
     Accounting(String),

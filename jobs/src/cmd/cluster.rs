@@ -34,8 +34,6 @@ pub struct ExecutorStatus {
     pub host: String,
     /// Arrow Flight port (shuffle output).
     pub port: u16,
-    /// gRPC port (task launch).
-    pub grpc_port: u16,
     /// Task slots.
     pub slots: u32,
     /// Unix time (s) of the last heartbeat.

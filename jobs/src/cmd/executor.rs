@@ -18,10 +18,6 @@ pub struct ExecutorArgs {
     /// Address of this executor's Arrow Flight service, which serves its shuffle output.
     #[arg(long, default_value = "0.0.0.0:50052", value_name = "HOST:PORT")]
     pub bind: SocketAddr,
-    /// Port of the executor's gRPC service, where the scheduler pushes tasks
-    /// [default: the --bind port + 1].
-    #[arg(long)]
-    pub grpc_port: Option<u16>,
     /// Host name the scheduler and other executors use to reach this executor
     /// [default: the --bind host, or this machine's host name when binding 0.0.0.0].
     #[arg(long)]
@@ -36,10 +32,6 @@ pub struct ExecutorArgs {
     /// [default: a fraction of the host's or cgroup's memory]. `0` means unbounded.
     #[arg(long, value_name = "BYTES")]
     pub memory_pool: Option<String>,
-    /// Seconds between heartbeats to the scheduler (keep well below the scheduler's
-    /// --executor-timeout).
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-    pub heartbeat_interval: u64,
     /// Executor id [default: a fresh unique id].
     #[arg(long)]
     pub id: Option<String>,
@@ -77,15 +69,13 @@ pub fn run(args: ExecutorArgs) -> anyhow::Result<()> {
             args.external_host.as_deref(),
         )),
         port: args.bind.port(),
-        grpc_port: args
-            .grpc_port
-            .unwrap_or_else(|| args.bind.port().wrapping_add(1)),
         scheduler_host,
         scheduler_port,
         work_dir: Some(work_dir_text.clone()),
         vcores: args.slots.unwrap_or(0),
         memory_pool_size,
-        executor_heartbeat_interval_seconds: args.heartbeat_interval.max(1),
+        // Executors pull work: see `kiln_engine::cluster::TASK_SCHEDULING`.
+        task_scheduling_policy: kiln_engine::cluster::TASK_SCHEDULING,
         override_logical_codec: Some(Arc::new(KilnLogicalCodec::default())),
         override_physical_codec: Some(Arc::new(KilnPhysicalCodec::default())),
         override_function_registry: Some(Arc::new(
@@ -100,10 +90,9 @@ pub fn run(args: ExecutorArgs) -> anyhow::Result<()> {
         config.executor_id = id;
     }
     tracing::info!(
-        "kiln executor {} on {} (gRPC port {}), scheduler {}:{}, work dir {work_dir_text}",
+        "kiln executor {} on {}, scheduler {}:{}, work dir {work_dir_text}",
         config.executor_id,
         args.bind,
-        config.grpc_port,
         config.scheduler_host,
         config.scheduler_port
     );

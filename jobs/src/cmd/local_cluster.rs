@@ -55,7 +55,6 @@ impl LocalCluster {
                     "executor".into(),
                     format!("--scheduler=127.0.0.1:{port}"),
                     format!("--bind=127.0.0.1:{}", free_port()?),
-                    format!("--grpc-port={}", free_port()?),
                     format!(
                         "--work-dir={}",
                         work.join(format!("executor-{i}")).display()

@@ -33,7 +33,8 @@ pub struct SchedulerArgs {
     /// [default: the --bind host, or this machine's host name when binding 0.0.0.0].
     #[arg(long)]
     pub external_host: Option<String>,
-    /// An executor whose last heartbeat is older than this is declared lost: its running
+    /// An executor whose last heartbeat (its last poll for work; a busy executor polls at
+    /// least every 5 s) is older than this is declared lost: its running
     /// tasks are re-run elsewhere, and the stages whose shuffle output it held are re-run.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub executor_timeout: u64,
@@ -87,6 +88,7 @@ async fn serve(args: SchedulerArgs) -> anyhow::Result<()> {
         task_max_failures: args.task_max_failures,
         stage_max_failures: args.stage_max_failures,
         finished_job_data_clean_up_interval_seconds: args.cleanup_delay,
+        scheduling_policy: kiln_engine::cluster::TASK_SCHEDULING,
         override_logical_codec: Some(Arc::new(KilnLogicalCodec::default())),
         override_physical_codec: Some(Arc::new(KilnPhysicalCodec::default())),
         override_session_builder: Some(Arc::new(kiln_engine::cluster::scheduler_session_state)),
@@ -112,6 +114,11 @@ async fn serve(args: SchedulerArgs) -> anyhow::Result<()> {
         args.bind
     );
     let status = tokio::spawn(serve_status(status_listener, scheduler.clone(), args.bind));
+    let events = scheduler
+        .cluster_state_events()
+        .await
+        .context("subscribing to executor events")?;
+    tokio::spawn(cancel_jobs_on_executor_loss(events, scheduler.clone()));
     tokio::select! {
         r = start_grpc_service_with_listener(listener, scheduler) => {
             r.context("scheduler gRPC service")?;
@@ -124,6 +131,45 @@ async fn serve(args: SchedulerArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Cancels every running job when an executor leaves the cluster; the Kiln client then
+/// resubmits its job from the start on the executors that remain
+/// (`kiln_engine::cluster::CLUSTER_JOB_ATTEMPTS`).
+///
+/// Ballista's own recovery (re-run the lost tasks, roll back the stages that read their
+/// shuffle output) is not safe in Ballista 55 under pull scheduling, the only mode that does
+/// not leak task slots (see `kiln_engine::cluster::TASK_SCHEDULING`): the scheduler cannot
+/// cancel the tasks of a rolled-back stage attempt on the surviving executors, and those
+/// stale tasks write shuffle files under the same names as the new attempt's tasks. We saw it
+/// commit shards with wrong aggregates. A fresh job has fresh shuffle paths.
+async fn cancel_jobs_on_executor_loss(
+    mut events: ballista_scheduler::cluster::ClusterStateEventStream,
+    scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+) {
+    use ballista_scheduler::cluster::ClusterStateEvent;
+    use futures::StreamExt;
+    while let Some(event) = events.next().await {
+        let ClusterStateEvent::RemovedExecutor { executor_id } = event else {
+            continue;
+        };
+        let running: Vec<_> = scheduler
+            .state
+            .task_manager
+            .get_running_job_cache()
+            .keys()
+            .cloned()
+            .collect();
+        for job_id in running {
+            tracing::warn!(
+                "executor {executor_id} left the cluster: cancelling running job {job_id}; \
+                 the Kiln client resubmits it on the remaining executors"
+            );
+            if let Err(e) = scheduler.cancel_job(job_id.clone()).await {
+                tracing::error!("cancelling job {job_id} after losing {executor_id}: {e}");
+            }
+        }
+    }
 }
 
 /// Answers every HTTP request with the cluster status as JSON.
@@ -182,7 +228,6 @@ async fn status(
             id: meta.id,
             host: meta.host,
             port: meta.port,
-            grpc_port: meta.grpc_port,
             slots: meta.specification.vcores,
             last_heartbeat_unix: last,
             seconds_since_heartbeat: last.map(|t| now.saturating_sub(t)),

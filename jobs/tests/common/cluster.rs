@@ -40,8 +40,8 @@ fn spawn(args: &[String], env: &[(&str, &str)], log: &Path) -> Child {
 }
 
 impl Cluster {
-    /// Starts a scheduler and `executors` executors (2 slots each, 1 s heartbeats; an
-    /// executor silent for 4 s is declared lost) with `env` (e.g. S3 credentials), logging
+    /// Starts a scheduler and `executors` executors (2 slots each; an executor that has
+    /// not polled for work for 8 s is declared lost) with `env` (e.g. S3 credentials), logging
     /// under `logs`, and waits until every executor is registered.
     pub fn start(executors: usize, env: &[(&str, &str)], logs: &Path) -> Cluster {
         std::fs::create_dir_all(logs).unwrap();
@@ -55,7 +55,7 @@ impl Cluster {
                 "--status-bind".into(),
                 format!("127.0.0.1:{status_port}"),
                 "--executor-timeout".into(),
-                "4".into(),
+                "8".into(),
                 "--expire-interval".into(),
                 "1".into(),
             ],
@@ -82,12 +82,8 @@ impl Cluster {
                     format!("127.0.0.1:{port}"),
                     "--bind".into(),
                     format!("127.0.0.1:{}", free_port()),
-                    "--grpc-port".into(),
-                    free_port().to_string(),
                     "--slots".into(),
                     "2".into(),
-                    "--heartbeat-interval".into(),
-                    "1".into(),
                     "--work-dir".into(),
                     work.display().to_string(),
                     "--id".into(),
