@@ -5,11 +5,16 @@
 //! Every collective produces bit-identical results on all ranks: each chunk of a sum is
 //! reduced once, on one rank, in a fixed order, and then copied to the others.
 //!
+//! Each exchange step sends to the next rank while receiving from the previous one, on one
+//! thread: both sockets are non-blocking and `poll(2)` says which one can move. There is no
+//! helper thread to hand work to, so two ranks on two cores keep two threads busy, not four.
+//!
 //! A peer that dies closes its sockets: the neighbours see EOF / reset at once and fail with
-//! [`Error::LostRank`] naming it. A peer that hangs is detected by the socket timeout.
+//! [`Error::LostRank`] naming it. A peer that hangs is detected by the collective timeout.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
@@ -75,6 +80,8 @@ pub struct Comm {
     prev: Option<TcpStream>,
     /// Receive buffer of the reduce steps (f32-aligned, one piece).
     scratch: Vec<f32>,
+    /// A peer that moves no data for this long counts as lost.
+    timeout: Duration,
 }
 
 impl Comm {
@@ -86,6 +93,7 @@ impl Comm {
             next: None,
             prev: None,
             scratch: Vec::new(),
+            timeout: Duration::MAX,
         }
     }
 
@@ -132,6 +140,7 @@ impl Comm {
             next: None,
             prev: None,
             scratch: Vec::new(),
+            timeout,
         };
         // Connect to the next rank (its listener's backlog accepts before it calls accept).
         let next_addr = addrs[comm.next_rank()];
@@ -175,22 +184,17 @@ impl Comm {
         }
         for s in [&next, &prev] {
             s.set_nodelay(true)
+                .and_then(|()| s.set_nonblocking(true))
                 .map_err(|e| Error::Comm(e.to_string()))?;
         }
         comm.next = Some(next);
         comm.prev = Some(prev);
-        comm.set_timeout(timeout)?;
         Ok(comm)
     }
 
-    /// Socket timeout of collectives: a peer silent for this long counts as lost.
+    /// Timeout of collectives: a peer that moves no data for this long counts as lost.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
-        for s in [&self.next, &self.prev].into_iter().flatten() {
-            s.set_read_timeout(Some(timeout))
-                .map_err(|e| Error::Comm(e.to_string()))?;
-            s.set_write_timeout(Some(timeout))
-                .map_err(|e| Error::Comm(e.to_string()))?;
-        }
+        self.timeout = timeout;
         Ok(())
     }
 
@@ -228,6 +232,7 @@ impl Comm {
                     prev_rank,
                     Recv::Add(recv),
                     &mut scratch,
+                    self.timeout,
                 )?;
             }
             // All-gather: pass the reduced chunks around the ring.
@@ -243,6 +248,7 @@ impl Comm {
                     prev_rank,
                     Recv::Copy(as_bytes_mut(recv)),
                     &mut scratch,
+                    self.timeout,
                 )?;
             }
             Ok(())
@@ -281,6 +287,7 @@ impl Comm {
                     prev_rank,
                     Recv::Copy(&mut lb),
                     &mut scratch,
+                    self.timeout,
                 )?;
                 let rlen = u64::from_le_bytes(lb) as usize;
                 if rlen > (1 << 34) {
@@ -298,6 +305,7 @@ impl Comm {
                     prev_rank,
                     Recv::Copy(&mut got),
                     &mut scratch,
+                    self.timeout,
                 );
                 out[send_i] = send;
                 res?;
@@ -332,8 +340,69 @@ enum Recv<'a> {
     Copy(&'a mut [u8]),
 }
 
-/// Sends `send` to the next rank while receiving from the previous rank into `recv`; large
-/// sends run on a helper thread so both directions of the ring move at once.
+/// The receiving half of one exchange step: how far it got, and where the bytes go.
+struct Receiving<'a> {
+    into: Recv<'a>,
+    /// Bytes received so far.
+    got: usize,
+    scratch: &'a mut Vec<f32>,
+}
+
+impl<'a> Receiving<'a> {
+    fn new(into: Recv<'a>, scratch: &'a mut Vec<f32>) -> Self {
+        if let Recv::Add(dst) = &into {
+            scratch.resize(PIECE_FLOATS.min(dst.len()), 0.0);
+        }
+        Self {
+            into,
+            got: 0,
+            scratch,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.got
+            == match &self.into {
+                Recv::Add(dst) => std::mem::size_of_val(*dst),
+                Recv::Copy(dst) => dst.len(),
+            }
+    }
+
+    /// One non-blocking read (never of zero bytes: call only while not [`Self::done`]). An
+    /// `Add` is received a piece at a time into the scratch buffer, and each piece is added
+    /// as soon as it is complete.
+    fn read_from(&mut self, s: &mut TcpStream) -> std::io::Result<usize> {
+        let n = match &mut self.into {
+            Recv::Copy(dst) => s.read(&mut dst[self.got..])?,
+            Recv::Add(dst) => {
+                let start = self.got / 4 / PIECE_FLOATS * PIECE_FLOATS;
+                let len = PIECE_FLOATS.min(dst.len() - start);
+                let filled = self.got - start * 4;
+                let piece = &mut self.scratch[..len];
+                let n = s.read(&mut as_bytes_mut(piece)[filled..])?;
+                if n > 0 && filled + n == len * 4 {
+                    for (d, x) in dst[start..start + len].iter_mut().zip(piece.iter()) {
+                        *d += *x;
+                    }
+                }
+                n
+            }
+        };
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed by peer",
+            ));
+        }
+        self.got += n;
+        Ok(n)
+    }
+}
+
+/// Sends `send` to the next rank while receiving from the previous rank into `recv`, on this
+/// thread: both sockets are non-blocking, and `poll(2)` wakes us when either can move. A
+/// peer that moves no data for `timeout` is reported lost.
+#[allow(clippy::too_many_arguments)]
 fn exchange(
     next: &mut TcpStream,
     next_rank: usize,
@@ -342,72 +411,81 @@ fn exchange(
     prev_rank: usize,
     recv: Recv<'_>,
     scratch: &mut Vec<f32>,
+    timeout: Duration,
 ) -> Result<()> {
-    let lost_next = |e: std::io::Error| Error::LostRank {
-        rank: next_rank,
-        message: format!("sending: {e}"),
-    };
-    let receive = |prev: &mut TcpStream, scratch: &mut Vec<f32>| -> Result<()> {
-        let lost_prev = |e: std::io::Error| Error::LostRank {
-            rank: prev_rank,
-            message: format!("receiving: {e}"),
-        };
-        match recv {
-            Recv::Copy(dst) => read_full(prev, dst).map_err(lost_prev),
-            Recv::Add(dst) => {
-                scratch.resize(PIECE_FLOATS.min(dst.len()), 0.0);
-                for piece in dst.chunks_mut(PIECE_FLOATS) {
-                    let got = &mut scratch[..piece.len()];
-                    read_full(prev, as_bytes_mut(got)).map_err(lost_prev)?;
-                    for (d, x) in piece.iter_mut().zip(got.iter()) {
-                        *d += *x;
-                    }
+    let lost = |rank: usize, message: String| Error::LostRank { rank, message };
+    let mut receiving = Receiving::new(recv, scratch);
+    let mut sent = 0;
+    let mut last_progress = Instant::now();
+    while sent < send.len() || !receiving.done() {
+        // A negative fd is ignored by poll: only wait on the directions still moving.
+        let mut fds = [
+            libc::pollfd {
+                fd: if sent < send.len() {
+                    next.as_raw_fd()
+                } else {
+                    -1
+                },
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if receiving.done() {
+                    -1
+                } else {
+                    prev.as_raw_fd()
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let left = timeout.saturating_sub(last_progress.elapsed());
+        let wait_ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid array of two pollfd structs for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::Comm(format!("poll: {e}")));
+        }
+        if ready == 0 {
+            return Err(if receiving.done() {
+                lost(
+                    next_rank,
+                    format!("sending: no data accepted for {timeout:?}"),
+                )
+            } else {
+                lost(prev_rank, format!("receiving: no data for {timeout:?}"))
+            });
+        }
+        if fds[0].revents != 0 {
+            match next.write(&send[sent..]) {
+                Ok(n) => {
+                    sent += n;
+                    last_progress = Instant::now();
                 }
-                Ok(())
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(lost(next_rank, format!("sending: {e}"))),
             }
         }
-    };
-    if send.len() <= 32 << 10 {
-        next.write_all(send).map_err(lost_next)?;
-        receive(prev, scratch)
-    } else {
-        std::thread::scope(|sc| {
-            let h = sc.spawn(|| next.write_all(send));
-            let r = receive(prev, scratch);
-            let w = h.join().expect("sender thread");
-            r?;
-            w.map_err(lost_next)
-        })
-    }
-}
-
-fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
-    let mut off = 0;
-    while off < buf.len() {
-        match s.read(&mut buf[off..]) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed by peer",
-                ));
+        if fds[1].revents != 0 {
+            match receiving.read_from(prev) {
+                Ok(_) => last_progress = Instant::now(),
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(lost(prev_rank, format!("receiving: {e}"))),
             }
-            Ok(n) => off += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "timed out waiting for data",
-                ));
-            }
-            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+fn would_block(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
 }
 
 fn split_two(

@@ -83,6 +83,26 @@ fn a_lost_rank_is_named_quickly() {
 }
 
 #[test]
+fn a_silent_rank_is_named_after_the_timeout() {
+    let t0 = std::time::Instant::now();
+    let results = with_local_ring(2, |c| {
+        if c.rank() == 1 {
+            // Connected but hung: sends nothing until long after rank 0's timeout.
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            return Ok(None);
+        }
+        c.set_timeout(std::time::Duration::from_millis(300))?;
+        let mut buf = vec![1.0f32; 1 << 16];
+        Ok(Some(c.allreduce_sum(&mut buf)))
+    })
+    .unwrap();
+    let err = results[0].as_ref().unwrap().as_ref().unwrap_err();
+    assert!(matches!(err, Error::LostRank { rank: 1, .. }), "{err}");
+    assert!(err.to_string().contains("no data for 300ms"), "{err}");
+    assert!(t0.elapsed().as_millis() < 1500 + 5000);
+}
+
+#[test]
 fn wide_deep_learns_and_predict_reproduces_evaluation() {
     let (src, _) = source(30_000, 4);
     let dir = tempfile::tempdir().unwrap();

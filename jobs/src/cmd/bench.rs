@@ -117,15 +117,25 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             for (bytes, gbps) in &r.loopback_copy_gbps {
-                println!("loopback TCP copy {:>3} MiB: {gbps:.2} GB/s", bytes >> 20);
+                println!(
+                    "loopback TCP copy {:>3} MiB: {gbps:.2} GB/s (best of 3)",
+                    bytes >> 20
+                );
             }
             for f in &r.allreduce {
+                let copy = r
+                    .loopback_copy_gbps
+                    .iter()
+                    .find(|(b, _)| *b == f.bytes)
+                    .map_or(f64::NAN, |(_, g)| *g);
                 println!(
-                    "all-reduce {:>3} MiB x {} processes: {:.2} ms, bus bandwidth {:.2} GB/s",
+                    "all-reduce {:>3} MiB x {} processes: {:.2} ms, bus bandwidth {:.2} GB/s \
+                     ({:.0}% of the copy)",
                     f.bytes >> 20,
                     f.world,
                     f.seconds * 1e3,
-                    f.busbw_gbps
+                    f.busbw_gbps,
+                    100.0 * f.busbw_gbps / copy
                 );
             }
             Ok(())
