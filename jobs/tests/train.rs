@@ -2,77 +2,14 @@
 //! of synthetic clicks (written with kiln-connectors' DatasetWriter).
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_connectors::dataset::{DatasetWriter, ShardOptions};
+mod common;
+
+use common::training::{json_of, write_config, write_dataset};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-fn write_dataset(dir: &Path, rows: usize) -> String {
-    let data = kiln_trainer::bench::synthetic_ctr(rows, 4, 11);
-    let url = format!("file://{}/examples/", dir.display());
-    let schema = data.source.clone();
-    let schema = kiln_trainer::ShardSource::schema(&schema);
-    let options = ShardOptions {
-        num_shards: 4,
-        key_column: Some("event_id".into()),
-        ..Default::default()
-    };
-    let mut w = DatasetWriter::create(&url, schema, options, None).unwrap();
-    for b in data.shards.iter().flatten() {
-        w.write_blocking(b).unwrap();
-    }
-    w.finish_blocking(serde_json::json!({"test": "train"}))
-        .unwrap();
-    url
-}
-
-fn write_config(dir: &Path, steps: u64, checkpoint_every: u64) -> std::path::PathBuf {
-    let p = dir.join("train.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"
-[train]
-model = "wide_deep"
-numeric = ["price", "dwell_ms"]
-hidden = [64, 32]
-batch_size = 256
-steps = {steps}
-checkpoint_every = {checkpoint_every}
-checksum_every = 10
-log_every = 10
-eval = {{ by = "hash", key = "event_id", fraction = 0.2 }}
-
-[[train.categorical]]
-column = "user_id"
-hash_buckets = 100000
-
-[[train.categorical]]
-column = "item_id"
-hash_buckets = 100000
-
-[[train.categorical]]
-column = "device"
-vocabulary = {{ min_count = 1, max_size = 10 }}
-"#
-        ),
-    )
-    .unwrap();
-    p
-}
-
-fn json_of(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "kiln failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().expect("a JSON line")).unwrap()
-}
 
 #[test]
 fn two_workers_train_and_predict_reproduces_the_evaluation() {

@@ -39,7 +39,13 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
     /// Socket timeout of collectives during training.
     pub step_timeout: Duration,
+    /// Called on rank 0 right after each checkpoint is written, with its path (e.g. to copy
+    /// it to an object store); an error stops training.
+    pub on_checkpoint: Option<CheckpointHook>,
 }
+
+/// See [`TrainOptions::on_checkpoint`].
+pub type CheckpointHook = Arc<dyn Fn(&std::path::Path) -> Result<()> + Send + Sync>;
 
 impl TrainOptions {
     /// Options with defaults for everything but the essentials.
@@ -56,6 +62,7 @@ impl TrainOptions {
             progress: false,
             stop_after: None,
             step_timeout: Duration::from_secs(30),
+            on_checkpoint: None,
         }
     }
 }
@@ -408,6 +415,9 @@ fn write_checkpoint(
         };
         let path = c.write(&opts.model_dir)?;
         tracing::debug!("checkpoint {}", path.display());
+        if let Some(hook) = &opts.on_checkpoint {
+            hook(&path)?;
+        }
     }
     Ok(())
 }

@@ -22,12 +22,8 @@ pub struct BackfillArgs {
     /// Last date, inclusive.
     #[arg(long)]
     pub to: NaiveDate,
-    /// Override a source's URL: NAME=URL (repeatable).
-    #[arg(long = "source", value_name = "NAME=URL", value_parser = super::features::parse_source_override)]
-    pub sources: Vec<(String, String)>,
-    /// Write every feature output under URL/<statement>/.
-    #[arg(long, value_name = "URL")]
-    pub out: Option<String>,
+    #[command(flatten)]
+    pub overrides: super::features::OverrideArgs,
     /// Rerun dates (and tasks) already done.
     #[arg(long)]
     pub force: bool,
@@ -64,7 +60,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     }
     let (spec, pipeline) = config::load(&args.spec)?;
     let mut store = Store::open(&pipeline.metastore)?;
-    let overrides = json!({"sources": args.sources, "out": args.out});
+    let overrides = json!({"sources": args.overrides.sources, "out": args.overrides.out});
     let mut failed = Vec::new();
     let mut date = args.from;
     while date <= args.to {
@@ -83,8 +79,8 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
             let r = runner::run(&Request {
                 spec: args.spec.clone(),
                 date,
-                sources: args.sources.clone(),
-                out: args.out.clone(),
+                sources: args.overrides.sources.clone(),
+                out: args.overrides.out.clone(),
                 force: args.force,
                 trigger: "backfill".into(),
             });

@@ -14,12 +14,8 @@ pub struct FeaturesArgs {
     /// Run date, YYYY-MM-DD (the day whose examples are built).
     #[arg(long)]
     pub date: NaiveDate,
-    /// Override a source's URL: NAME=URL (repeatable).
-    #[arg(long = "source", value_name = "NAME=URL", value_parser = parse_source_override)]
-    pub sources: Vec<(String, String)>,
-    /// Write every output under URL/<statement>/ instead of the spec's locations.
-    #[arg(long, value_name = "URL")]
-    pub out: Option<String>,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     /// Run on the Ballista cluster whose scheduler is at df://HOST:PORT (`kiln scheduler`);
     /// shards are written by the executors and committed here once all succeeded.
     #[arg(long, value_name = "df://HOST:PORT")]
@@ -27,6 +23,18 @@ pub struct FeaturesArgs {
     /// Print one JSON object instead of a human summary.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where a run reads and writes instead of the spec's locations (`--source`, `--out`): shared
+/// by `kiln features`, `run`, `backfill` and `schedule`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OverrideArgs {
+    /// Override a source's URL: NAME=URL (repeatable).
+    #[arg(long = "source", value_name = "NAME=URL", value_parser = parse_source_override)]
+    pub sources: Vec<(String, String)>,
+    /// Write every feature output under URL/<statement>/ instead of the spec's locations.
+    #[arg(long, value_name = "URL")]
+    pub out: Option<String>,
 }
 
 /// `NAME=URL` -> `(NAME, URL)`.
@@ -40,8 +48,8 @@ pub fn parse_source_override(s: &str) -> Result<(String, String), String> {
 pub fn run(args: FeaturesArgs) -> anyhow::Result<()> {
     let spec = JobSpec::load(&args.spec)?;
     let overrides = Overrides {
-        sources: args.sources,
-        out: args.out,
+        sources: args.overrides.sources,
+        out: args.overrides.out,
     };
     let mode = match args.cluster {
         Some(url) => kiln_engine::Mode::Cluster(url),

@@ -14,6 +14,8 @@ pub struct ModelDir {
     pub local: PathBuf,
     /// The object-store location it mirrors, if the URL was not local.
     pub remote: Option<Location>,
+    /// `local` is this process's download ([`ModelDir::fetch`]), removed on drop.
+    downloaded: bool,
 }
 
 /// Files uploaded last, in this order: `model.json` marks a complete model.
@@ -27,12 +29,14 @@ impl ModelDir {
             return Ok(ModelDir {
                 local: PathBuf::from(p),
                 remote: None,
+                downloaded: false,
             });
         }
         if !url.contains("://") {
             return Ok(ModelDir {
                 local: std::path::absolute(url)?,
                 remote: None,
+                downloaded: false,
             });
         }
         let remote = store::resolve(url).with_context(|| format!("model directory {url}"))?;
@@ -43,6 +47,7 @@ impl ModelDir {
         Ok(ModelDir {
             local: std::env::temp_dir().join("kiln-models").join(name),
             remote: Some(remote),
+            downloaded: false,
         })
     }
 
@@ -68,6 +73,31 @@ impl ModelDir {
         Ok(())
     }
 
+    /// For rank 0 of a remote model directory: uploads each checkpoint as soon as it is
+    /// written (the file, then `checkpoints/latest`), so a run whose host dies can resume
+    /// from the store on another host.
+    pub fn checkpoint_uploader(&self) -> Option<kiln_trainer::train::CheckpointHook> {
+        use object_store::ObjectStoreExt;
+        let remote = self.remote.clone()?;
+        Some(std::sync::Arc::new(move |path: &std::path::Path| {
+            let upload = |file: &std::path::Path| -> anyhow::Result<()> {
+                let name = file.file_name().expect("a file").to_string_lossy();
+                let to = remote.child(&format!("checkpoints/{name}"));
+                let bytes = std::fs::read(file)?;
+                store::block_on(to.store.put(&to.path, bytes.into()))?;
+                Ok(())
+            };
+            upload(path)
+                .and_then(|()| upload(&path.with_file_name("latest")))
+                .map_err(|e| kiln_trainer::Error::File {
+                    path: remote.child("checkpoints").url,
+                    message: format!("uploading checkpoint {}: {e:#}", path.display()),
+                })?;
+            tracing::info!(checkpoint = %path.display(), to = %remote.url, "uploaded checkpoint");
+            Ok(())
+        }))
+    }
+
     /// After training (rank 0): uploads the model and its checkpoints to the store.
     pub fn publish(&self) -> anyhow::Result<()> {
         if let Some(remote) = &self.remote {
@@ -78,7 +108,8 @@ impl ModelDir {
     }
 
     /// Before reading a model: downloads a remote model directory (it must hold `model.json`)
-    /// into a directory of this process (not the training staging directory).
+    /// into a directory of this process (not the training staging directory), removed when
+    /// this `ModelDir` is dropped.
     pub fn fetch(&mut self) -> anyhow::Result<()> {
         let Some(remote) = &self.remote else {
             return Ok(());
@@ -95,6 +126,7 @@ impl ModelDir {
             std::fs::remove_dir_all(&self.local)
                 .with_context(|| format!("clearing {}", self.local.display()))?;
         }
+        self.downloaded = true;
         let n = store::download_dir(remote, &self.local)?;
         if n == 0 || !self.local.join("model.json").exists() {
             anyhow::bail!(
@@ -110,6 +142,14 @@ impl ModelDir {
         match &self.remote {
             Some(r) => r.url.clone(),
             None => self.local.display().to_string(),
+        }
+    }
+}
+
+impl Drop for ModelDir {
+    fn drop(&mut self) {
+        if self.downloaded {
+            let _ = std::fs::remove_dir_all(&self.local);
         }
     }
 }

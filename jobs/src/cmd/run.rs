@@ -14,12 +14,8 @@ pub struct RunArgs {
     /// Run date, YYYY-MM-DD.
     #[arg(long)]
     pub date: NaiveDate,
-    /// Override a source's URL: NAME=URL (repeatable), as for `kiln features`.
-    #[arg(long = "source", value_name = "NAME=URL", value_parser = super::features::parse_source_override)]
-    pub sources: Vec<(String, String)>,
-    /// Write every feature output under URL/<statement>/ instead of the spec's locations.
-    #[arg(long, value_name = "URL")]
-    pub out: Option<String>,
+    #[command(flatten)]
+    pub overrides: super::features::OverrideArgs,
     /// Rerun tasks that already succeeded for this date with the same inputs.
     #[arg(long)]
     pub force: bool,
@@ -49,8 +45,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let summary = runner::run(&Request {
         spec: args.spec,
         date: args.date,
-        sources: args.sources,
-        out: args.out,
+        sources: args.overrides.sources,
+        out: args.overrides.out,
         force: args.force,
         trigger: "run".into(),
     })?;

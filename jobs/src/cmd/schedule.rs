@@ -17,12 +17,8 @@ use crate::pipeline::schedule::Schedule;
 pub struct ScheduleArgs {
     /// The job spec, with a `[pipeline.schedule]` section.
     pub spec: PathBuf,
-    /// Override a source's URL: NAME=URL (repeatable).
-    #[arg(long = "source", value_name = "NAME=URL", value_parser = super::features::parse_source_override)]
-    pub sources: Vec<(String, String)>,
-    /// Write every feature output under URL/<statement>/.
-    #[arg(long, value_name = "URL")]
-    pub out: Option<String>,
+    #[command(flatten)]
+    pub overrides: super::features::OverrideArgs,
     /// Exit after starting this many runs (default: run forever).
     #[arg(long)]
     pub max_runs: Option<usize>,
@@ -87,8 +83,8 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
             let r = runner::run(&Request {
                 spec: args.spec.clone(),
                 date,
-                sources: args.sources.clone(),
-                out: args.out.clone(),
+                sources: args.overrides.sources.clone(),
+                out: args.overrides.out.clone(),
                 force: false,
                 trigger: "schedule".into(),
             });

@@ -154,6 +154,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     opts.resume = args.resume;
     opts.progress = true;
     opts.step_timeout = Duration::from_secs(args.peer_timeout);
+    if env.rank == 0 {
+        opts.on_checkpoint = model_dir.checkpoint_uploader();
+    }
     let report =
         kiln_trainer::train(&opts, &mut comm).with_context(|| format!("rank {}", env.rank))?;
     comm.shutdown();

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod moto;
 pub mod reference;
+pub mod training;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
