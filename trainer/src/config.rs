@@ -45,11 +45,12 @@ pub struct VocabularyConfig {
     pub max_size: usize,
 }
 
-/// Optimizer of all parameters (embeddings use the lazy variant: only touched rows move).
+/// Optimizer of all parameters (embeddings use the lazy variant by default: only touched rows
+/// move).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum OptimizerConfig {
-    /// Adam (lazy on embedding rows, like TF's LazyAdam).
+    /// Adam (lazy on embedding rows, like TF's LazyAdam, unless `lazy = false`).
     Adam {
         /// Base learning rate.
         #[serde(default = "default_adam_lr")]
@@ -63,6 +64,11 @@ pub enum OptimizerConfig {
         /// Denominator epsilon.
         #[serde(default = "default_eps")]
         epsilon: f64,
+        /// Embedding rows: `true` (default) moves only the rows a step touched, like TF's
+        /// LazyAdam; `false` is Keras's plain Adam, whose moments decay and whose update
+        /// applies to every row at every step (slower: the whole tables each step).
+        #[serde(default = "default_true")]
+        lazy: bool,
     },
     /// SGD with (heavy-ball) momentum.
     Sgd {
@@ -82,6 +88,7 @@ impl Default for OptimizerConfig {
             beta1: default_beta1(),
             beta2: default_beta2(),
             epsilon: default_eps(),
+            lazy: true,
         }
     }
 }
@@ -343,6 +350,9 @@ fn default_beta1() -> f64 {
 }
 fn default_beta2() -> f64 {
     0.999
+}
+fn default_true() -> bool {
+    true
 }
 fn default_eps() -> f64 {
     1e-7

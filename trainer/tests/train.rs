@@ -156,6 +156,7 @@ fn logistic_and_mlp_train() {
             beta1: 0.9,
             beta2: 0.999,
             epsilon: 1e-7,
+            lazy: true,
         };
         let report = train(
             &TrainOptions::new(cfg, src.clone(), dir.path()),
