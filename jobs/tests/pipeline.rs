@@ -91,12 +91,14 @@ fn write_spec(dir: &Path, steps: u64, lr: &str, pipeline: &str) -> PathBuf {
         .replace("embedding_dim = 16", "embedding_dim = 4")
         .replace(
             "batch_size = 1024\nepochs = 1",
-            &format!(
-                "batch_size = 256\nsteps = {steps}\ncheckpoint_every = 10\nlog_every = 10\noptimizer = {{ kind = \"adam\", lr = {lr} }}"
-            ),
+            &format!("batch_size = 256\nsteps = {steps}\ncheckpoint_every = 10\nlog_every = 10"),
+        )
+        .replace(
+            "optimizer = { kind = \"adam\", lr = 0.001,",
+            &format!("optimizer = {{ kind = \"adam\", lr = {lr},"),
         );
     assert!(
-        spec.contains(&format!("steps = {steps}")),
+        spec.contains(&format!("steps = {steps}")) && spec.contains(&format!("lr = {lr},")),
         "example [train] changed"
     );
     let p = dir.join("job.toml");
