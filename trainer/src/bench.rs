@@ -154,18 +154,21 @@ pub struct AllreduceFigure {
     pub bytes: usize,
     /// Ranks (each with its own TCP ring sockets on loopback).
     pub world: usize,
-    /// Mean seconds per all-reduce.
+    /// Seconds per all-reduce (mean within a trial, median over trials).
     pub seconds: f64,
     /// `bytes / seconds` (GB/s = 1e9 bytes/s).
     pub algbw_gbps: f64,
     /// `algbw * 2 (world - 1) / world`: the bytes each link carries per second.
     pub busbw_gbps: f64,
+    /// Bus bandwidth over the loopback copy of the same size measured in the same trial,
+    /// median over trials.
+    pub copy_fraction: f64,
 }
 
 /// All-reduce benchmark report.
 #[derive(Debug, Clone, Serialize)]
 pub struct AllreduceReport {
-    /// Plain one-way TCP copy on loopback (GB/s) for each size, best of 3 trials.
+    /// Plain one-way TCP copy on loopback (GB/s) for each size, median over the trials.
     pub loopback_copy_gbps: Vec<(usize, f64)>,
     /// All-reduce figures.
     pub allreduce: Vec<AllreduceFigure>,
@@ -273,39 +276,67 @@ pub fn time_allreduce(comm: &mut Comm, sizes: &[usize]) -> Result<Vec<f64>> {
 /// Runs [`time_allreduce`] on a group of `world` ranks for the given sizes.
 pub type RunWorld<'a> = &'a dyn Fn(usize, &[usize]) -> Result<Vec<f64>>;
 
-/// Measures all-reduce of `sizes` (bytes) for each world size, and a plain loopback copy.
-/// `run_world(world, sizes)` runs [`time_allreduce`] on a group of `world` ranks (processes
-/// in `kiln bench allreduce`, threads in [`threads_world`]) and returns its result.
+/// Trials of [`bench_allreduce`]. Each trial measures the copy and then every all-reduce, so
+/// a machine whose speed drifts (a shared VM) slows both sides of a trial's ratio alike.
+pub const ALLREDUCE_TRIALS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures all-reduce of `sizes` (bytes) for each world size next to a plain loopback copy,
+/// in [`ALLREDUCE_TRIALS`] paired trials. `run_world(world, sizes)` runs [`time_allreduce`] on
+/// a group of `world` ranks (processes in `kiln bench allreduce`, threads in
+/// [`threads_world`]) and returns its result.
 pub fn bench_allreduce(
     sizes: &[usize],
     worlds: &[usize],
     run_world: RunWorld<'_>,
 ) -> Result<AllreduceReport> {
-    // The copy's best of 3 trials: a conservative yardstick on a noisy machine.
-    let mut loopback = Vec::new();
-    for &b in sizes {
-        let mut best = 0.0f64;
-        for _ in 0..3 {
-            best = best.max(loopback_copy(b, allreduce_reps(b))?);
-        }
-        loopback.push((b, best));
+    // copy[trial][size] (GB/s) and secs[trial][world][size].
+    let mut copy = Vec::new();
+    let mut secs = Vec::new();
+    for _ in 0..ALLREDUCE_TRIALS {
+        copy.push(
+            sizes
+                .iter()
+                .map(|&b| loopback_copy(b, allreduce_reps(b)))
+                .collect::<Result<Vec<f64>>>()?,
+        );
+        secs.push(
+            worlds
+                .iter()
+                .map(|&w| run_world(w, sizes))
+                .collect::<Result<Vec<Vec<f64>>>>()?,
+        );
     }
+    let busbw = |b: usize, w: usize, t: f64| b as f64 / t / 1e9 * 2.0 * (w - 1) as f64 / w as f64;
     let mut out = Vec::new();
-    for &w in worlds {
-        let times = run_world(w, sizes)?;
-        for (&b, secs) in sizes.iter().zip(times) {
-            let algbw = b as f64 / secs / 1e9;
+    for (wi, &w) in worlds.iter().enumerate() {
+        for (si, &b) in sizes.iter().enumerate() {
+            let seconds = median((0..ALLREDUCE_TRIALS).map(|t| secs[t][wi][si]).collect());
+            let algbw = b as f64 / seconds / 1e9;
             out.push(AllreduceFigure {
                 bytes: b,
                 world: w,
-                seconds: secs,
+                seconds,
                 algbw_gbps: algbw,
                 busbw_gbps: algbw * 2.0 * (w - 1) as f64 / w as f64,
+                copy_fraction: median(
+                    (0..ALLREDUCE_TRIALS)
+                        .map(|t| busbw(b, w, secs[t][wi][si]) / copy[t][si])
+                        .collect(),
+                ),
             });
         }
     }
     Ok(AllreduceReport {
-        loopback_copy_gbps: loopback,
+        loopback_copy_gbps: sizes
+            .iter()
+            .enumerate()
+            .map(|(si, &b)| (b, median(copy.iter().map(|c| c[si]).collect())))
+            .collect(),
         allreduce: out,
     })
 }

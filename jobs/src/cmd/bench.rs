@@ -18,7 +18,8 @@ pub enum BenchCommand {
     /// workers (threads with their own TCP ring), batch 1024, Adam.
     Train(BenchTrainArgs),
     /// All-reduce bus bandwidth for 1, 16 and 64 MiB buffers across 2 and 4 local worker
-    /// processes (the ranks `kiln train` uses), next to a plain TCP copy on loopback.
+    /// processes (the ranks `kiln train` uses), next to a plain TCP copy on loopback measured
+    /// in the same trial (3 trials; medians).
     Allreduce(BenchJsonArgs),
     /// One rank of `kiln bench allreduce` (started by it with RANK, WORLD_SIZE, MASTER_ADDR,
     /// MASTER_PORT; rank 0 prints the timings as JSON).
@@ -116,26 +117,22 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
+            let trials = kiln_trainer::bench::ALLREDUCE_TRIALS;
             for (bytes, gbps) in &r.loopback_copy_gbps {
                 println!(
-                    "loopback TCP copy {:>3} MiB: {gbps:.2} GB/s (best of 3)",
+                    "loopback TCP copy {:>3} MiB: {gbps:.2} GB/s (median of {trials} trials)",
                     bytes >> 20
                 );
             }
             for f in &r.allreduce {
-                let copy = r
-                    .loopback_copy_gbps
-                    .iter()
-                    .find(|(b, _)| *b == f.bytes)
-                    .map_or(f64::NAN, |(_, g)| *g);
                 println!(
                     "all-reduce {:>3} MiB x {} processes: {:.2} ms, bus bandwidth {:.2} GB/s \
-                     ({:.0}% of the copy)",
+                     ({:.0}% of the copy, median of {trials} paired trials)",
                     f.bytes >> 20,
                     f.world,
                     f.seconds * 1e3,
                     f.busbw_gbps,
-                    100.0 * f.busbw_gbps / copy
+                    100.0 * f.copy_fraction
                 );
             }
             Ok(())
