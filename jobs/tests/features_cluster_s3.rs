@@ -5,36 +5,10 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::cluster::Cluster;
 use common::moto::Moto;
-use object_store::ObjectStoreExt;
 
 const SECRET: &str = "kiln-cluster-secret-7f3c9a";
-
-/// Copies a local directory tree to `s3://bucket/prefix/`.
-fn upload(local: &Path, url: &str) {
-    let (store, base) = kiln_connectors::store::resolve_url(url).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut stack = vec![local.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let rel = p.strip_prefix(local).unwrap().to_str().unwrap().to_string();
-            let mut path = base.clone();
-            for part in rel.split('/') {
-                path = path.join(part);
-            }
-            rt.block_on(store.put(&path, std::fs::read(&p).unwrap().into()))
-                .unwrap();
-        }
-    }
-}
 
 #[test]
 fn example_job_on_cluster_with_s3_matches_local_run() {
@@ -55,7 +29,8 @@ fn example_job_on_cluster_with_s3_matches_local_run() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events");
     common::gen_events(&events, 60_000, 11);
-    upload(&events, "s3://kiln/raw/events");
+    let raw = kiln_connectors::store::resolve("s3://kiln/raw/events").unwrap();
+    kiln_connectors::store::upload_dir(&events, &raw, &[]).unwrap();
 
     let spec = common::example_spec().display().to_string();
     let local_out = dir.path().join("local");
