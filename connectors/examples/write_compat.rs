@@ -15,12 +15,17 @@ use arrow::buffer::NullBuffer;
 use arrow::datatypes::*;
 use kiln_connectors::codec::example_round_trip;
 use kiln_connectors::dataset::write_dataset_blocking;
-use kiln_connectors::wire::base64;
 use kiln_connectors::{
     Compression, EncodeOptions, ExampleEncoder, ShardFormat, ShardOptions, TfRecordWriter,
 };
 use kiln_connectors::{Dataset, OpenOptions};
 use serde_json::{Value, json};
+
+/// Standard base64 (RFC 4648, padded), as `tf_compat.py` decodes it.
+fn b64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
 
 const N: usize = 40;
 
@@ -214,7 +219,7 @@ fn main() {
         Arc::new(StringArray::from(strs.clone())),
         "bytes_list",
         strs.iter()
-            .map(|x| x.as_ref().map(|x| vec![json!(base64(x.as_bytes()))]))
+            .map(|x| x.as_ref().map(|x| vec![json!(b64(x.as_bytes()))]))
             .collect(),
     );
     c.add(
@@ -223,7 +228,7 @@ fn main() {
         Arc::new(StringViewArray::from(strs.clone())),
         "bytes_list",
         strs.iter()
-            .map(|x| x.as_ref().map(|x| vec![json!(base64(x.as_bytes()))]))
+            .map(|x| x.as_ref().map(|x| vec![json!(b64(x.as_bytes()))]))
             .collect(),
     );
     let city: Vec<Option<&str>> = rows
@@ -237,7 +242,7 @@ fn main() {
         Arc::new(dict),
         "bytes_list",
         city.iter()
-            .map(|x| x.map(|x| vec![json!(base64(x.as_bytes()))]))
+            .map(|x| x.map(|x| vec![json!(b64(x.as_bytes()))]))
             .collect(),
     );
     let bins: Vec<Option<Vec<u8>>> = rows
@@ -250,7 +255,7 @@ fn main() {
         Arc::new(LargeBinaryArray::from_iter(bins.clone())),
         "bytes_list",
         bins.iter()
-            .map(|x| x.as_ref().map(|x| vec![json!(base64(x))]))
+            .map(|x| x.as_ref().map(|x| vec![json!(b64(x))]))
             .collect(),
     );
     c.add(
@@ -261,7 +266,7 @@ fn main() {
         ),
         "bytes_list",
         bins.iter()
-            .map(|x| x.as_ref().map(|x| vec![json!(base64(x))]))
+            .map(|x| x.as_ref().map(|x| vec![json!(b64(x))]))
             .collect(),
     );
 
@@ -311,7 +316,7 @@ fn main() {
         tags.iter()
             .map(|x| {
                 x.as_ref()
-                    .map(|v| v.iter().map(|s| json!(base64(s.as_bytes()))).collect())
+                    .map(|v| v.iter().map(|s| json!(b64(s.as_bytes()))).collect())
             })
             .collect(),
     );

@@ -172,6 +172,16 @@ pub enum Error {
     /// Invalid options given by the caller.
     #[error("invalid options: {0}")]
     Options(String),
+    /// A value outside a closed set (a format or compression name in a manifest or spec).
+    #[error("unknown {what} '{value}' (expected one of: {expected})")]
+    UnknownValue {
+        /// What the value names, e.g. `TFRecord compression`.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// The allowed values, comma-separated.
+        expected: &'static str,
+    },
 }
 
 impl Error {
@@ -200,6 +210,13 @@ impl Error {
         Error::ObjectStore {
             context: context.into(),
             source,
+        }
+    }
+    pub(crate) fn unknown(what: &'static str, value: &str, expected: &'static str) -> Self {
+        Error::UnknownValue {
+            what,
+            value: value.to_string(),
+            expected,
         }
     }
     pub(crate) fn dataset(location: impl Into<String>, message: impl Into<String>) -> Self {

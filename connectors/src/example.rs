@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use prost::Message;
 use serde_json::{Map, Value, json};
 
@@ -193,7 +195,7 @@ pub fn float_json(v: f32) -> Value {
 pub fn bytes_json(v: &[u8]) -> Value {
     match std::str::from_utf8(v) {
         Ok(s) => Value::String(s.to_string()),
-        Err(_) => json!({ "base64": crate::wire::base64(v) }),
+        Err(_) => json!({ "base64": BASE64.encode(v) }),
     }
 }
 
@@ -278,5 +280,15 @@ mod tests {
             json!({"kind": "float_list", "value": [0.10000000149011612, "NaN"]})
         );
         assert_eq!(bytes_json(&[0xff, 0x00]), json!({"base64": "/wA="}));
+        // RFC 4648 test vectors (standard alphabet, padded).
+        for (raw, b64) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(BASE64.encode(raw), b64);
+        }
     }
 }

@@ -15,6 +15,8 @@
 use std::io::Write;
 
 use arrow::array::RecordBatch;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
@@ -90,7 +92,7 @@ fn inspect_tfrecord(
     let stream = store::block_on(async { loc.store.get(&loc.path).await })
         .map_err(|e| Error::store(format!("reading {}", loc.url), e))?
         .into_stream();
-    let r = crate::dataset::ObjectRead::new(stream, loc.url.clone());
+    let r = crate::dataset::reader::ObjectRead::new(stream, loc.url.clone());
     let mut reader = TfRecordReader::new(r, c, loc.url.clone());
     let mut i = 0usize;
     while i < limit {
@@ -99,7 +101,7 @@ fn inspect_tfrecord(
         };
         let v = match Example::parse(rec, "") {
             Ok(e) => example_to_json(&e, false),
-            Err(_) => json!({"record": i, "bytes": rec.len(), "base64": crate::wire::base64(rec)}),
+            Err(_) => json!({"record": i, "bytes": rec.len(), "base64": BASE64.encode(rec)}),
         };
         write_line(out, &v, &loc.url)?;
         i += 1;
@@ -107,7 +109,7 @@ fn inspect_tfrecord(
     Ok(())
 }
 
-#[allow(deprecated)] // see dataset::read_parquet_shard
+#[allow(deprecated)] // see dataset::reader::read_parquet_shard
 fn inspect_parquet(loc: &Location, size: u64, limit: usize, out: &mut dyn Write) -> Result<()> {
     use parquet::arrow::ParquetRecordBatchStreamBuilder;
     use parquet::arrow::async_reader::ParquetObjectReader;

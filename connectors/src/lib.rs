@@ -10,8 +10,11 @@
 //! * [`shard`]: Kiln's row -> shard hash.
 //! * [`dataset`] + [`manifest`]: sharded TFRecord/Parquet writers, the commit protocol
 //!   (`_manifest.json` written last, then `_SUCCESS`) and the manifest-only reader.
-//! * [`store`]: object stores by URL (`file://`, paths, `s3://`).
+//! * [`store`]: object stores by URL (`file://`, paths, `s3://`), lexical path
+//!   [`store::normalize`] and the durable [`store::write_atomic`].
 //! * [`inspect`]: what `kiln inspect` prints.
+//! * `sample` and `testing` (cargo feature `test-support`, for tests and benchmarks only):
+//!   deterministic sample batches and the moto (S3) server launcher.
 //!
 //! ## Arrow <-> tf.train.Example mapping
 //!
@@ -54,9 +57,12 @@ pub mod error;
 pub mod example;
 pub mod inspect;
 pub mod manifest;
+#[cfg(feature = "test-support")]
 pub mod sample;
 pub mod shard;
 pub mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod tfrecord;
 pub mod wire;
 
@@ -66,9 +72,8 @@ pub use dataset::{
     write_empty_shard,
 };
 pub use error::{Error, Result};
-pub use manifest::{Manifest, ParquetCompression, ShardFile, ShardFormat};
+pub use manifest::{
+    CREATED_BY, Manifest, ParquetCompression, ShardCompression, ShardFile, ShardFormat,
+};
 pub use store::Location;
 pub use tfrecord::{Compression, TfRecordReader, TfRecordWriter};
-
-/// Writer identification recorded in manifests and Parquet footers.
-pub const CREATED_BY: &str = concat!("kiln-connectors ", env!("CARGO_PKG_VERSION"));

@@ -17,8 +17,14 @@
 //! Types are Arrow `DataType` display strings (which `DataType::from_str` parses back exactly).
 //! Shards are sorted by (index, format). Serialization is deterministic: for identical inputs
 //! and options the manifest differs only in `run_id`, shard path prefixes and `lineage`.
+//!
+//! Formats and compressions are closed sets ([`ShardFormat`], [`Compression`],
+//! [`ParquetCompression`], [`ShardCompression`]): a value outside them is an error naming the
+//! value and the allowed ones, never a fallback.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema};
@@ -28,6 +34,9 @@ use serde_json::Value;
 use crate::codec::DefaultValue;
 use crate::error::{Error, Result};
 use crate::tfrecord::Compression;
+
+/// Writer identification recorded in manifests and Parquet footers.
+pub const CREATED_BY: &str = concat!("kiln-connectors ", env!("CARGO_PKG_VERSION"));
 
 /// The manifest format version this crate writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -47,7 +56,10 @@ pub enum ShardFormat {
 }
 
 impl ShardFormat {
-    /// `"tfrecord"` / `"parquet"`.
+    /// Every format, in manifest order.
+    pub const ALL: [ShardFormat; 2] = [ShardFormat::TfRecord, ShardFormat::Parquet];
+
+    /// `"tfrecord"` / `"parquet"` (the serde name).
     pub fn name(self) -> &'static str {
         match self {
             ShardFormat::TfRecord => "tfrecord",
@@ -56,9 +68,28 @@ impl ShardFormat {
     }
 }
 
+impl fmt::Display for ShardFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ShardFormat {
+    type Err = Error;
+    /// `tfrecord` or `parquet`; anything else is [`Error::UnknownValue`].
+    fn from_str(s: &str) -> Result<Self> {
+        ShardFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| Error::unknown("shard format", s, "tfrecord, parquet"))
+    }
+}
+
 /// Parquet compression codec of Parquet shards. Default: Snappy (readable by every Spark,
 /// Hive, pandas/pyarrow, DuckDB and Polars version).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ParquetCompression {
     /// Uncompressed.
@@ -91,14 +122,94 @@ impl ParquetCompression {
         })
     }
 
-    /// Short name for the manifest (`snappy`, `zstd(3)`, ...).
+    /// Short name for the manifest's `shards[].compression` (`snappy`, `zstd(3)`, ...);
+    /// [`FromStr`] parses it back.
     pub fn name(self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for ParquetCompression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParquetCompression::None => "none".into(),
-            ParquetCompression::Snappy => "snappy".into(),
-            ParquetCompression::Zstd(l) => format!("zstd({l})"),
-            ParquetCompression::Gzip(l) => format!("gzip({l})"),
-            ParquetCompression::Lz4 => "lz4_raw".into(),
+            ParquetCompression::None => f.write_str("none"),
+            ParquetCompression::Snappy => f.write_str("snappy"),
+            ParquetCompression::Zstd(l) => write!(f, "zstd({l})"),
+            ParquetCompression::Gzip(l) => write!(f, "gzip({l})"),
+            ParquetCompression::Lz4 => f.write_str("lz4_raw"),
+        }
+    }
+}
+
+impl FromStr for ParquetCompression {
+    type Err = Error;
+    /// The [`name`](ParquetCompression::name) form: `none`, `snappy`, `lz4_raw`, `zstd(L)`,
+    /// `gzip(L)`; anything else is [`Error::UnknownValue`].
+    fn from_str(s: &str) -> Result<Self> {
+        let level = |prefix: &str| {
+            s.strip_prefix(prefix)
+                .and_then(|r| r.strip_prefix('('))
+                .and_then(|r| r.strip_suffix(')'))
+        };
+        let parsed = match s {
+            "none" => Some(ParquetCompression::None),
+            "snappy" => Some(ParquetCompression::Snappy),
+            "lz4_raw" => Some(ParquetCompression::Lz4),
+            _ => {
+                if let Some(l) = level("zstd") {
+                    l.parse().ok().map(ParquetCompression::Zstd)
+                } else if let Some(l) = level("gzip") {
+                    l.parse().ok().map(ParquetCompression::Gzip)
+                } else {
+                    None
+                }
+            }
+        };
+        parsed.ok_or_else(|| {
+            Error::unknown(
+                "Parquet compression",
+                s,
+                "none, snappy, lz4_raw, zstd(LEVEL), gzip(LEVEL)",
+            )
+        })
+    }
+}
+
+/// The compression of one shard file (`shards[].compression` in the manifest): the TFRecord
+/// stream compression of a TFRecord shard, the codec of a Parquet shard. Serialized as
+/// [`Compression::name`] (`none`, `gzip`, `zlib`) or [`ParquetCompression::name`] (`snappy`,
+/// `zstd(3)`, ...); which of the two a string means depends on the shard's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShardCompression {
+    /// A TFRecord shard.
+    TfRecord(Compression),
+    /// A Parquet shard.
+    Parquet(ParquetCompression),
+}
+
+impl ShardCompression {
+    /// The format this compression belongs to.
+    pub fn format(self) -> ShardFormat {
+        match self {
+            ShardCompression::TfRecord(_) => ShardFormat::TfRecord,
+            ShardCompression::Parquet(_) => ShardFormat::Parquet,
+        }
+    }
+
+    /// Parse the manifest string of a shard of `format`.
+    pub fn parse(format: ShardFormat, s: &str) -> Result<Self> {
+        Ok(match format {
+            ShardFormat::TfRecord => ShardCompression::TfRecord(s.parse()?),
+            ShardFormat::Parquet => ShardCompression::Parquet(s.parse()?),
+        })
+    }
+}
+
+impl fmt::Display for ShardCompression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardCompression::TfRecord(c) => c.fmt(f),
+            ShardCompression::Parquet(c) => c.fmt(f),
         }
     }
 }
@@ -185,6 +296,7 @@ pub struct ManifestOptions {
 
 /// One shard file (also what [`crate::ShardWriter::finish`] returns).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ShardFileJson", into = "ShardFileJson")]
 pub struct ShardFile {
     /// Shard index 0..num_shards.
     pub index: u32,
@@ -192,8 +304,9 @@ pub struct ShardFile {
     pub format: ShardFormat,
     /// Path relative to the dataset location (`run-<id>/part-....`).
     pub path: String,
-    /// `none` / `gzip` / `zlib` for TFRecord, the codec name for Parquet.
-    pub compression: String,
+    /// Compression of this file, of the kind its `format` allows (`none` / `gzip` / `zlib` for
+    /// TFRecord, the codec name for Parquet in JSON).
+    pub compression: ShardCompression,
     /// Number of rows (records).
     pub rows: u64,
     /// Size of the object in bytes.
@@ -204,6 +317,56 @@ pub struct ShardFile {
     pub key_min: Option<Value>,
     /// Largest key in the shard.
     pub key_max: Option<Value>,
+}
+
+/// [`ShardFile`] as JSON: `compression` is a string whose meaning depends on `format`, so it
+/// is checked against the format when the shard is read.
+#[derive(Serialize, Deserialize)]
+struct ShardFileJson {
+    index: u32,
+    format: ShardFormat,
+    path: String,
+    compression: String,
+    rows: u64,
+    bytes: u64,
+    sha256: String,
+    key_min: Option<Value>,
+    key_max: Option<Value>,
+}
+
+impl TryFrom<ShardFileJson> for ShardFile {
+    type Error = String;
+    fn try_from(j: ShardFileJson) -> std::result::Result<Self, String> {
+        let compression = ShardCompression::parse(j.format, &j.compression)
+            .map_err(|e| format!("shard {}: {e}", j.path))?;
+        Ok(ShardFile {
+            index: j.index,
+            format: j.format,
+            path: j.path,
+            compression,
+            rows: j.rows,
+            bytes: j.bytes,
+            sha256: j.sha256,
+            key_min: j.key_min,
+            key_max: j.key_max,
+        })
+    }
+}
+
+impl From<ShardFile> for ShardFileJson {
+    fn from(s: ShardFile) -> Self {
+        ShardFileJson {
+            index: s.index,
+            format: s.format,
+            path: s.path,
+            compression: s.compression.to_string(),
+            rows: s.rows,
+            bytes: s.bytes,
+            sha256: s.sha256,
+            key_min: s.key_min,
+            key_max: s.key_max,
+        }
+    }
 }
 
 /// The parsed `_manifest.json`.
@@ -310,6 +473,170 @@ pub fn shard_file_name(
 mod tests {
     use super::*;
     use arrow::datatypes::{IntervalUnit, TimeUnit};
+
+    /// A manifest exactly as `kiln-connectors` wrote it before formats and compressions were
+    /// typed: it must still parse, and serialize back to the same bytes.
+    const TODAYS_MANIFEST: &str = r#"{
+  "format_version": 1,
+  "created_by": "kiln-connectors 0.1.0",
+  "run_id": "r1",
+  "schema": {
+    "fields": [
+      {
+        "name": "event_id",
+        "type": "Int64",
+        "nullable": false
+      }
+    ]
+  },
+  "options": {
+    "num_shards": 1,
+    "formats": [
+      "tfrecord",
+      "parquet"
+    ],
+    "tfrecord_compression": "gzip",
+    "parquet_compression": {
+      "zstd": 3
+    },
+    "key_column": "event_id",
+    "null_defaults": {}
+  },
+  "total_rows": 2,
+  "shards": [
+    {
+      "index": 0,
+      "format": "tfrecord",
+      "path": "run-r1/part-00000-of-00001.tfrecord.gz",
+      "compression": "gzip",
+      "rows": 2,
+      "bytes": 10,
+      "sha256": "ab",
+      "key_min": 1,
+      "key_max": 2
+    },
+    {
+      "index": 0,
+      "format": "parquet",
+      "path": "run-r1/part-00000-of-00001.parquet",
+      "compression": "zstd(3)",
+      "rows": 2,
+      "bytes": 20,
+      "sha256": "cd",
+      "key_min": null,
+      "key_max": null
+    }
+  ],
+  "lineage": {}
+}
+"#;
+
+    #[test]
+    fn todays_manifest_parses_and_round_trips_byte_for_byte() {
+        let m = Manifest::from_json_bytes(TODAYS_MANIFEST.as_bytes(), "ds").unwrap();
+        assert_eq!(
+            m.shards[0].compression,
+            ShardCompression::TfRecord(Compression::Gzip)
+        );
+        assert_eq!(
+            m.shards[1].compression,
+            ShardCompression::Parquet(ParquetCompression::Zstd(3))
+        );
+        assert_eq!(
+            String::from_utf8(m.to_json_bytes()).unwrap(),
+            TODAYS_MANIFEST
+        );
+    }
+
+    fn rejected(from: &str, to: &str) -> String {
+        assert!(TODAYS_MANIFEST.contains(from), "{from}");
+        let bad = TODAYS_MANIFEST.replacen(from, to, 1);
+        Manifest::from_json_bytes(bad.as_bytes(), "ds")
+            .expect_err(to)
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_compression_in_manifest_is_rejected() {
+        // A TFRecord shard's compression: no silent fallback to uncompressed.
+        let e = rejected(r#""compression": "gzip""#, r#""compression": "brotli""#);
+        assert!(e.contains("'brotli'"), "{e}");
+        assert!(e.contains("none, gzip, zlib"), "{e}");
+        assert!(e.contains("run-r1/part-00000-of-00001.tfrecord.gz"), "{e}");
+        // Case matters, as in every manifest written so far.
+        let e = rejected(r#""compression": "gzip""#, r#""compression": "GZIP""#);
+        assert!(e.contains("'GZIP'"), "{e}");
+        // A Parquet codec on a TFRecord shard.
+        let e = rejected(r#""compression": "gzip""#, r#""compression": "snappy""#);
+        assert!(
+            e.contains("'snappy'") && e.contains("none, gzip, zlib"),
+            "{e}"
+        );
+        // A Parquet shard's codec.
+        let e = rejected(r#""compression": "zstd(3)""#, r#""compression": "zstd""#);
+        assert!(e.contains("'zstd'"), "{e}");
+        assert!(e.contains("zstd(LEVEL)"), "{e}");
+        let e = rejected(
+            r#""compression": "zstd(3)""#,
+            r#""compression": "brotli(1)""#,
+        );
+        assert!(e.contains("'brotli(1)'"), "{e}");
+        // The writer options.
+        let e = rejected(
+            r#""tfrecord_compression": "gzip""#,
+            r#""tfrecord_compression": "brotli""#,
+        );
+        assert!(e.contains("brotli") && e.contains("zlib"), "{e}");
+        let e = rejected(r#""zstd": 3"#, r#""brotli": 3"#);
+        assert!(e.contains("brotli") && e.contains("snappy"), "{e}");
+    }
+
+    #[test]
+    fn unknown_format_in_manifest_is_rejected() {
+        let e = rejected(r#""format": "parquet""#, r#""format": "orc""#);
+        assert!(e.contains("orc") && e.contains("parquet"), "{e}");
+        let e = rejected(
+            r#""tfrecord",
+      "parquet""#,
+            r#""tfrecord",
+      "csv""#,
+        );
+        assert!(e.contains("csv") && e.contains("tfrecord"), "{e}");
+    }
+
+    #[test]
+    fn names_parse_back_and_match_serde() {
+        for c in Compression::ALL {
+            assert_eq!(c.name().parse::<Compression>().unwrap(), c);
+            assert_eq!(serde_json::to_value(c).unwrap(), c.name());
+            assert_eq!(ShardCompression::TfRecord(c).to_string(), c.name(), "{c:?}");
+        }
+        for f in ShardFormat::ALL {
+            assert_eq!(f.name().parse::<ShardFormat>().unwrap(), f);
+            assert_eq!(serde_json::to_value(f).unwrap(), f.name());
+        }
+        for (c, name) in [
+            (ParquetCompression::None, "none"),
+            (ParquetCompression::Snappy, "snappy"),
+            (ParquetCompression::Zstd(3), "zstd(3)"),
+            (ParquetCompression::Gzip(6), "gzip(6)"),
+            (ParquetCompression::Lz4, "lz4_raw"),
+        ] {
+            assert_eq!(c.name(), name);
+            assert_eq!(name.parse::<ParquetCompression>().unwrap(), c);
+            assert_eq!(ShardCompression::Parquet(c).to_string(), name);
+        }
+        let e = "lz4".parse::<Compression>().unwrap_err();
+        assert!(matches!(e, Error::UnknownValue { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "unknown TFRecord compression 'lz4' (expected one of: none, gzip, zlib)"
+        );
+        assert!("orc".parse::<ShardFormat>().is_err());
+        for bad in ["", "zstd()", "zstd(x)", "gzip(-1)", "gzip(6", "Snappy"] {
+            assert!(bad.parse::<ParquetCompression>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn type_strings_round_trip() {

@@ -1,6 +1,7 @@
 //! Deterministic sample data shaped like the example job's training table (29 scalar columns:
 //! ids, timestamp, hour, device, city, price, dwell, 16 user features, 3 item features, label;
-//! some nulls; about 600-650 bytes per serialized Example). Used by tests and benchmarks.
+//! some nulls; about 600-650 bytes per serialized Example). Used by tests and benchmarks; only
+//! built with the `test-support` feature (test fixtures are not library API).
 
 use std::sync::Arc;
 

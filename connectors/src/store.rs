@@ -11,10 +11,16 @@
 //!
 //! Stores are cached per (scheme, bucket) for the life of the process; environment changes
 //! after the first use of a bucket are not seen.
+//!
+//! Local-file helpers shared by every crate: [`normalize`] (lexical path normalization) and
+//! [`write_atomic`] (a file replaced durably and atomically).
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::future::Future;
+use std::io::Write as _;
 use std::path::{Component, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use object_store::aws::AmazonS3Builder;
@@ -78,18 +84,112 @@ fn cached(
     Ok(s)
 }
 
-fn normalize(p: PathBuf) -> PathBuf {
+/// Lexically normalizes a path, without touching the filesystem (symlinks are not resolved):
+/// drops `.` components and resolves `..` against the preceding normal component.
+///
+/// * `..` directly under the root is dropped: `/a/../../b` -> `/b`;
+/// * leading `..` of a relative path are kept: `../a/./b/..` -> `../a`;
+/// * a relative path that normalizes to nothing is `.`: `a/..` -> `.`.
+///
+/// Absolute paths stay absolute and relative paths relative (join a relative path to the
+/// current or a base directory first to get an absolute one).
+pub fn normalize(path: impl AsRef<std::path::Path>) -> PathBuf {
     let mut out = PathBuf::new();
-    for c in p.components() {
+    // Normal components in `out` that a `..` may remove.
+    let mut depth = 0usize;
+    for c in path.as_ref().components() {
         match c {
-            Component::ParentDir => {
-                out.pop();
-            }
             Component::CurDir => {}
-            other => out.push(other.as_os_str()),
+            Component::ParentDir => {
+                if depth > 0 {
+                    out.pop();
+                    depth -= 1;
+                } else if !out.has_root() {
+                    out.push("..");
+                }
+            }
+            Component::Normal(p) => {
+                out.push(p);
+                depth += 1;
+            }
+            Component::Prefix(_) | Component::RootDir => out.push(c.as_os_str()),
         }
     }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
     out
+}
+
+/// Replaces the file at `path` with `bytes`, atomically and durably: the bytes go to a new
+/// temporary file in the same directory, which is fsynced, renamed over `path`, and the
+/// directory is fsynced so that the rename survives a crash. Readers see the old file or the
+/// new one, never a partial one. On failure the temporary file is removed and `path` is left
+/// as it was. The parent directory must exist. The file gets the permissions of a newly
+/// created file (as with `std::fs::write`).
+///
+/// Hand-written rather than `tempfile::NamedTempFile::persist`, which creates files readable
+/// by the owner only and does not fsync the directory.
+pub fn write_atomic(path: impl AsRef<std::path::Path>, bytes: impl AsRef<[u8]>) -> Result<()> {
+    let path = path.as_ref();
+    let name = path.file_name().ok_or_else(|| {
+        Error::io(
+            format!("writing {}", path.display()),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+        )
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = dir.join(tmp_name);
+    fn write_then_rename(
+        tmp: &std::path::Path,
+        path: &std::path::Path,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        let mut f = File::options().write(true).create_new(true).open(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(tmp, path)
+    }
+    if let Err(e) = write_then_rename(&tmp, path, bytes.as_ref()) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(format!("writing {}", path.display()), e));
+    }
+    sync_dir(dir).map_err(|e| {
+        Error::io(
+            format!(
+                "syncing directory {} after writing {}",
+                dir.display(),
+                path.display()
+            ),
+            e,
+        )
+    })
+}
+
+/// fsync a directory (makes a rename inside it durable). Not possible on Windows, where
+/// renames are made durable by the filesystem's journal.
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 fn local(url: &str, p: PathBuf) -> Result<Location> {
@@ -319,5 +419,72 @@ mod tests {
         let m = resolve("memory://t1/a/b").unwrap();
         assert_eq!(m.path.as_ref(), "a/b");
         assert_eq!(m.child("c/d").path.as_ref(), "a/b/c/d");
+    }
+
+    #[test]
+    fn normalizes_lexically() {
+        let n = |p: &str| normalize(p).display().to_string();
+        assert_eq!(n("/tmp/a/../b/./c"), "/tmp/b/c");
+        assert_eq!(n("/a/../../b"), "/b");
+        assert_eq!(n("/.."), "/");
+        assert_eq!(n("/"), "/");
+        assert_eq!(n("a/./b/../c/"), "a/c");
+        assert_eq!(n("../a/./b/.."), "../a");
+        assert_eq!(n("a/../../b"), "../b");
+        assert_eq!(n("a/.."), ".");
+        assert_eq!(n("./"), ".");
+        assert_eq!(n(""), ".");
+        assert_eq!(normalize(PathBuf::from("/x//y/")), PathBuf::from("/x/y"));
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("model.json");
+        write_atomic(&p, b"one").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"one");
+        write_atomic(&p, "two, longer").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two, longer");
+        write_atomic(&p, []).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"");
+        assert_eq!(names(dir.path()), ["model.json"], "no temporary file left");
+
+        // The rename fails (the target is a non-empty directory): the error names the path,
+        // the target is untouched and the temporary file is removed.
+        let target = dir.path().join("busy");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("inside"), b"x").unwrap();
+        let e = write_atomic(&target, b"new").unwrap_err();
+        assert!(e.to_string().contains(&target.display().to_string()), "{e}");
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert_eq!(names(dir.path()), ["busy", "model.json"]);
+        assert_eq!(names(&target), ["inside"]);
+
+        // A missing parent directory is an error, not created.
+        let e = write_atomic(dir.path().join("no/such/file"), b"x").unwrap_err();
+        assert!(e.to_string().contains("no/such/file"), "{e}");
+        assert!(!dir.path().join("no").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn write_atomic_keeps_default_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, b"x").unwrap();
+        write_atomic(&b, b"x").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&b), mode(&a));
     }
 }

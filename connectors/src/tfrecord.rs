@@ -47,7 +47,17 @@ fn mask(crc: u32) -> u32 {
 
 /// Stream compression of a TFRecord file (TensorFlow's `compression_type`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
@@ -61,6 +71,18 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// Every stream compression.
+    pub const ALL: [Compression; 3] = [Compression::None, Compression::Gzip, Compression::Zlib];
+
+    /// Kiln's name, as in manifests and job specs (the serde name): `none`, `gzip`, `zlib`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zlib => "zlib",
+        }
+    }
+
     /// Guess from a file name: `.gz` / `.gzip` -> Gzip, `.zz` / `.zlib` -> Zlib, else None.
     /// (TensorFlow itself does not look at names; Kiln writes `.tfrecord.gz` / `.tfrecord.zz`.)
     pub fn from_path(path: &str) -> Compression {
@@ -115,6 +137,24 @@ impl Compression {
             Compression::Gzip => ".gz",
             Compression::Zlib => ".zz",
         }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = Error;
+    /// [`Compression::name`]: `none`, `gzip` or `zlib`; anything else is
+    /// [`Error::UnknownValue`] (never a fallback).
+    fn from_str(s: &str) -> Result<Self> {
+        Compression::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| Error::unknown("TFRecord compression", s, "none, gzip, zlib"))
     }
 }
 

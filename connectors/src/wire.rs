@@ -1,52 +1,21 @@
-//! Protobuf wire-format helpers shared by the hand-written Example encoder and decoder.
+//! Protobuf wire-format field scanner shared by the Example decoder and schema inference.
+//!
+//! Varints come from `prost::encoding` (`encode_varint`, `decode_varint`,
+//! `encoded_len_varint`). The field scanner itself is hand-written because prost has no
+//! zero-copy API that yields a field's number, wire type and payload *range* inside a borrowed
+//! buffer: the decoder appends values straight from those ranges into Arrow buffers without
+//! building per-record messages.
 
-/// Number of bytes of the varint encoding of `v`.
-#[inline(always)]
-pub fn varint_len(v: u64) -> usize {
-    // 1 + floor(log2(v|1)) / 7
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
+use prost::encoding::decode_varint;
 
-/// Append the varint encoding of `v`.
-#[inline(always)]
-pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    if v < 0x80 {
-        out.push(v as u8);
-        return;
-    }
-    let mut tmp = [0u8; 10];
-    let mut i = 0;
-    while v >= 0x80 {
-        tmp[i] = (v as u8) | 0x80;
-        v >>= 7;
-        i += 1;
-    }
-    tmp[i] = v as u8;
-    out.extend_from_slice(&tmp[..=i]);
-}
-
-/// Read a varint at `*pos`, advancing it. `None` if truncated or longer than 10 bytes.
+/// Read a varint at `*pos`, advancing it. `None` if truncated or longer than 10 bytes
+/// (`prost::encoding::decode_varint` over `buf[*pos..]`).
 #[inline(always)]
 pub fn get_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut result = 0u64;
-    let mut shift = 0u32;
-    let mut p = *pos;
-    loop {
-        let b = *buf.get(p)?;
-        p += 1;
-        if shift == 63 && b > 1 {
-            return None;
-        }
-        result |= ((b & 0x7f) as u64) << shift;
-        if b < 0x80 {
-            *pos = p;
-            return Some(result);
-        }
-        shift += 7;
-        if shift > 63 {
-            return None;
-        }
-    }
+    let mut rest = buf.get(*pos..)?;
+    let v = decode_varint(&mut rest).ok()?;
+    *pos = buf.len() - rest.len();
+    Some(v)
 }
 
 /// Wire types.
@@ -137,32 +106,10 @@ pub fn next_field(buf: &[u8], pos: &mut usize) -> Result<Field, &'static str> {
     }
 }
 
-/// Standard base64 (RFC 4648, with padding).
-pub fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
-        s.push(T[(n >> 18) as usize & 63] as char);
-        s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        s.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::encoding::{encode_varint, encoded_len_varint};
 
     #[test]
     fn varints() {
@@ -177,22 +124,29 @@ mod tests {
             (-1i64) as u64,
         ] {
             let mut b = Vec::new();
-            put_varint(&mut b, v);
-            assert_eq!(b.len(), varint_len(v), "{v}");
+            encode_varint(v, &mut b);
+            assert_eq!(b.len(), encoded_len_varint(v), "{v}");
             let mut p = 0;
             assert_eq!(get_varint(&b, &mut p), Some(v));
             assert_eq!(p, b.len());
+            // Not at the start of the buffer, with bytes after it.
+            let mut c = vec![0x96, 0x01];
+            c.extend_from_slice(&b);
+            c.push(0x05);
+            let mut p = 2;
+            assert_eq!(get_varint(&c, &mut p), Some(v));
+            assert_eq!(p, 2 + b.len());
         }
         let mut p = 0;
         assert_eq!(get_varint(&[0xff; 11], &mut p), None);
         assert_eq!(get_varint(&[0x80], &mut p), None);
-    }
-
-    #[test]
-    fn base64_rfc() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        // The 10th byte may only carry bit 63.
+        let mut over = vec![0xff; 9];
+        over.push(0x02);
+        assert_eq!(get_varint(&over, &mut p), None);
+        assert_eq!(p, 0);
+        assert_eq!(get_varint(&[], &mut p), None);
+        let mut p = 5;
+        assert_eq!(get_varint(&[1], &mut p), None);
     }
 }

@@ -197,14 +197,28 @@ fn rerun_replaces_the_previous_run() {
     let m2 =
         write_dataset_blocking(url, training_schema(), &input(1, 300), opts(2), json!({})).unwrap();
     assert_ne!(m1.run_id, m2.run_id);
-    let runs: Vec<String> = std::fs::read_dir(tmp.path().join("ds"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("run-"))
-        .collect();
-    assert_eq!(runs, vec![format!("run-{}", m2.run_id)]);
+    let runs = || {
+        let mut runs: Vec<String> = std::fs::read_dir(tmp.path().join("ds"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("run-"))
+            .collect();
+        runs.sort();
+        runs
+    };
+    // The replaced run stays until the next commit (readers of the previous manifest).
+    assert_eq!(
+        runs(),
+        vec![format!("run-{}", m1.run_id), format!("run-{}", m2.run_id)]
+    );
     let ds = Dataset::open_blocking(url, OpenOptions::default()).unwrap();
     assert_eq!(ds.manifest().total_rows, 300);
+    let m3 =
+        write_dataset_blocking(url, training_schema(), &input(1, 200), opts(2), json!({})).unwrap();
+    assert_eq!(
+        runs(),
+        vec![format!("run-{}", m2.run_id), format!("run-{}", m3.run_id)]
+    );
 }
 
 #[test]

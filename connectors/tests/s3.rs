@@ -1,110 +1,19 @@
-//! The commit protocol against a real S3-compatible server (moto) started on 127.0.0.1.
-//!
-//! Needs `moto_server` (`pip install "moto[server]"`); set `KILN_SKIP_S3=1` to skip.
+//! The commit protocol against a real S3-compatible server (moto) started on 127.0.0.1 by
+//! [`kiln_connectors::testing::Moto`] (skipped under `KILN_TEST_FAST=1`; see its policy).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use arrow::compute::concat_batches;
 use futures::StreamExt;
 use kiln_connectors::dataset::ShardBatches;
 use kiln_connectors::sample::{training_batch, training_schema};
-use kiln_connectors::store::{Location, block_on};
+use kiln_connectors::store::block_on;
+use kiln_connectors::testing::Moto;
 use kiln_connectors::{
     Compression, Dataset, DatasetWriter, Error, OpenOptions, ShardFormat, ShardOptions,
 };
 use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
-use object_store::path::Path;
 use serde_json::json;
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http(port: u16, request: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-fn start_moto() -> Option<Moto> {
-    if std::env::var("KILN_SKIP_S3").as_deref() == Ok("1") {
-        eprintln!("KILN_SKIP_S3=1: skipping the S3 test");
-        return None;
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = match Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "cannot start moto_server ({e}): install it with `pip install \"moto[server]\"`, or set KILN_SKIP_S3=1 to skip this test"
-        ),
-    };
-    let moto = Moto { child, port };
-    let start = Instant::now();
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "moto_server did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some(moto)
-}
-
-fn create_bucket(port: u16, bucket: &str) {
-    let resp = http(
-        port,
-        &format!(
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
-    );
-    assert!(resp.starts_with("HTTP/1.1 200"), "creating bucket: {resp}");
-}
-
-fn location(port: u16, bucket: &str, prefix: &str) -> Location {
-    let store = AmazonS3Builder::new()
-        .with_endpoint(format!("http://127.0.0.1:{port}"))
-        .with_allow_http(true)
-        .with_bucket_name(bucket)
-        .with_access_key_id("kiln")
-        .with_secret_access_key("kiln")
-        .with_region("us-east-1")
-        .with_virtual_hosted_style_request(false)
-        .build()
-        .unwrap();
-    Location::new(
-        Arc::new(store),
-        Path::from(prefix),
-        format!("s3://{bucket}/{prefix}"),
-    )
-}
 
 fn collect(it: ShardBatches) -> arrow::array::RecordBatch {
     let b: Vec<_> = it.map(|b| b.unwrap()).collect();
@@ -113,9 +22,9 @@ fn collect(it: ShardBatches) -> arrow::array::RecordBatch {
 
 #[test]
 fn dataset_on_s3_compatible_server() {
-    let Some(moto) = start_moto() else { return };
-    create_bucket(moto.port, "kiln-test");
-    let loc = location(moto.port, "kiln-test", "ctr/examples/dt=2026-11-21");
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("kiln-test");
+    let loc = moto.location("kiln-test", "ctr/examples/dt=2026-11-21");
 
     // Not yet written: refused.
     let e = block_on(Dataset::open_location(loc.clone(), OpenOptions::default())).unwrap_err();
@@ -173,24 +82,46 @@ fn dataset_on_s3_compatible_server() {
         assert_eq!(tf, kiln_connectors::codec::example_round_trip(&pq).unwrap());
     }
 
-    // A second run replaces the first; its objects are deleted after the commit.
+    // Later runs replace the first. The run a commit replaced stays for readers of its
+    // manifest until the next commit (a conditional put on moto), which deletes it.
+    let list = || -> Vec<String> {
+        block_on(async {
+            loc.store
+                .list(Some(&loc.path))
+                .map(|m| m.unwrap().location.to_string())
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    let count = |names: &[String], run: &str| {
+        names
+            .iter()
+            .filter(|n| n.contains(&format!("run-{run}/")))
+            .count()
+    };
+    for (run, kept, gone) in [("two", "one", None), ("two2", "two", Some("one"))] {
+        let mut w = DatasetWriter::new(
+            loc.clone(),
+            training_schema(),
+            options.clone(),
+            Some(run.into()),
+        )
+        .unwrap();
+        w.write_blocking(&batches[0]).unwrap();
+        w.finish_blocking(json!({})).unwrap();
+        let names = list();
+        assert_eq!(count(&names, run), 4, "{names:?}");
+        assert_eq!(count(&names, kept), 4, "{names:?}");
+        if let Some(gone) = gone {
+            assert_eq!(count(&names, gone), 0, "{names:?}");
+        }
+    }
+    // An older run than the committed one cannot replace it.
     let mut w =
-        DatasetWriter::new(loc.clone(), training_schema(), options, Some("two".into())).unwrap();
+        DatasetWriter::new(loc.clone(), training_schema(), options, Some("one".into())).unwrap();
     w.write_blocking(&batches[0]).unwrap();
-    w.finish_blocking(json!({})).unwrap();
-    let names: Vec<String> = block_on(async {
-        loc.store
-            .list(Some(&loc.path))
-            .map(|m| m.unwrap().location.to_string())
-            .collect::<Vec<_>>()
-            .await
-    });
-    assert!(names.iter().all(|n| !n.contains("run-one/")), "{names:?}");
-    assert_eq!(
-        names.iter().filter(|n| n.contains("run-two/")).count(),
-        4,
-        "{names:?}"
-    );
+    let e = w.finish_blocking(json!({})).unwrap_err().to_string();
+    assert!(e.contains("run two2, which started later"), "{e}");
     let ds = block_on(Dataset::open_location(
         loc,
         OpenOptions {
@@ -208,14 +139,7 @@ fn dataset_on_s3_compatible_server() {
             "KILN_S3_CHILD_URL",
             "s3://kiln-test/ctr/examples/dt=2026-11-21",
         )
-        .env(
-            "AWS_ENDPOINT_URL",
-            format!("http://127.0.0.1:{}", moto.port),
-        )
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_ACCESS_KEY_ID", "kiln")
-        .env("AWS_SECRET_ACCESS_KEY", "kiln")
-        .env("AWS_REGION", "us-east-1")
+        .envs(moto.env())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

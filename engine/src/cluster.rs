@@ -56,27 +56,46 @@ pub fn is_cancelled_job(message: &str) -> bool {
 pub const TASK_SCHEDULING: ballista_core::config::TaskSchedulingPolicy =
     ballista_core::config::TaskSchedulingPolicy::PullStaged;
 
+/// A cluster URL that is not `df://HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterUrlError {
+    /// Another scheme than `df://`.
+    #[error("cluster `{0}`: expected df://HOST:PORT (the scheduler's address)")]
+    Scheme(String),
+    /// A port that is not a number in 0..=65535.
+    #[error("cluster `{url}`: bad port `{port}`")]
+    Port {
+        /// The URL.
+        url: String,
+        /// The port as written.
+        port: String,
+    },
+    /// No host.
+    #[error("cluster `{0}`: missing host (df://HOST:PORT)")]
+    MissingHost(String),
+}
+
 /// `df://host:port` (or `host:port`) -> `(host, port)`; the port defaults to 50050.
-pub fn parse_cluster_url(url: &str) -> Result<(String, u16), String> {
+pub fn parse_cluster_url(url: &str) -> Result<(String, u16), ClusterUrlError> {
     let rest = url
         .strip_prefix("df://")
         .unwrap_or(url)
         .trim_end_matches('/');
     if rest.contains("://") {
-        return Err(format!(
-            "cluster `{url}`: expected df://HOST:PORT (the scheduler's address)"
-        ));
+        return Err(ClusterUrlError::Scheme(url.to_string()));
     }
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (
             h,
-            p.parse::<u16>()
-                .map_err(|_| format!("cluster `{url}`: bad port `{p}`"))?,
+            p.parse::<u16>().map_err(|_| ClusterUrlError::Port {
+                url: url.to_string(),
+                port: p.to_string(),
+            })?,
         ),
         None => (rest, DEFAULT_SCHEDULER_PORT),
     };
     if host.is_empty() {
-        return Err(format!("cluster `{url}`: missing host (df://HOST:PORT)"));
+        return Err(ClusterUrlError::MissingHost(url.to_string()));
     }
     Ok((host.to_string(), port))
 }
@@ -137,7 +156,8 @@ pub async fn client_context(
     config: SessionConfig,
     job_name: &str,
 ) -> DfResult<SessionContext> {
-    let (host, port) = parse_cluster_url(url).map_err(DataFusionError::Configuration)?;
+    let (host, port) =
+        parse_cluster_url(url).map_err(|e| DataFusionError::Configuration(e.to_string()))?;
     let config = config
         .upgrade_for_ballista()
         .with_ballista_logical_extension_codec(Arc::new(KilnLogicalCodec::default()))
@@ -169,20 +189,9 @@ mod tests {
             parse_cluster_url("sched.kiln.svc").unwrap(),
             ("sched.kiln.svc".to_string(), DEFAULT_SCHEDULER_PORT)
         );
-        assert!(
-            parse_cluster_url("http://x:1")
-                .unwrap_err()
-                .contains("df://")
-        );
-        assert!(
-            parse_cluster_url("df://x:port")
-                .unwrap_err()
-                .contains("bad port")
-        );
-        assert!(
-            parse_cluster_url("df://:1")
-                .unwrap_err()
-                .contains("missing host")
-        );
+        let err = |u: &str| parse_cluster_url(u).unwrap_err().to_string();
+        assert!(err("http://x:1").contains("df://"));
+        assert!(err("df://x:port").contains("bad port"));
+        assert!(err("df://:1").contains("missing host"));
     }
 }

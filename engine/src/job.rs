@@ -106,10 +106,7 @@ pub async fn session_for(spec: &JobSpec, mode: &Mode, date: NaiveDate) -> Result
             let name = format!("kiln {} {date}", spec.name);
             crate::cluster::client_context(url, session_config(spec), &name)
                 .await
-                .map_err(|e| EngineError::Url {
-                    url: url.clone(),
-                    message: format!("cannot use the cluster: {e}"),
-                })
+                .map_err(|e| EngineError::url_failed(url, "cannot use the cluster", e))
         }
     }
 }
@@ -235,6 +232,19 @@ pub async fn plan_job_on(
                 ))
                 .into());
         }
+        let key_type = schema
+            .field_with_name(&o.key)
+            .map(|f| f.data_type().clone())
+            .map_err(datafusion::error::DataFusionError::from)?;
+        if !kiln_connectors::shard::is_supported_key_type(&key_type) {
+            return Err(spec
+                .error(format!(
+                    "outputs `{}`: key column `{}` has type {key_type}; shard keys must be \
+                     integers, dates, timestamps, strings or binary (not floats or booleans)",
+                    o.statement, o.key
+                ))
+                .into());
+        }
         ExampleEncoder::new(Arc::clone(&schema), &EncodeOptions::default()).map_err(|e| {
             spec.error(format!(
                 "outputs `{}`: cannot be written as tf.train.Example: {e}",
@@ -254,15 +264,15 @@ pub async fn plan_job_on(
 fn check_cluster_support(spec: &JobSpec, job: &RenderedJob, url: &str) -> Result<()> {
     for source in &job.sources {
         if matches!(source.format, SourceFormat::Csv | SourceFormat::Jsonl) {
-            return Err(EngineError::Source {
-                source_name: source.name.clone(),
-                message: format!(
+            return Err(EngineError::source_invalid(
+                &source.name,
+                format!(
                     "{} sources cannot run on the cluster {url} yet: Kiln parses text files \
                      itself to account for bad rows, in the client process. Convert the \
                      source to Parquet, or run without --cluster",
-                    format!("{:?}", source.format).to_lowercase()
+                    source.format.as_str()
                 ),
-            });
+            ));
         }
     }
     if let Some(f) = job.features.iter().find(|f| f.materialize) {
@@ -369,17 +379,13 @@ async fn run_features_once(
         "run_id": run_id,
         "inputs": inputs,
     });
-    let mut outputs = Vec::new();
+    // Every output's shards first; then the row accounting and the rejects file; only then
+    // the commits, so a crash or a failed check never leaves a committed dataset whose bad
+    // rows were not recorded.
+    let mut written = Vec::new();
     for o in &job.outputs {
         let df = ctx.table(o.statement.as_str()).await?;
-        let (manifest, report) = write_output(&ctx, df, o, &run_id, &lineage_base, &ledger).await?;
-        tracing::info!(
-            statement = %o.statement,
-            rows = manifest.total_rows,
-            location = %o.location,
-            "committed dataset"
-        );
-        outputs.push(report);
+        written.push(write_shards(&ctx, df, o, &run_id).await?);
     }
     let counts = ledger.counts();
     for (source, c) in &counts {
@@ -391,6 +397,17 @@ async fn run_features_once(
         }
     }
     let rejects_file = write_rejects(&ctx, &job, &ledger).await?;
+    let mut outputs = Vec::new();
+    for (o, w) in job.outputs.iter().zip(written) {
+        let (manifest, report) = commit_output(o, w, &run_id, &lineage_base, &counts).await?;
+        tracing::info!(
+            statement = %o.statement,
+            rows = manifest.total_rows,
+            location = %o.location,
+            "committed dataset"
+        );
+        outputs.push(report);
+    }
     Ok(FeaturesReport {
         job: spec.name.clone(),
         date: date.to_string(),
@@ -413,25 +430,27 @@ pub fn sink_spec(o: &OutputSpec, run_id: &str) -> Result<SinkSpec> {
         run_id: run_id.to_string(),
         key: o.key.clone(),
         shards: o.shards,
-        formats: o
-            .formats
-            .iter()
-            .map(|f| format!("{f:?}").to_lowercase())
-            .collect(),
+        formats: o.formats.iter().map(|f| f.as_str().to_string()).collect(),
         tfrecord_compression: o.tfrecord_compression.clone(),
         parquet_compression: o.parquet_compression.clone(),
     })
 }
 
-/// Runs the write of one output (locally or on the cluster) and commits the dataset.
-async fn write_output(
+/// The shards of one output, written and not yet committed.
+struct WrittenOutput {
+    options: kiln_connectors::ShardOptions,
+    location: kiln_connectors::Location,
+    data_schema: SchemaRef,
+    files: Vec<kiln_connectors::ShardFile>,
+}
+
+/// Runs the write of one output's shards (locally or on the cluster).
+async fn write_shards(
     ctx: &SessionContext,
     df: DataFrame,
     o: &OutputSpec,
     run_id: &str,
-    lineage_base: &serde_json::Value,
-    ledger: &Arc<BadRowLedger>,
-) -> Result<(Manifest, OutputReport)> {
+) -> Result<WrittenOutput> {
     let spec = sink_spec(o, run_id)?;
     let options = spec.options()?;
     let location = spec.resolve_location()?;
@@ -454,38 +473,50 @@ async fn write_output(
             EngineError::Output {
                 statement: o.statement.clone(),
                 message: format!("writing shards to {}: {message}", o.location),
+                cause: Some(e.into()),
             }
         }
     })?;
     let files = shard_files_from_batches(&results)?;
+    Ok(WrittenOutput {
+        options,
+        location,
+        data_schema,
+        files,
+    })
+}
+
+/// Commits one output's written shards with its manifest.
+async fn commit_output(
+    o: &OutputSpec,
+    w: WrittenOutput,
+    run_id: &str,
+    lineage_base: &serde_json::Value,
+    bad_rows: &std::collections::BTreeMap<String, RowCounts>,
+) -> Result<(Manifest, OutputReport)> {
     let mut lineage = lineage_base.clone();
     lineage["statement"] = json!(o.statement);
     lineage["written_at"] = json!(chrono::Utc::now().to_rfc3339());
-    lineage["bad_rows"] = json!(ledger.counts());
+    lineage["bad_rows"] = json!(bad_rows);
     let manifest = kiln_connectors::commit_dataset(
-        &location,
+        &w.location,
         run_id,
-        data_schema,
-        &options,
-        files,
+        w.data_schema,
+        &w.options,
+        w.files,
         lineage,
         true,
     )
     .await
-    .map_err(|e| EngineError::Output {
-        statement: o.statement.clone(),
-        message: format!("commit of {} failed: {e}", o.location),
+    .map_err(|e| {
+        EngineError::output_failed(&o.statement, format!("commit of {} failed", o.location), e)
     })?;
     let report = OutputReport {
         statement: o.statement.clone(),
         location: o.location.clone(),
         rows: manifest.total_rows,
         shards: o.shards,
-        formats: o
-            .formats
-            .iter()
-            .map(|f| format!("{f:?}").to_lowercase())
-            .collect(),
+        formats: o.formats.iter().map(|f| f.as_str().to_string()).collect(),
         bytes: manifest.shards.iter().map(|s| s.bytes).sum(),
     };
     Ok((manifest, report))
@@ -521,10 +552,7 @@ async fn write_rejects(
     store
         .put(&path, body.into())
         .await
-        .map_err(|e| EngineError::Url {
-            url: url.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| EngineError::url_failed(&url, "writing the rejects file", e))?;
     Ok(Some(url))
 }
 

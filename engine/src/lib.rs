@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod codec;
 pub mod job;
 pub mod retry;
+pub mod schema;
 pub mod sink;
 pub mod sources;
 pub mod spec;
@@ -36,8 +37,11 @@ pub enum EngineError {
     Source {
         /// Source name.
         source_name: String,
-        /// What went wrong.
+        /// What went wrong (or what was being done when `cause` happened).
         message: String,
+        /// The underlying error.
+        #[source]
+        cause: Option<BoxError>,
     },
     /// A malformed input row under `on_bad_rows = "fail"`.
     #[error("{file}:{line}: {message}")]
@@ -49,21 +53,41 @@ pub enum EngineError {
         /// Reason.
         message: String,
     },
+    /// A CSV file whose header does not name the declared columns in order.
+    #[error(
+        "{file}: CSV header [{}] does not match the schema [{}] (columns are matched by name, in order)",
+        found.join(", "),
+        expected.join(", ")
+    )]
+    CsvHeader {
+        /// File URL.
+        file: String,
+        /// The header's column names.
+        found: Vec<String>,
+        /// The declared schema's column names.
+        expected: Vec<String>,
+    },
     /// A bad URL or an object store failure.
     #[error("{url}: {message}")]
     Url {
         /// The URL.
         url: String,
-        /// What went wrong.
+        /// What went wrong (or what was being done when `cause` happened).
         message: String,
+        /// The underlying error.
+        #[source]
+        cause: Option<BoxError>,
     },
     /// Writing or committing an output failed.
     #[error("output `{statement}`: {message}")]
     Output {
         /// Statement being written.
         statement: String,
-        /// What went wrong.
+        /// What went wrong (or what was being done when `cause` happened).
         message: String,
+        /// The underlying error.
+        #[source]
+        cause: Option<BoxError>,
     },
     /// The cluster cancelled the job (Kiln's scheduler does so when an executor is lost);
     /// [`run_features_on`] resubmits it.
@@ -80,6 +104,55 @@ pub enum EngineError {
     /// A DataFusion error (planning or execution).
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+/// An underlying error kept as the `source()` of an [`EngineError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl EngineError {
+    /// A source failed because of `cause`, while doing `message`.
+    pub fn source_failed(
+        name: &str,
+        message: impl Into<String>,
+        cause: impl Into<BoxError>,
+    ) -> Self {
+        EngineError::Source {
+            source_name: name.to_string(),
+            message: message.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// A source is wrong in a way `message` says in full.
+    pub fn source_invalid(name: &str, message: impl Into<String>) -> Self {
+        EngineError::Source {
+            source_name: name.to_string(),
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A URL could not be used because of `cause`, while doing `message`.
+    pub fn url_failed(url: &str, message: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+        EngineError::Url {
+            url: url.to_string(),
+            message: message.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// Writing output `statement` failed because of `cause`, while doing `message`.
+    pub fn output_failed(
+        statement: &str,
+        message: impl Into<String>,
+        cause: impl Into<BoxError>,
+    ) -> Self {
+        EngineError::Output {
+            statement: statement.to_string(),
+            message: message.into(),
+            cause: Some(cause.into()),
+        }
+    }
 }
 
 /// Result with [`EngineError`].

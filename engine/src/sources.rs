@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -22,6 +22,7 @@ use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
 use serde::Serialize;
 
+use crate::schema::{SchemaError, parse_schema};
 use crate::spec::{RenderedJob, SourceFormat, SourceSpec};
 use crate::text::{TextFileStream, TextFormat};
 use crate::{EngineError, Result};
@@ -53,40 +54,6 @@ pub struct SourceLineage {
     pub files: Vec<InputFile>,
 }
 
-/// Parses `"column type"` strings into an Arrow schema (all columns nullable).
-pub fn parse_schema(columns: &[String]) -> std::result::Result<Schema, String> {
-    let mut fields = Vec::with_capacity(columns.len());
-    for (i, c) in columns.iter().enumerate() {
-        let mut parts = c.split_whitespace();
-        let (Some(name), Some(ty), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!(
-                "entry {i} `{c}`: expected \"COLUMN TYPE\", e.g. \"user_id int64\""
-            ));
-        };
-        let dt = match ty.to_ascii_lowercase().as_str() {
-            "bool" | "boolean" => DataType::Boolean,
-            "int32" | "int" => DataType::Int32,
-            "int64" | "bigint" => DataType::Int64,
-            "float32" | "float" => DataType::Float32,
-            "float64" | "double" => DataType::Float64,
-            "string" | "utf8" => DataType::Utf8,
-            "date" => DataType::Date32,
-            "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            other => {
-                return Err(format!(
-                    "column `{name}`: unknown type `{other}` (expected bool, int32, int64, \
-                     float32, float64, string, date or timestamp)"
-                ));
-            }
-        };
-        if fields.iter().any(|f: &Field| f.name() == name) {
-            return Err(format!("column `{name}` appears twice"));
-        }
-        fields.push(Field::new(name, dt, true));
-    }
-    Ok(Schema::new(fields))
-}
-
 /// Registers every source of `job` in `ctx` and returns their lineage.
 pub async fn register_sources(
     ctx: &SessionContext,
@@ -107,7 +74,7 @@ pub async fn register_sources(
         lineage.push(SourceLineage {
             name: source.name.clone(),
             url: source.url.clone(),
-            format: format!("{:?}", source.format).to_lowercase(),
+            format: source.format.as_str().to_string(),
             partitions: partitions.iter().map(|(_, v)| v.clone()).collect(),
             files,
         });
@@ -118,13 +85,11 @@ pub async fn register_sources(
 /// The `(column, value)` partitions a source reads for `date` (empty: the whole root).
 fn selected_partitions(source: &SourceSpec, date: NaiveDate) -> Vec<(String, String)> {
     match (&source.partition_column, source.days) {
+        // Offsets are bounded when the spec is loaded; a date past chrono's range is skipped
+        // only in theory (±3660 days of a real run date never is).
         (Some(col), Some([from, to])) => (from..=to)
-            .map(|d| {
-                (
-                    col.clone(),
-                    (date + Duration::days(d)).format("%Y-%m-%d").to_string(),
-                )
-            })
+            .filter_map(|d| date.checked_add_signed(Duration::try_days(d)?))
+            .map(|day| (col.clone(), day.format("%Y-%m-%d").to_string()))
             .collect(),
         _ => Vec::new(),
     }
@@ -157,15 +122,9 @@ async fn list_input_files(
     let ext = file_extension(source.format);
     let mut files = Vec::new();
     for prefix in prefixes {
-        let metas: Vec<_> =
-            store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| EngineError::Source {
-                    source_name: source.name.clone(),
-                    message: format!("cannot list {prefix}: {e}"),
-                })?;
+        let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(|e| {
+            EngineError::source_failed(&source.name, format!("cannot list {prefix}"), e)
+        })?;
         let mut found = 0;
         for meta in metas {
             let name = meta.location.filename().unwrap_or_default();
@@ -199,10 +158,10 @@ async fn list_input_files(
                         .trim_start_matches('/')
                 )
             };
-            return Err(EngineError::Source {
-                source_name: source.name.clone(),
-                message: format!("no input: no `*{ext}` file under {looked_at}"),
-            });
+            return Err(EngineError::source_invalid(
+                &source.name,
+                format!("no input: no `*{ext}` file under {looked_at}"),
+            ));
         }
     }
     files.sort_by(|a, b| a.url.cmp(&b.url));
@@ -214,10 +173,8 @@ async fn register_parquet(
     source: &SourceSpec,
     partitions: &[(String, String)],
 ) -> Result<()> {
-    let src_err = |e: &dyn std::fmt::Display| EngineError::Source {
-        source_name: source.name.clone(),
-        message: e.to_string(),
-    };
+    let src_err =
+        |what: &str, e: crate::BoxError| EngineError::source_failed(&source.name, what, e);
     // The session's parquet options (INT96 coercion, plain Utf8) apply to this table too.
     let state = ctx.state();
     let format = ParquetFormat::new().with_options(state.table_options().parquet.clone());
@@ -226,29 +183,32 @@ async fn register_parquet(
         options = options.with_table_partition_cols(vec![(col.clone(), DataType::Utf8)]);
     }
     let dir_url = format!("{}/", source.url.trim_end_matches('/'));
-    let table_url = ListingTableUrl::parse(&dir_url).map_err(|e| src_err(&e))?;
+    let table_url =
+        ListingTableUrl::parse(&dir_url).map_err(|e| src_err("parsing the URL", e.into()))?;
     let file_schema: SchemaRef = match &source.schema {
         Some(cols) => {
-            let declared = Arc::new(parse_schema(cols).map_err(|e| src_err(&e))?);
+            let declared = Arc::new(parse_schema(cols).map_err(|e| src_err("schema", e.into()))?);
             let inferred = options
                 .infer_schema(&state, &table_url)
                 .await
-                .map_err(|e| src_err(&e))?;
-            check_declared_schema(&declared, &inferred).map_err(|e| src_err(&e))?;
+                .map_err(|e| src_err("reading the Parquet schema", e.into()))?;
+            check_declared_schema(&declared, &inferred)
+                .map_err(|e| src_err("declared schema", e.into()))?;
             declared
         }
         None => options
             .infer_schema(&state, &table_url)
             .await
-            .map_err(|e| src_err(&e))?,
+            .map_err(|e| src_err("reading the Parquet schema", e.into()))?,
     };
     let config = ListingTableConfig::new(table_url)
         .with_listing_options(options)
         .with_schema(file_schema);
-    let table = ListingTable::try_new(config).map_err(|e| src_err(&e))?;
+    let table =
+        ListingTable::try_new(config).map_err(|e| src_err("building the table", e.into()))?;
     let all_name = format!("__kiln_all_{}", source.name);
     ctx.register_table(all_name.as_str(), Arc::new(table))
-        .map_err(|e| src_err(&e))?;
+        .map_err(|e| src_err("registering the table", e.into()))?;
     register_partition_view(ctx, source, &all_name, partitions).await
 }
 
@@ -273,37 +233,28 @@ async fn register_partition_view(
     let df = ctx
         .sql(&format!("SELECT * FROM \"{all_name}\"{filter}"))
         .await
-        .map_err(|e| EngineError::Source {
-            source_name: source.name.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| EngineError::source_failed(&source.name, "selecting the partitions", e))?;
     ctx.register_table(source.name.as_str(), df.into_view())
-        .map_err(|e| EngineError::Source {
-            source_name: source.name.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| EngineError::source_failed(&source.name, "registering the table", e))?;
     Ok(())
 }
 
 /// Every declared column must exist in the files with the same type.
-fn check_declared_schema(declared: &Schema, found: &Schema) -> std::result::Result<(), String> {
+fn check_declared_schema(
+    declared: &Schema,
+    found: &Schema,
+) -> std::result::Result<(), SchemaError> {
     for f in declared.fields() {
         match found.field_with_name(f.name()) {
             Ok(g) if g.data_type() == f.data_type() => {}
             Ok(g) => {
-                return Err(format!(
-                    "column `{}`: schema says {}, files have {}",
-                    f.name(),
-                    f.data_type(),
-                    g.data_type()
-                ));
+                return Err(SchemaError::TypeMismatch {
+                    column: f.name().clone(),
+                    declared: f.data_type().clone(),
+                    found: g.data_type().clone(),
+                });
             }
-            Err(_) => {
-                return Err(format!(
-                    "column `{}` of the declared schema is not in the files",
-                    f.name()
-                ));
-            }
+            Err(_) => return Err(SchemaError::MissingColumn(f.name().clone())),
         }
     }
     Ok(())
@@ -316,12 +267,8 @@ fn register_text(
     files: &[InputFile],
     ledger: &Arc<crate::text::BadRowLedger>,
 ) -> Result<()> {
-    let declared = parse_schema(source.schema.as_deref().unwrap_or_default()).map_err(|e| {
-        EngineError::Source {
-            source_name: source.name.clone(),
-            message: e,
-        }
-    })?;
+    let declared = parse_schema(source.schema.as_deref().unwrap_or_default())
+        .map_err(|e| EngineError::source_failed(&source.name, "schema", e))?;
     let mut fields: Vec<Field> = declared.fields().iter().map(|f| (**f).clone()).collect();
     if let Some(col) = &source.partition_column {
         fields.push(Field::new(col, DataType::Utf8, false));
@@ -353,17 +300,10 @@ fn register_text(
             }) as Arc<dyn PartitionStream>
         })
         .collect();
-    let table = StreamingTable::try_new(Arc::clone(&table_schema), streams).map_err(|e| {
-        EngineError::Source {
-            source_name: source.name.clone(),
-            message: e.to_string(),
-        }
-    })?;
+    let table = StreamingTable::try_new(Arc::clone(&table_schema), streams)
+        .map_err(|e| EngineError::source_failed(&source.name, "building the table", e))?;
     ctx.register_table(source.name.as_str(), Arc::new(table))
-        .map_err(|e| EngineError::Source {
-            source_name: source.name.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| EngineError::source_failed(&source.name, "registering the table", e))?;
     Ok(())
 }
 
@@ -378,23 +318,6 @@ fn partition_value_of(url: &str, column: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_schema_strings() {
-        let s =
-            parse_schema(&["a int64".into(), "ts timestamp".into(), "c string".into()]).unwrap();
-        assert_eq!(s.fields().len(), 3);
-        assert_eq!(
-            s.field(1).data_type(),
-            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-        );
-        assert!(parse_schema(&["a".into()]).unwrap_err().contains("entry 0"));
-        assert!(
-            parse_schema(&["a int128".into()])
-                .unwrap_err()
-                .contains("unknown type `int128`")
-        );
-    }
 
     #[test]
     fn finds_partition_values() {

@@ -22,7 +22,42 @@ pub struct SpecError {
     pub path: String,
     /// What is wrong, naming the section/source/statement/field.
     pub what: String,
+    /// The underlying error (I/O, TOML, URL), when there is one.
+    #[source]
+    pub cause: Option<crate::BoxError>,
 }
+
+/// A source URL, output location or path that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// `file://` followed by a relative path.
+    #[error("`{0}`: file:// URLs must be absolute")]
+    RelativeFileUrl(String),
+    /// `s3://` without a bucket.
+    #[error("`{0}`: expected s3://BUCKET/PREFIX")]
+    MissingBucket(String),
+    /// A scheme Kiln cannot read or write.
+    #[error("`{url}`: unsupported scheme `{scheme}` (expected file:// or s3://)")]
+    UnsupportedScheme {
+        /// The URL.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// An empty path.
+    #[error("empty path")]
+    Empty,
+}
+
+/// A source or statement name that is not a SQL identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}`: names must be SQL identifiers ([A-Za-z_][A-Za-z0-9_]*)")]
+pub struct IdentifierError(pub String);
+
+/// The largest `days` offset a source may use (ten years each way).
+pub const MAX_DAY_OFFSET: i64 = 3660;
+/// The most shards an output may have (shard names have five digits).
+pub const MAX_SHARDS: u32 = 99_999;
 
 /// The job spec as written in TOML.
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +126,17 @@ pub enum SourceFormat {
     Jsonl,
     /// Apache Parquet.
     Parquet,
+}
+
+impl SourceFormat {
+    /// The format's name in specs and lineage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Csv => "csv",
+            SourceFormat::Jsonl => "jsonl",
+            SourceFormat::Parquet => "parquet",
+        }
+    }
 }
 
 /// One input table.
@@ -171,6 +217,16 @@ pub enum OutputFormat {
     Parquet,
 }
 
+impl OutputFormat {
+    /// The format's name in specs, plans and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFormat::Tfrecord => "tfrecord",
+            OutputFormat::Parquet => "parquet",
+        }
+    }
+}
+
 /// One committed dataset written from a statement.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -241,13 +297,15 @@ pub struct RenderedJob {
 impl JobSpec {
     /// Reads and parses a spec file; checks names and structure (not SQL).
     pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let err = |what: String| SpecError {
+        let err = |what: &str, cause: crate::BoxError| SpecError {
             path: path.display().to_string(),
-            what,
+            what: what.to_string(),
+            cause: Some(cause),
         };
-        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read spec: {e}")))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| err(format!("not UTF-8: {e}")))?;
-        let mut spec: JobSpec = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| err("cannot read spec", e.into()))?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| err("not UTF-8", e.into()))?;
+        let mut spec: JobSpec =
+            toml::from_str(text).map_err(|e| err("not a valid job spec", e.into()))?;
         spec.path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         spec.sha256 = hex::encode(Sha256::digest(&bytes));
         spec.check_names()?;
@@ -259,6 +317,20 @@ impl JobSpec {
         SpecError {
             path: self.path.display().to_string(),
             what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// Builds an error naming this spec's file and item `what`, caused by `cause`.
+    pub fn error_caused(
+        &self,
+        what: impl Into<String>,
+        cause: impl Into<crate::BoxError>,
+    ) -> SpecError {
+        SpecError {
+            path: self.path.display().to_string(),
+            what: what.into(),
+            cause: Some(cause.into()),
         }
     }
 
@@ -280,9 +352,35 @@ impl JobSpec {
             }
             if matches!(s.format, SourceFormat::Csv | SourceFormat::Jsonl) && s.schema.is_none() {
                 return Err(self.error(format!(
-                    "source `{}`: format {:?} needs an explicit `schema`",
-                    s.name, s.format
+                    "source `{}`: format {} needs an explicit `schema`",
+                    s.name,
+                    s.format.as_str()
                 )));
+            }
+            if s.format == SourceFormat::Csv
+                && (!s.csv.delimiter.is_ascii() || matches!(s.csv.delimiter, '\n' | '\r' | '"'))
+            {
+                return Err(self.error(format!(
+                    "source `{}`: csv.delimiter {:?} must be one ASCII character other than a \
+                     quote or a line break",
+                    s.name, s.csv.delimiter
+                )));
+            }
+            if let Some([from, to]) = s.days {
+                if from > to {
+                    return Err(self.error(format!(
+                        "source `{}`: days = [{from}, {to}] is reversed (expected [first, last], \
+                         e.g. [-7, 0])",
+                        s.name
+                    )));
+                }
+                if from.abs() > MAX_DAY_OFFSET || to.abs() > MAX_DAY_OFFSET {
+                    return Err(self.error(format!(
+                        "source `{}`: days = [{from}, {to}]: offsets must be within \
+                         ±{MAX_DAY_OFFSET} days of the run date",
+                        s.name
+                    )));
+                }
             }
             if s.days.is_some() && s.partition_column.is_none() {
                 return Err(self.error(format!(
@@ -291,7 +389,7 @@ impl JobSpec {
                 )));
             }
             if let Some(schema) = &s.schema {
-                crate::sources::parse_schema(schema)
+                crate::schema::parse_schema(schema)
                     .map_err(|e| self.error(format!("source `{}`: schema: {e}", s.name)))?;
             }
         }
@@ -320,9 +418,10 @@ impl JobSpec {
                         .join(", ")
                 )));
             }
-            if o.shards == 0 || o.shards > 100_000 {
+            if o.shards == 0 || o.shards > MAX_SHARDS {
                 return Err(self.error(format!(
-                    "outputs `{}`: shards must be in 1..=100000, got {}",
+                    "outputs `{}`: shards must be in 1..={MAX_SHARDS} (shard files are named \
+                     part-NNNNN-of-NNNNN), got {}",
                     o.statement, o.shards
                 )));
             }
@@ -384,7 +483,7 @@ impl JobSpec {
             let url = render(&format!("source `{}` url", s.name), &raw)?;
             s.url = self
                 .absolute_url(&url)
-                .map_err(|e| self.error(format!("source `{}` url: {e}", s.name)))?;
+                .map_err(|e| self.error_caused(format!("source `{}` url", s.name), e))?;
             sources.push(s);
         }
         let mut features = Vec::new();
@@ -403,7 +502,7 @@ impl JobSpec {
             };
             o.location = self
                 .absolute_url(&location)
-                .map_err(|e| self.error(format!("outputs `{}` location: {e}", o.statement)))?;
+                .map_err(|e| self.error_caused(format!("outputs `{}` location", o.statement), e))?;
             outputs.push(o);
         }
         let rejects_location = match &self.rejects_location {
@@ -411,7 +510,7 @@ impl JobSpec {
                 let r = render("rejects_location", r)?;
                 Some(
                     self.absolute_url(&r)
-                        .map_err(|e| self.error(format!("rejects_location: {e}")))?,
+                        .map_err(|e| self.error_caused("rejects_location", e))?,
                 )
             }
             None => None,
@@ -427,35 +526,36 @@ impl JobSpec {
     }
 
     /// Turns a path or URL into an absolute URL; relative paths resolve against the spec dir.
-    pub fn absolute_url(&self, url: &str) -> Result<String, String> {
+    pub fn absolute_url(&self, url: &str) -> Result<String, UrlError> {
         absolute_url(url, &self.base_dir())
     }
 }
 
 /// Turns a path or URL into an absolute URL ending in `/` for directories given with one;
 /// relative paths resolve against `base`. Only `file` and `s3` schemes are supported.
-pub fn absolute_url(url: &str, base: &Path) -> Result<String, String> {
+pub fn absolute_url(url: &str, base: &Path) -> Result<String, UrlError> {
     if let Some((scheme, rest)) = url.split_once("://") {
         return match scheme {
             "file" => {
                 if !rest.starts_with('/') {
-                    return Err(format!("`{url}`: file:// URLs must be absolute"));
+                    return Err(UrlError::RelativeFileUrl(url.to_string()));
                 }
                 Ok(url.to_string())
             }
             "s3" => {
                 if rest.is_empty() || rest.starts_with('/') {
-                    return Err(format!("`{url}`: expected s3://BUCKET/PREFIX"));
+                    return Err(UrlError::MissingBucket(url.to_string()));
                 }
                 Ok(url.to_string())
             }
-            other => Err(format!(
-                "`{url}`: unsupported scheme `{other}` (expected file:// or s3://)"
-            )),
+            other => Err(UrlError::UnsupportedScheme {
+                url: url.to_string(),
+                scheme: other.to_string(),
+            }),
         };
     }
     if url.is_empty() {
-        return Err("empty path".into());
+        return Err(UrlError::Empty);
     }
     let path = Path::new(url);
     let abs = if path.is_absolute() {
@@ -485,7 +585,7 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-fn check_identifier(name: &str) -> Result<(), String> {
+fn check_identifier(name: &str) -> Result<(), IdentifierError> {
     let ok = !name.is_empty()
         && name
             .chars()
@@ -495,7 +595,7 @@ fn check_identifier(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err("names must be SQL identifiers ([A-Za-z_][A-Za-z0-9_]*)".into())
+        Err(IdentifierError(name.to_string()))
     }
 }
 
@@ -527,6 +627,32 @@ key = "event_id"
 shards = 4
 formats = ["tfrecord", "parquet"]
 "#;
+
+    #[test]
+    fn bad_spec_values_are_spec_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let load_err = |text: &str| {
+            let p = write_spec(dir.path(), text);
+            let e = JobSpec::load(&p).unwrap_err().to_string();
+            assert!(e.starts_with(&p.display().to_string()), "{e}");
+            e
+        };
+        let e = load_err(&GOOD.replace("days = [-7, 1]", "days = [1, -7]"));
+        assert!(e.contains("days = [1, -7] is reversed"), "{e}");
+        let e = load_err(&GOOD.replace("days = [-7, 1]", "days = [-7, 9223372036854775807]"));
+        assert!(e.contains("offsets must be within"), "{e}");
+        let e = load_err(&GOOD.replace("shards = 4", "shards = 100000"));
+        assert!(e.contains("shards must be in 1..=99999"), "{e}");
+        let csv = GOOD.replace(
+            "format = \"parquet\"",
+            "format = \"csv\"\nschema = [\"event_id int64\"]\ncsv = { delimiter = \"é\" }",
+        );
+        let e = load_err(&csv);
+        assert!(
+            e.contains("csv.delimiter 'é' must be one ASCII character"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn renders_relative_paths_and_overrides() {
@@ -585,10 +711,12 @@ formats = ["tfrecord", "parquet"]
 
         let p = write_spec(dir.path(), &GOOD.replace("data/events", "ftp://h/x"));
         let spec = JobSpec::load(&p).unwrap();
-        let e = spec
-            .render(date, &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = spec.render(date, &Overrides::default()).unwrap_err();
+        // The message and its causes, as the binary prints them.
+        let e = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(": ");
         assert!(
             e.contains("source `events` url") && e.contains("unsupported scheme `ftp`"),
             "{e}"
@@ -600,7 +728,7 @@ formats = ["tfrecord", "parquet"]
         );
         let e = JobSpec::load(&p).unwrap_err().to_string();
         assert!(
-            e.contains("source `events`: format Csv needs an explicit `schema`"),
+            e.contains("source `events`: format csv needs an explicit `schema`"),
             "{e}"
         );
     }

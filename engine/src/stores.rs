@@ -26,14 +26,9 @@ pub fn store_for(ctx: &SessionContext, url: &str) -> Result<(Arc<dyn ObjectStore
 
 /// Like [`store_for`], returning the connectors' [`Location`].
 pub fn location_for(ctx: &SessionContext, url: &str) -> Result<Location> {
-    let location = kiln_connectors::store::resolve(url).map_err(|e| EngineError::Url {
-        url: url.to_string(),
-        message: e.to_string(),
-    })?;
-    let parsed = Url::parse(url).map_err(|e| EngineError::Url {
-        url: url.to_string(),
-        message: e.to_string(),
-    })?;
+    let location = kiln_connectors::store::resolve(url)
+        .map_err(|e| EngineError::url_failed(url, "resolving the store", e))?;
+    let parsed = Url::parse(url).map_err(|e| EngineError::url_failed(url, "parsing", e))?;
     if parsed.scheme() != "file" {
         let base = Url::parse(&format!("{}://{}", parsed.scheme(), parsed.authority()))
             .expect("scheme://authority is a URL");
@@ -47,10 +42,7 @@ pub fn location_for(ctx: &SessionContext, url: &str) -> Result<Location> {
 pub fn location_for_url(url: &str) -> Result<String> {
     kiln_connectors::store::resolve(url)
         .map(|l| l.url)
-        .map_err(|e| EngineError::Url {
-            url: url.to_string(),
-            message: e.to_string(),
-        })
+        .map_err(|e| EngineError::url_failed(url, "resolving the store", e))
 }
 
 /// The store path of a full URL (`file:///a/b` -> `a/b`, `s3://bucket/a/b` -> `a/b`).

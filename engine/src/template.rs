@@ -72,8 +72,8 @@ fn eval(expr: &str, ds: NaiveDate) -> Result<String, String> {
     let mut value = match var.trim() {
         "ds" => Rendered::Date(ds),
         "ds_nodash" => Rendered::Text(ds.format("%Y%m%d").to_string()),
-        "prev_ds" => Rendered::Date(ds - Duration::days(1)),
-        "next_ds" => Rendered::Date(ds + Duration::days(1)),
+        "prev_ds" => Rendered::Date(shift(ds, -1)?),
+        "next_ds" => Rendered::Date(shift(ds, 1)?),
         "" => return Err("empty expression (expected a variable such as `ds`)".into()),
         other => {
             return Err(format!(
@@ -96,7 +96,7 @@ fn eval(expr: &str, ds: NaiveDate) -> Result<String, String> {
                 .trim()
                 .parse()
                 .map_err(|_| format!("add_days expects an integer, got `{arg}`"))?;
-            Rendered::Date(date + Duration::days(days))
+            Rendered::Date(shift(date, days)?)
         } else if filter == "nodash" {
             Rendered::Text(date.format("%Y%m%d").to_string())
         } else if let Some(arg) = call_arg(filter, "format") {
@@ -105,7 +105,17 @@ fn eval(expr: &str, ds: NaiveDate) -> Result<String, String> {
             if items.contains(&chrono::format::Item::Error) {
                 return Err(format!("invalid strftime pattern `{pattern}`"));
             }
-            Rendered::Text(date.format_with_items(items.into_iter()).to_string())
+            let mut text = String::new();
+            // A pattern asking for a time (`%H`) or a zone cannot format a date: chrono
+            // reports it as a formatting error, which becomes a spec error here.
+            std::fmt::Write::write_fmt(
+                &mut text,
+                format_args!("{}", date.format_with_items(items.into_iter())),
+            )
+            .map_err(|_| {
+                format!("format(\"{pattern}\"): the pattern needs a time or zone; `ds` is a date")
+            })?;
+            Rendered::Text(text)
         } else {
             return Err(format!(
                 "unknown filter `{filter}` (expected add_days(N), nodash or format(\"...\"))"
@@ -116,6 +126,13 @@ fn eval(expr: &str, ds: NaiveDate) -> Result<String, String> {
         Rendered::Date(d) => d.format("%Y-%m-%d").to_string(),
         Rendered::Text(t) => t,
     })
+}
+
+/// `date` shifted by `days`, or an error when that leaves chrono's date range.
+fn shift(date: NaiveDate, days: i64) -> Result<NaiveDate, String> {
+    Duration::try_days(days)
+        .and_then(|d| date.checked_add_signed(d))
+        .ok_or_else(|| format!("add_days({days}): {date} shifted by {days} days is out of range"))
 }
 
 /// Splits on `|` outside of double quotes.
@@ -172,6 +189,16 @@ mod tests {
         );
         assert_eq!(render("{{ next_ds }}", d()).unwrap(), "2026-11-22");
         assert_eq!(render("no templates", d()).unwrap(), "no templates");
+    }
+
+    #[test]
+    fn spec_values_never_panic() {
+        let e = render("{{ ds | format(\"%H:%M\") }}", d()).unwrap_err();
+        assert!(e.to_string().contains("needs a time or zone"), "{e}");
+        let e = render("{{ ds | add_days(9223372036854775807) }}", d()).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let e = render("{{ ds | add_days(100000000) }}", d()).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
     }
 
     #[test]

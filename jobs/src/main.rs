@@ -3,8 +3,6 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
-mod generator;
-mod pipeline;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

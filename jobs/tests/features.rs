@@ -143,15 +143,21 @@ fn rerun_replaces_output_and_removes_the_old_run() {
     let first = run_example(&events, &out);
     let second = run_example(&events, &out);
     assert_ne!(first["run_id"], second["run_id"]);
-    let runs: Vec<String> = std::fs::read_dir(out.join("examples"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("run-"))
-        .collect();
-    assert_eq!(
-        runs,
-        vec![format!("run-{}", second["run_id"].as_str().unwrap())]
-    );
+    let runs = || {
+        let mut runs: Vec<String> = std::fs::read_dir(out.join("examples"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("run-"))
+            .collect();
+        runs.sort();
+        runs
+    };
+    let run_dir = |r: &serde_json::Value| format!("run-{}", r["run_id"].as_str().unwrap());
+    // The replaced run stays for readers still streaming the previous manifest; the next
+    // commit removes it.
+    assert_eq!(runs(), vec![run_dir(&first), run_dir(&second)]);
+    let third = run_example(&events, &out);
+    assert_eq!(runs(), vec![run_dir(&second), run_dir(&third)]);
     let ds = Dataset::open_blocking(
         &format!("{}/examples/", file_url(&out)),
         OpenOptions {
@@ -161,8 +167,87 @@ fn rerun_replaces_output_and_removes_the_old_run() {
     .unwrap();
     assert_eq!(
         ds.manifest().total_rows,
-        second["outputs"][0]["rows"].as_u64().unwrap()
+        third["outputs"][0]["rows"].as_u64().unwrap()
     );
+}
+
+/// Two `kiln features` processes writing the same output at once, several rounds: every
+/// committed manifest's shards exist with the recorded sizes and checksums, whoever wins.
+#[test]
+fn concurrent_runs_of_one_output_never_leave_a_broken_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    common::gen_events(&events, 40_000, 5);
+    let out = dir.path().join("out");
+    let dataset = format!("{}/examples/", file_url(&out));
+    let args = |out: &Path| -> Vec<String> {
+        vec![
+            "features".into(),
+            common::example_spec().display().to_string(),
+            "--date".into(),
+            DATE.into(),
+            "--source".into(),
+            format!("events={}", events.display()),
+            "--out".into(),
+            out.display().to_string(),
+            "--json".into(),
+        ]
+    };
+    for round in 0..4 {
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+                    .args(args(&out))
+                    .env("RUST_LOG", "warn")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut run_ids = Vec::new();
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            if o.status.success() {
+                let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                run_ids.push(r["run_id"].as_str().unwrap().to_string());
+            } else {
+                // The only acceptable failure: a newer run committed first, and this one
+                // refuses to roll the dataset back.
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(
+                    err.contains("which started later, committed this dataset"),
+                    "round {round}: {err}"
+                );
+            }
+        }
+        assert!(!run_ids.is_empty(), "round {round}: no run committed");
+        // Opening with checksums reads every listed shard: present, complete, unchanged.
+        let ds = Dataset::open_blocking(
+            &dataset,
+            OpenOptions {
+                verify_checksums: true,
+            },
+        )
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let m = ds.manifest();
+        assert!(
+            run_ids.contains(&m.run_id),
+            "round {round}: {} not in {run_ids:?}",
+            m.run_id
+        );
+        for s in &m.shards {
+            let len = std::fs::metadata(out.join("examples").join(&s.path))
+                .unwrap_or_else(|e| panic!("round {round}: {}: {e}", s.path))
+                .len();
+            assert_eq!(len, s.bytes, "round {round}: {}", s.path);
+        }
+        let rows: usize = common::read_dataset(&dataset, ShardFormat::Parquet)
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows as u64, m.total_rows, "round {round}");
+    }
 }
 
 #[test]
@@ -284,6 +369,74 @@ fn rejected_rows_are_written_and_counted() {
     assert!(
         human.contains("clicks: rows_in 5 = rows_out 3 + rows_rejected 2"),
         "{human}"
+    );
+}
+
+/// Two statements reading the same CSV source: its rows are counted and rejected once.
+#[test]
+fn a_source_read_by_two_statements_is_accounted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = csv_job(dir.path(), "reject");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let text = text.replace(
+        "[[outputs]]",
+        "[[features]]\nname = \"ids\"\nsql = \"SELECT id FROM clicks\"\n\n[[outputs]]\nstatement = \"ids\"\nlocation = \"out/ids/dt={{ ds }}/\"\nkey = \"id\"\nshards = 1\nformats = [\"parquet\"]\n\n[[outputs]]",
+    );
+    std::fs::write(&spec, text).unwrap();
+    let stdout = common::kiln_ok(&["features", spec.to_str().unwrap(), "--date", DATE, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let c = &report["bad_rows"]["clicks"];
+    assert_eq!(
+        (&c["rows_in"], &c["rows_out"], &c["rows_rejected"]),
+        (&5.into(), &3.into(), &2.into())
+    );
+    assert_eq!(report["outputs"][0]["rows"], 3);
+    assert_eq!(report["outputs"][1]["rows"], 3);
+    let rejects = std::fs::read_to_string(
+        dir.path()
+            .join("rejects/dt=2026-11-20/rejects-2026-11-20.jsonl"),
+    )
+    .unwrap();
+    assert_eq!(rejects.lines().count(), 2, "{rejects}");
+}
+
+/// The rejects file is written before any dataset commits: when it cannot be written,
+/// nothing is committed.
+#[test]
+fn rejects_are_written_before_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = csv_job(dir.path(), "reject");
+    // A file where the rejects directory should be: writing the rejects fails.
+    std::fs::write(dir.path().join("rejects"), "not a directory").unwrap();
+    let out = common::kiln(&["features", spec.to_str().unwrap(), "--date", DATE]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rejects"), "{err}");
+    assert!(
+        !dir.path()
+            .join("out/totals/dt=2026-11-20/_manifest.json")
+            .exists()
+    );
+}
+
+/// A CSV file whose columns are in another order than the schema is refused, naming both.
+#[test]
+fn csv_header_must_match_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = csv_job(dir.path(), "reject");
+    std::fs::write(
+        dir.path().join("input/dt=2026-11-20/part-0.csv"),
+        "user,id,amount\nann,1,1.5\n",
+    )
+    .unwrap();
+    let out = common::kiln(&["features", spec.to_str().unwrap(), "--date", DATE]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "part-0.csv: CSV header [user, id, amount] does not match the schema [id, user, amount]"
+        ),
+        "{err}"
     );
 }
 

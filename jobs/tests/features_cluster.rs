@@ -85,7 +85,8 @@ fn example_job_on_cluster_matches_local_run() {
     assert_eq!(remote["outputs"][0]["rows"], local["outputs"][0]["rows"]);
     assert!(remote["outputs"][0]["rows"].as_u64().unwrap() > 1000);
 
-    // Exactly one committed run: the manifest, _SUCCESS and the 32 shards, nothing else.
+    // Exactly one committed run: the manifest, _SUCCESS, the commit lock and the 32 shards,
+    // nothing else.
     let run = format!("run-{}", remote["run_id"].as_str().unwrap());
     let mut top: Vec<String> = std::fs::read_dir(cluster_out.join("examples"))
         .unwrap()
@@ -94,7 +95,12 @@ fn example_job_on_cluster_matches_local_run() {
     top.sort();
     assert_eq!(
         top,
-        vec!["_SUCCESS".to_string(), "_manifest.json".into(), run.clone()]
+        vec![
+            "_SUCCESS".to_string(),
+            "_kiln_commit.lock".into(),
+            "_manifest.json".into(),
+            run.clone()
+        ]
     );
     let files = std::fs::read_dir(cluster_out.join("examples").join(&run))
         .unwrap()

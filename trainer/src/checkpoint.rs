@@ -1,14 +1,15 @@
 //! Checkpoints: parameters, optimizer state, step, every rank's loader position and shuffle
-//! buffer (which carry the RNG state), and the fitted transform — one safetensors-layout file
-//! per checkpoint under `MODEL_DIR/checkpoints/`, written by rank 0 to a temporary name and
-//! renamed, then named in `checkpoints/latest` (also replaced atomically).
+//! buffer (which carry the RNG state), and the fitted transform — one safetensors file
+//! per checkpoint under `MODEL_DIR/checkpoints/`, written atomically by rank 0 (temporary
+//! name, fsync, rename, directory fsync), then named in `checkpoints/latest` (also replaced
+//! atomically).
 
 use std::path::{Path, PathBuf};
 
 use crate::loader::{LoaderPosition, LoaderState};
 use crate::model::{ModelSpec, Params};
 use crate::optim::Optimizer;
-use crate::tensorfile::{TensorFile, write_atomic};
+use crate::tensorfile::TensorFile;
 use crate::transform::{Prepared, Transform};
 use crate::{Error, Result};
 
@@ -38,7 +39,8 @@ pub fn loader_state_bytes(s: &LoaderState) -> Vec<u8> {
 
 /// Parses [`loader_state_bytes`].
 pub fn loader_state_from_bytes(b: &[u8]) -> Result<LoaderState> {
-    get_loader(&TensorFile::from_bytes(b, "loader state message")?, "")
+    const WHAT: &str = "loader state message";
+    get_loader(&TensorFile::from_bytes(b, WHAT)?, "", WHAT)
 }
 
 fn put_loader(f: &mut TensorFile, p: &str, s: &LoaderState) {
@@ -55,18 +57,22 @@ fn put_loader(f: &mut TensorFile, p: &str, s: &LoaderState) {
     f.put_u32(&format!("{p}source_rows"), &[b.len()], &b.source_rows);
 }
 
-fn get_loader(f: &TensorFile, p: &str) -> Result<LoaderState> {
+fn get_loader(f: &TensorFile, p: &str, what: &str) -> Result<LoaderState> {
     let meta = |k: &str| {
         f.meta
             .get(&format!("{p}{k}"))
-            .ok_or_else(|| Error::Data(format!("checkpoint lacks `{p}{k}`")))
+            .ok_or_else(|| Error::invalid(what, format!("checkpoint lacks `{p}{k}`")))
     };
     let position: LoaderPosition =
-        serde_json::from_str(meta("position")?).map_err(|e| Error::Data(e.to_string()))?;
+        serde_json::from_str(meta("position")?).map_err(|source| Error::Metadata {
+            path: what.into(),
+            key: format!("{p}position"),
+            source,
+        })?;
     let (nf, nd) = meta("widths")?
         .split_once(',')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .ok_or_else(|| Error::Data("bad loader widths".into()))?;
+        .ok_or_else(|| Error::invalid(what, format!("bad loader widths `{p}widths`")))?;
     Ok(LoaderState {
         position,
         buffer: Prepared {
@@ -146,7 +152,7 @@ impl Checkpoint {
     /// Parses a checkpoint file's bytes.
     pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Self> {
         let f = TensorFile::from_bytes(bytes, what)?;
-        let bad = |m: String| Error::file(what, m);
+        let bad = |m: String| Error::invalid(what, m);
         let meta = |k: &str| {
             f.meta
                 .get(k)
@@ -154,13 +160,19 @@ impl Checkpoint {
         };
         let num =
             |k: &str| -> Result<u64> { meta(k)?.parse().map_err(|_| bad(format!("bad `{k}`"))) };
-        let spec: ModelSpec =
-            serde_json::from_str(meta("spec")?).map_err(|e| bad(e.to_string()))?;
+        let json = |k: &'static str| {
+            move |source| Error::Metadata {
+                path: what.into(),
+                key: k.into(),
+                source,
+            }
+        };
+        let spec: ModelSpec = serde_json::from_str(meta("spec")?).map_err(json("spec"))?;
         let transform: Transform =
-            serde_json::from_str(meta("transform")?).map_err(|e| bad(e.to_string()))?;
+            serde_json::from_str(meta("transform")?).map_err(json("transform"))?;
         let world = num("world")? as usize;
         let optimizer = Optimizer {
-            config: serde_json::from_str(meta("optimizer")?).map_err(|e| bad(e.to_string()))?,
+            config: serde_json::from_str(meta("optimizer")?).map_err(json("optimizer"))?,
             dense_m: f.f32s("adam.dense_m")?,
             dense_v: f.f32s("adam.dense_v")?,
             table_m: f.f32s("adam.table_m")?,
@@ -177,7 +189,7 @@ impl Checkpoint {
             },
             optimizer,
             loaders: (0..world)
-                .map(|r| get_loader(&f, &format!("loader.{r}.")))
+                .map(|r| get_loader(&f, &format!("loader.{r}."), what))
                 .collect::<Result<_>>()?,
         })
     }
@@ -188,7 +200,8 @@ impl Checkpoint {
         let name = format!("ckpt-{:010}.safetensors", self.step);
         let path = d.join(&name);
         self.to_file().write_atomic(&path)?;
-        write_atomic(&d.join("latest"), name.as_bytes())?;
+        kiln_connectors::store::write_atomic(d.join("latest"), name.as_bytes())
+            .map_err(Error::write)?;
         let mut old: Vec<PathBuf> = std::fs::read_dir(&d)
             .map_err(|e| Error::file(&d, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))

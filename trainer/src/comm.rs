@@ -124,10 +124,10 @@ impl Comm {
         }
         let deadline = Instant::now() + timeout;
         let ring = TcpListener::bind(("0.0.0.0", 0))
-            .map_err(|e| Error::Comm(format!("binding the ring listener: {e}")))?;
+            .map_err(Error::comm_io("binding the ring listener"))?;
         let ring_port = ring
             .local_addr()
-            .map_err(|e| Error::Comm(e.to_string()))?
+            .map_err(Error::comm_io("the ring listener's address"))?
             .port();
         let addrs: Vec<SocketAddr> = if env.rank == 0 {
             rendezvous_master(env, ring_port, deadline)?
@@ -144,14 +144,13 @@ impl Comm {
         };
         // Connect to the next rank (its listener's backlog accepts before it calls accept).
         let next_addr = addrs[comm.next_rank()];
-        let mut next = connect_retry(next_addr, deadline).map_err(|e| Error::LostRank {
-            rank: comm.next_rank(),
-            message: format!("connecting to {next_addr}: {e}"),
+        let mut next = connect_retry(next_addr, deadline).map_err(|e| {
+            Error::lost_rank(comm.next_rank(), format!("connecting to {next_addr}"), e)
         })?;
         next.write_all(&(env.rank as u64).to_le_bytes())
-            .map_err(|e| Error::Comm(e.to_string()))?;
+            .map_err(Error::comm_io("ring handshake: sending this rank"))?;
         ring.set_nonblocking(true)
-            .map_err(|e| Error::Comm(e.to_string()))?;
+            .map_err(Error::comm_io("the ring listener"))?;
         let prev = loop {
             match ring.accept() {
                 Ok((s, _)) => break s,
@@ -160,21 +159,22 @@ impl Comm {
                         return Err(Error::LostRank {
                             rank: comm.prev_rank(),
                             message: format!("did not connect within {timeout:?}"),
+                            source: None,
                         });
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(e) => return Err(Error::Comm(format!("accepting the previous rank: {e}"))),
+                Err(e) => return Err(Error::comm_io("accepting the previous rank")(e)),
             }
         };
         prev.set_nonblocking(false)
-            .map_err(|e| Error::Comm(e.to_string()))?;
+            .map_err(Error::comm_io("ring socket options"))?;
         let mut prev = prev;
         prev.set_read_timeout(Some(timeout))
-            .map_err(|e| Error::Comm(e.to_string()))?;
+            .map_err(Error::comm_io("ring socket options"))?;
         let mut b = [0u8; 8];
         prev.read_exact(&mut b)
-            .map_err(|e| Error::Comm(format!("ring handshake: {e}")))?;
+            .map_err(Error::comm_io("ring handshake"))?;
         if u64::from_le_bytes(b) as usize != comm.prev_rank() {
             return Err(Error::Comm(format!(
                 "ring handshake: expected rank {} but rank {} connected",
@@ -185,7 +185,7 @@ impl Comm {
         for s in [&next, &prev] {
             s.set_nodelay(true)
                 .and_then(|()| s.set_nonblocking(true))
-                .map_err(|e| Error::Comm(e.to_string()))?;
+                .map_err(Error::comm_io("ring socket options"))?;
         }
         comm.next = Some(next);
         comm.prev = Some(prev);
@@ -413,7 +413,11 @@ fn exchange(
     scratch: &mut Vec<f32>,
     timeout: Duration,
 ) -> Result<()> {
-    let lost = |rank: usize, message: String| Error::LostRank { rank, message };
+    let lost = |rank: usize, message: String| Error::LostRank {
+        rank,
+        message,
+        source: None,
+    };
     let mut receiving = Receiving::new(recv, scratch);
     let mut sent = 0;
     let mut last_progress = Instant::now();
@@ -448,7 +452,7 @@ fn exchange(
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(Error::Comm(format!("poll: {e}")));
+            return Err(Error::comm_io("poll")(e));
         }
         if ready == 0 {
             return Err(if receiving.done() {
@@ -467,14 +471,14 @@ fn exchange(
                     last_progress = Instant::now();
                 }
                 Err(e) if would_block(&e) => {}
-                Err(e) => return Err(lost(next_rank, format!("sending: {e}"))),
+                Err(e) => return Err(Error::lost_rank(next_rank, "sending", e)),
             }
         }
         if fds[1].revents != 0 {
             match receiving.read_from(prev) {
                 Ok(_) => last_progress = Instant::now(),
                 Err(e) if would_block(&e) => {}
-                Err(e) => return Err(lost(prev_rank, format!("receiving: {e}"))),
+                Err(e) => return Err(Error::lost_rank(prev_rank, "receiving", e)),
             }
         }
     }
@@ -531,15 +535,12 @@ fn connect_retry(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStre
 }
 
 fn rendezvous_master(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Result<Vec<SocketAddr>> {
-    let listener = TcpListener::bind(("0.0.0.0", env.master_port)).map_err(|e| {
-        Error::Comm(format!(
-            "rank 0 cannot listen on port {}: {e}",
-            env.master_port
-        ))
-    })?;
+    let listener = TcpListener::bind(("0.0.0.0", env.master_port)).map_err(Error::comm_io(
+        format!("rank 0 cannot listen on port {}", env.master_port),
+    ))?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| Error::Comm(e.to_string()))?;
+        .map_err(Error::comm_io("the rendezvous listener"))?;
     let mut addrs: Vec<Option<SocketAddr>> = vec![None; env.world];
     addrs[0] = Some(SocketAddr::from(([127, 0, 0, 1], ring_port)));
     let mut conns = Vec::new();
@@ -547,13 +548,13 @@ fn rendezvous_master(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Resul
         match listener.accept() {
             Ok((mut s, peer)) => {
                 s.set_nonblocking(false)
-                    .map_err(|e| Error::Comm(e.to_string()))?;
+                    .map_err(Error::comm_io("rendezvous socket options"))?;
                 s.set_read_timeout(Some(Duration::from_secs(10)))
-                    .map_err(|e| Error::Comm(e.to_string()))?;
+                    .map_err(Error::comm_io("rendezvous socket options"))?;
                 let mut hello = [0u8; 8 + 8 + 8 + 2];
-                s.read_exact(&mut hello).map_err(|e| {
-                    Error::Comm(format!("rendezvous: reading hello from {peer}: {e}"))
-                })?;
+                s.read_exact(&mut hello).map_err(Error::comm_io(format!(
+                    "rendezvous: reading hello from {peer}"
+                )))?;
                 if &hello[..8] != MAGIC {
                     return Err(Error::Comm(format!(
                         "rendezvous: {peer} is not a kiln worker"
@@ -590,7 +591,7 @@ fn rendezvous_master(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Resul
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => return Err(Error::Comm(format!("rendezvous accept: {e}"))),
+            Err(e) => return Err(Error::comm_io("rendezvous accept")(e)),
         }
     }
     let addrs: Vec<SocketAddr> = addrs.into_iter().map(|a| a.expect("all joined")).collect();
@@ -599,7 +600,7 @@ fn rendezvous_master(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Resul
     for mut s in conns {
         s.write_all(&(table.len() as u64).to_le_bytes())
             .and_then(|()| s.write_all(&table))
-            .map_err(|e| Error::Comm(format!("rendezvous: {e}")))?;
+            .map_err(Error::comm_io("rendezvous: sending the rank table"))?;
     }
     Ok(addrs)
 }
@@ -607,12 +608,11 @@ fn rendezvous_master(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Resul
 fn rendezvous_worker(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Result<Vec<SocketAddr>> {
     let master = (env.master_addr.as_str(), env.master_port)
         .to_socket_addrs()
-        .map_err(|e| Error::Comm(format!("MASTER_ADDR {}: {e}", env.master_addr)))?
+        .map_err(Error::comm_io(format!("MASTER_ADDR {}", env.master_addr)))?
         .next()
         .ok_or_else(|| Error::Comm(format!("MASTER_ADDR {} has no address", env.master_addr)))?;
-    let mut s = connect_retry(master, deadline).map_err(|e| Error::LostRank {
-        rank: 0,
-        message: format!("rendezvous: cannot reach rank 0 at {master}: {e}"),
+    let mut s = connect_retry(master, deadline).map_err(|e| {
+        Error::lost_rank(0, format!("rendezvous: cannot reach rank 0 at {master}"), e)
     })?;
     let mut hello = Vec::with_capacity(26);
     hello.extend_from_slice(MAGIC);
@@ -620,22 +620,19 @@ fn rendezvous_worker(env: &WorldEnv, ring_port: u16, deadline: Instant) -> Resul
     hello.extend_from_slice(&(env.world as u64).to_le_bytes());
     hello.extend_from_slice(&ring_port.to_le_bytes());
     s.write_all(&hello)
-        .map_err(|e| Error::Comm(format!("rendezvous: {e}")))?;
+        .map_err(Error::comm_io("rendezvous: sending hello"))?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
     s.set_read_timeout(Some(left))
-        .map_err(|e| Error::Comm(e.to_string()))?;
-    let lost = |e: std::io::Error| Error::LostRank {
-        rank: 0,
-        message: format!("rendezvous: waiting for the rank table: {e}"),
-    };
+        .map_err(Error::comm_io("rendezvous socket options"))?;
+    let lost = |e: std::io::Error| Error::lost_rank(0, "rendezvous: waiting for the rank table", e);
     let mut lb = [0u8; 8];
     s.read_exact(&mut lb).map_err(lost)?;
     let mut table = vec![0u8; u64::from_le_bytes(lb) as usize];
     s.read_exact(&mut table).map_err(lost)?;
-    let addrs: Vec<String> = serde_json::from_slice(&table)
-        .map_err(|e| Error::Comm(format!("rendezvous table: {e}")))?;
+    let addrs: Vec<String> =
+        serde_json::from_slice(&table).map_err(Error::comm_failed("rendezvous table"))?;
     let mut out = Vec::new();
     for (r, a) in addrs.iter().enumerate() {
         let mut a: SocketAddr = a

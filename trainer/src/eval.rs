@@ -11,8 +11,8 @@ pub struct Metrics {
     pub rows: u64,
     /// Mean binary cross-entropy (natural log).
     pub logloss: f64,
-    /// Exact ROC AUC (ties count one half).
-    pub auc: f64,
+    /// Exact ROC AUC (ties count one half); `None` (`null`) when the rows hold one class only.
+    pub auc: Option<f64>,
     /// Fraction of rows where `p >= 0.5` matches the label.
     pub accuracy: f64,
     /// Mean predicted probability.
@@ -44,7 +44,10 @@ pub fn metrics(logits: &[f32], labels: &[f32]) -> Metrics {
     Metrics {
         rows: n as u64,
         logloss,
-        auc: auc(logits, labels),
+        auc: roc_auc(
+            &logits.iter().map(|&z| f64::from(z)).collect::<Vec<_>>(),
+            &labels.iter().map(|&y| y >= 0.5).collect::<Vec<_>>(),
+        ),
         accuracy,
         mean_prediction,
         mean_label,
@@ -56,31 +59,36 @@ pub fn metrics(logits: &[f32], labels: &[f32]) -> Metrics {
     }
 }
 
-/// Exact ROC AUC by sorting scores: the Mann-Whitney statistic with tied scores sharing their
-/// average rank. 0.5 when a class is missing.
-pub fn auc(scores: &[f32], labels: &[f32]) -> f64 {
+/// Exact ROC AUC of `scores` against `labels`: the Mann-Whitney statistic, tied scores sharing
+/// their average rank (a tie between a positive and a negative counts one half). `None` when
+/// a class is missing: the AUC is then undefined (not 0.5).
+///
+/// ```
+/// use kiln_trainer::eval::roc_auc;
+/// assert_eq!(roc_auc(&[0.1, 0.4, 0.4, 0.8], &[false, false, true, true]), Some(0.875));
+/// assert_eq!(roc_auc(&[0.1, 0.4], &[true, true]), None);
+/// ```
+pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    assert_eq!(scores.len(), labels.len(), "one label per score");
+    let pos = labels.iter().filter(|&&l| l).count() as f64;
+    let neg = labels.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return None;
+    }
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let (mut rank_sum_pos, mut pos, mut i) = (0.0f64, 0u64, 0usize);
+    let mut rank_sum = 0.0;
+    let mut i = 0;
     while i < idx.len() {
         let mut j = i;
         while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
             j += 1;
         }
         let avg_rank = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &idx[i..=j] {
-            if labels[k] >= 0.5 {
-                rank_sum_pos += avg_rank;
-                pos += 1;
-            }
-        }
+        rank_sum += avg_rank * idx[i..=j].iter().filter(|&&k| labels[k]).count() as f64;
         i = j + 1;
     }
-    let neg = scores.len() as u64 - pos;
-    if pos == 0 || neg == 0 {
-        return 0.5;
-    }
-    (rank_sum_pos - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64)
+    Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
 }
 
 #[cfg(test)]
@@ -89,11 +97,36 @@ mod tests {
 
     #[test]
     fn auc_perfect_inverse_and_ties() {
-        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[0.0, 0.0, 1.0, 1.0]), 1.0);
-        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[0.0, 0.0, 1.0, 1.0]), 0.0);
-        assert_eq!(auc(&[0.5; 4], &[0.0, 1.0, 0.0, 1.0]), 0.5);
+        let l = [false, false, true, true];
+        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &l), Some(1.0));
+        assert_eq!(roc_auc(&[0.9, 0.8, 0.2, 0.1], &l), Some(0.0));
+        assert_eq!(roc_auc(&[0.5; 4], &[false, true, false, true]), Some(0.5));
+        assert_eq!(roc_auc(&[0.5, 0.5], &[false, true]), Some(0.5));
         // pairs: 0.3>0.1, 0.5~0.5 (half), 0.5>0.1, 0.3<0.5: 2.5 / 4
-        assert_eq!(auc(&[0.3, 0.5, 0.5, 0.1], &[1.0, 1.0, 0.0, 0.0]), 0.625);
+        assert_eq!(
+            roc_auc(&[0.3, 0.5, 0.5, 0.1], &[true, true, false, false]),
+            Some(0.625)
+        );
+        // pairs: (0.2 vs 0.1) win, (0.2 vs 0.3) loss, (0.3 vs 0.1) win, (0.3 vs 0.3) tie
+        assert_eq!(roc_auc(&[0.1, 0.3, 0.2, 0.3], &l), Some(0.625));
+    }
+
+    #[test]
+    fn auc_is_undefined_with_one_class() {
+        assert_eq!(roc_auc(&[0.1], &[true]), None);
+        assert_eq!(roc_auc(&[0.1, 0.9, 0.5], &[true, true, true]), None);
+        assert_eq!(roc_auc(&[0.1, 0.9], &[false, false]), None);
+        assert_eq!(roc_auc(&[], &[]), None);
+        let m = metrics(&[0.3, -1.0, 2.0], &[1.0, 1.0, 1.0]);
+        assert_eq!(m.auc, None);
+        assert_eq!(m.rows, 3);
+        // Serialised as null (a gate rule on `auc` then fails), and read back.
+        let j = serde_json::to_value(&m).unwrap();
+        assert!(j["auc"].is_null(), "{j}");
+        let back: Metrics = serde_json::from_value(j).unwrap();
+        assert_eq!(back.auc, None);
+        let j = serde_json::to_value(metrics(&[0.0, 1.0], &[0.0, 1.0])).unwrap();
+        assert_eq!(j["auc"], 1.0);
     }
 
     #[test]
@@ -103,5 +136,6 @@ mod tests {
         assert_eq!(m.mean_prediction, 0.5);
         assert_eq!(m.mean_label, 0.5);
         assert_eq!(m.accuracy, 0.5);
+        assert_eq!(m.auc, Some(0.5));
     }
 }

@@ -21,7 +21,7 @@ use crate::device::infer_device;
 use crate::eval::Metrics;
 use crate::model::{DeepNet, ModelSpec, Params, predict_logits};
 use crate::source::ShardSource;
-use crate::tensorfile::{TensorFile, write_atomic};
+use crate::tensorfile::TensorFile;
 use crate::transform::{Prepared, RowFilter, Transform};
 use crate::{Error, Result};
 
@@ -57,6 +57,10 @@ fn json_atomic<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    kiln_connectors::store::write_atomic(path, bytes).map_err(Error::write)
+}
+
 /// Writes the model directory (each file atomically).
 pub fn export(
     dir: &Path,
@@ -70,7 +74,7 @@ pub fn export(
         .to_burn(&infer_device())
         .into_record()
         .into_bytes()
-        .map_err(|e| Error::file(dir.join("deep.bpk"), format!("{e:?}")))?;
+        .map_err(|e| Error::file(dir.join("deep.bpk"), e))?;
     write_atomic(&dir.join("deep.bpk"), &deep)?;
     let mut emb = TensorFile::default();
     emb.meta
@@ -106,7 +110,7 @@ pub fn load(dir: &Path) -> Result<Model> {
     let emb = TensorFile::read(&dir.join("embeddings.safetensors"))?;
     let table = emb.f32s("table")?;
     if table.len() != spec.table_rows as usize * spec.row_width() {
-        return Err(Error::file(
+        return Err(Error::invalid(
             dir.join("embeddings.safetensors"),
             format!(
                 "table has {} floats, model.json implies {} x {}",
@@ -119,10 +123,10 @@ pub fn load(dir: &Path) -> Result<Model> {
     let bpk = dir.join("deep.bpk");
     let bytes = std::fs::read(&bpk).map_err(|e| Error::file(&bpk, e))?;
     let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-        .map_err(|e| Error::file(&bpk, format!("{e:?}")))?;
+        .map_err(|e| Error::file(&bpk, e))?;
     let net = DeepNet::zeros(&spec, &infer_device())
         .try_load_record(record)
-        .map_err(|e| Error::file(&bpk, format!("{e:?}")))?;
+        .map_err(|e| Error::file(&bpk, e))?;
     let mut params = Params {
         spec: spec.clone(),
         dense: vec![0.0; spec.dense_len()],

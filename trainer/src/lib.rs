@@ -14,6 +14,11 @@
 //! * [`comm`]: rendezvous through rank 0 and a ring all-reduce over TCP.
 //! * [`checkpoint`], [`eval`], [`export`], [`train`]: the training job end to end.
 //! * [`bench`]: throughput and all-reduce bandwidth benchmarks.
+//! * `fixtures` (with the `test-support` feature only): synthetic click data, its config and
+//!   a process group of threads, for tests (the benchmarks run on them too).
+//!
+//! Errors are one [`Error`] enum; each variant that wraps an underlying error keeps it as
+//! its `source()`.
 
 pub mod bench;
 pub mod checkpoint;
@@ -22,6 +27,12 @@ pub mod config;
 pub mod device;
 pub mod eval;
 pub mod export;
+#[cfg(feature = "test-support")]
+pub mod fixtures;
+// Without `test-support` the benchmarks use part of the fixtures; the rest serves tests.
+#[cfg(not(feature = "test-support"))]
+#[allow(dead_code)]
+mod fixtures;
 pub mod loader;
 pub mod model;
 pub mod optim;
@@ -34,7 +45,14 @@ pub use config::TrainConfig;
 pub use source::ShardSource;
 pub use train::{TrainOptions, TrainReport, train};
 
-/// Errors of the trainer. Messages name the file, column, rank or row involved.
+use std::path::{Path, PathBuf};
+
+/// A boxed underlying error (kept as the [`source`](std::error::Error::source) of an [`Error`]).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Errors of the trainer. Messages name the file, column, rank or row involved; a variant that
+/// wraps an underlying error keeps it as its [`source`](std::error::Error::source) and does
+/// not repeat it in its own message (print the chain, e.g. with anyhow's `{:#}`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Invalid `[train]` configuration.
@@ -45,23 +63,58 @@ pub enum Error {
     Column {
         /// Column name.
         column: String,
-        /// What was wrong.
+        /// What was wrong (or what was attempted, when there is a `source`).
         message: String,
+        /// Arrow's error, e.g. of a cast.
+        #[source]
+        source: Option<Box<arrow::error::ArrowError>>,
     },
-    /// Reading the dataset failed.
+    /// The rows read do not allow training (no rows, no shards for a rank, ...).
     #[error("reading dataset: {0}")]
     Data(String),
+    /// Opening or reading a committed dataset failed.
+    #[error("reading dataset: {url}{}", shard.map(|s| format!(": shard {s}")).unwrap_or_default())]
+    Dataset {
+        /// The dataset's URL.
+        url: String,
+        /// The shard being read, if any.
+        shard: Option<usize>,
+        /// The connectors' error.
+        #[source]
+        source: Box<kiln_connectors::Error>,
+    },
     /// A peer process was lost (died, closed its socket or timed out).
     #[error("lost rank {rank}: {message}")]
     LostRank {
         /// The rank that is gone.
         rank: usize,
-        /// What was observed.
+        /// What was observed (or attempted, when there is a `source`).
         message: String,
+        /// The socket error, if one was seen.
+        #[source]
+        source: Option<std::io::Error>,
     },
     /// Rendezvous or protocol failure.
     #[error("distributed setup: {0}")]
     Comm(String),
+    /// A socket operation of the rendezvous or the ring failed.
+    #[error("distributed setup: {context}")]
+    CommIo {
+        /// What was attempted.
+        context: String,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A peer's message could not be decoded, or the ranks' processes failed.
+    #[error("distributed setup: {context}")]
+    CommFailed {
+        /// What was attempted.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
     /// Ranks disagree on the parameters.
     #[error("parameter divergence at step {step}: {message}")]
     Divergence {
@@ -70,25 +123,96 @@ pub enum Error {
         /// Which ranks and checksums.
         message: String,
     },
-    /// A file could not be read or written.
-    #[error("{path}: {message}")]
+    /// A file could not be read, written or parsed.
+    #[error("{}", path.display())]
     File {
-        /// The file.
-        path: String,
+        /// The file (or store URL).
+        path: PathBuf,
         /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// A file's content is not what was expected.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file (or what was parsed, e.g. a peer's message).
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A metadata entry of a tensor file (a checkpoint) does not parse.
+    #[error("{}: metadata `{key}`", path.display())]
+    Metadata {
+        /// The file (or what was parsed, e.g. a peer's message).
+        path: PathBuf,
+        /// The metadata key.
+        key: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A file is not in the safetensors layout.
+    #[error("{}: not a safetensors file", path.display())]
+    Safetensors {
+        /// The file (or what was parsed, e.g. a peer's message).
+        path: PathBuf,
+        /// The safetensors crate's error.
+        #[source]
+        source: Box<safetensors::SafeTensorError>,
+    },
+    /// A tensor file lacks a tensor or holds it with another element type.
+    #[error("{}: tensor `{tensor}`: {message}", path.display())]
+    Tensor {
+        /// The file (or what was parsed, e.g. a peer's message).
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What was wrong.
         message: String,
     },
     /// Burn failed.
     #[error("burn: {0}")]
     Burn(String),
+    /// Reading a tensor's values back from Burn failed.
+    #[error("burn: reading tensor data")]
+    BurnData(#[source] Box<burn::tensor::DataError>),
+    /// Writing a file atomically failed (`kiln_connectors::store::write_atomic`, whose error
+    /// names the file).
+    #[error(transparent)]
+    Write(Box<kiln_connectors::Error>),
+    /// A background thread could not be started.
+    #[error("starting thread `{name}`")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
-    /// An I/O error on `path`.
-    pub fn file(path: impl AsRef<std::path::Path>, e: impl std::fmt::Display) -> Self {
+    /// An error of reading, writing or parsing `path`, caused by `source`.
+    pub fn file(
+        path: impl AsRef<Path>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Error::File {
-            path: path.as_ref().display().to_string(),
-            message: e.to_string(),
+            path: path.as_ref().to_path_buf(),
+            source: Box::new(source),
+        }
+    }
+
+    /// A failed atomic write (of `kiln_connectors::store::write_atomic`).
+    pub fn write(source: kiln_connectors::Error) -> Self {
+        Error::Write(Box::new(source))
+    }
+
+    /// Unexpected content in `path` (no underlying error).
+    pub fn invalid(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
         }
     }
 
@@ -97,6 +221,47 @@ impl Error {
         Error::Column {
             column: column.into(),
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A column error caused by Arrow (`message` says what was attempted).
+    pub fn column_arrow(
+        column: impl Into<String>,
+        message: impl Into<String>,
+        source: arrow::error::ArrowError,
+    ) -> Self {
+        Error::Column {
+            column: column.into(),
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A failed socket operation of the process group (`context` says what was attempted).
+    pub fn comm_io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Error::CommIo { context, source }
+    }
+
+    /// A failure of the process group caused by `source` (e.g. a peer's message that does not
+    /// decode); `context` says what was attempted.
+    pub fn comm_failed<E: std::error::Error + Send + Sync + 'static>(
+        context: impl Into<String>,
+    ) -> impl FnOnce(E) -> Self {
+        let context = context.into();
+        move |source| Error::CommFailed {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    /// A lost peer, seen through a socket error (`message` says what was attempted).
+    pub fn lost_rank(rank: usize, message: impl Into<String>, source: std::io::Error) -> Self {
+        Error::LostRank {
+            rank,
+            message: message.into(),
+            source: Some(source),
         }
     }
 }

@@ -8,9 +8,9 @@
 //! trainer fixes the step count globally, so ranks with fewer rows simply wrap sooner).
 
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, bounded};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -116,16 +116,17 @@ impl Loader {
                 config.rank
             )));
         }
-        let (tx, rx) = bounded(config.read_ahead);
+        let (tx, rx) = sync_channel(config.read_ahead);
+        let name = format!("kiln-loader-{}", config.rank);
         let handle = std::thread::Builder::new()
-            .name(format!("kiln-loader-{}", config.rank))
+            .name(name.clone())
             .spawn(move || {
                 let mut w = Worker::new(source, transform, config, state);
                 if let Err(e) = w.run(&|b| tx.send(Ok(b)).is_ok()) {
                     let _ = tx.send(Err(e));
                 }
             })
-            .map_err(|e| Error::Data(format!("starting the loader thread: {e}")))?;
+            .map_err(|source| Error::Thread { name, source })?;
         Ok(Loader {
             rx: Some(rx),
             handle: Some(handle),
@@ -325,9 +326,14 @@ impl Worker {
 
 fn shard_err(shard: usize, start: u64, e: Error) -> Error {
     match e {
-        Error::Column { column, message } => Error::Column {
+        Error::Column {
+            column,
+            message,
+            source,
+        } => Error::Column {
             column,
             message: format!("{message} (shard {shard}, rows from {start})"),
+            source,
         },
         e => e,
     }

@@ -245,7 +245,7 @@ impl DeepNet {
 fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
         .try_to_vec::<f32>()
-        .map_err(|e| Error::Burn(format!("{e:?}")))
+        .map_err(|e| Error::BurnData(Box::new(e)))
 }
 
 /// Sparse gradient: sorted unique table rows and their summed gradients.

@@ -74,18 +74,20 @@ impl ShardSource for MemorySource {
 }
 
 /// A committed dataset read through its manifest (`kiln_connectors::dataset::Dataset`).
-#[cfg(feature = "dataset")]
 pub struct DatasetSource {
     dataset: kiln_connectors::dataset::Dataset,
     batch_rows: usize,
 }
 
-#[cfg(feature = "dataset")]
 impl DatasetSource {
     /// Opens the dataset at `url` (path, `file://` or `s3://`); fails if it is not committed.
     pub fn open(url: &str) -> Result<Self> {
         let dataset = kiln_connectors::dataset::Dataset::open_blocking(url, Default::default())
-            .map_err(|e| Error::Data(format!("{url}: {e}")))?;
+            .map_err(|e| Error::Dataset {
+                url: url.into(),
+                shard: None,
+                source: Box::new(e),
+            })?;
         Ok(Self {
             dataset,
             batch_rows: 4096,
@@ -93,7 +95,6 @@ impl DatasetSource {
     }
 }
 
-#[cfg(feature = "dataset")]
 impl ShardSource for DatasetSource {
     fn schema(&self) -> SchemaRef {
         self.dataset.schema()
@@ -103,13 +104,16 @@ impl ShardSource for DatasetSource {
     }
     fn read_shard(&self, index: usize) -> Result<BatchIter> {
         let url = self.dataset.location().url.clone();
+        let err = move |e| Error::Dataset {
+            url: url.clone(),
+            shard: Some(index),
+            source: Box::new(e),
+        };
         let it = self
             .dataset
             .read_shards(&[index], None, self.batch_rows)
-            .map_err(|e| Error::Data(format!("{url}: shard {index}: {e}")))?;
-        Ok(Box::new(it.map(move |r| {
-            r.map_err(|e| Error::Data(format!("{url}: shard {index}: {e}")))
-        })))
+            .map_err(err.clone())?;
+        Ok(Box::new(it.map(move |r| r.map_err(&err))))
     }
     fn describe(&self) -> String {
         self.dataset.location().url.clone()

@@ -115,7 +115,7 @@ fn fit_transform(
     let mut merged = Stats::new(config);
     for (r, b) in all.iter().enumerate() {
         let s: Stats = serde_json::from_slice(b)
-            .map_err(|e| Error::Comm(format!("statistics from rank {r}: {e}")))?;
+            .map_err(Error::comm_failed(format!("statistics from rank {r}")))?;
         merged.merge(&s);
     }
     Ok(merged.finish(config))
@@ -362,8 +362,14 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
             let m = metrics(&logits, &labels);
             if opts.progress {
                 eprintln!(
-                    "held-out: {} rows  auc {:.4}  logloss {:.4}  accuracy {:.4}  mean prediction {:.4} vs label {:.4}",
-                    m.rows, m.auc, m.logloss, m.accuracy, m.mean_prediction, m.mean_label
+                    "held-out: {} rows  auc {}  logloss {:.4}  accuracy {:.4}  mean prediction {:.4} vs label {:.4}",
+                    m.rows,
+                    m.auc
+                        .map_or_else(|| "undefined (one class)".into(), |a| format!("{a:.4}")),
+                    m.logloss,
+                    m.accuracy,
+                    m.mean_prediction,
+                    m.mean_label
                 );
             }
             report.metrics = Some(m);

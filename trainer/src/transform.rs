@@ -213,8 +213,8 @@ fn held_out(split: &EvalSplit, batch: &RecordBatch) -> Result<Option<Vec<bool>>>
                 )
             })?;
             let limit = cutoff_value(column, arr.data_type(), cutoff)?;
-            let ints =
-                cast(arr, &DataType::Int64).map_err(|e| Error::column(column, e.to_string()))?;
+            let ints = cast(arr, &DataType::Int64)
+                .map_err(|e| Error::column_arrow(column, "reading as Int64", e))?;
             let ints = ints.as_primitive::<Int64Type>();
             Ok(Some(
                 (0..batch.num_rows())
@@ -287,19 +287,24 @@ impl Keys {
             )
         })?;
         let dt = arr.data_type();
-        let err = |e: arrow::error::ArrowError| Error::column(column, e.to_string());
+        let err = |to: &str| {
+            let message = format!("reading as {to}");
+            move |e| Error::column_arrow(column, message, e)
+        };
         if dt.is_integer()
             || matches!(
                 dt,
                 DataType::Boolean | DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
             )
         {
-            Ok(Keys::Int(cast(arr, &DataType::Int64).map_err(err)?))
+            Ok(Keys::Int(
+                cast(arr, &DataType::Int64).map_err(err("Int64"))?,
+            ))
         } else if matches!(
             dt,
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..)
         ) {
-            Ok(Keys::Str(cast(arr, &DataType::Utf8).map_err(err)?))
+            Ok(Keys::Str(cast(arr, &DataType::Utf8).map_err(err("Utf8"))?))
         } else {
             Err(Error::column(
                 column,
@@ -359,7 +364,7 @@ fn numeric_column(batch: &RecordBatch, column: &str) -> Result<ArrayRef> {
             format!("numeric column must be a number, found {dt}"),
         ));
     }
-    cast(arr, &DataType::Float64).map_err(|e| Error::column(column, e.to_string()))
+    cast(arr, &DataType::Float64).map_err(|e| Error::column_arrow(column, "reading as Float64", e))
 }
 
 fn label_values(batch: &RecordBatch, label: &str, rows: &[u32]) -> Result<Vec<f32>> {

@@ -2,13 +2,24 @@
 
 use std::sync::Arc;
 
-use kiln_trainer::bench::{synthetic_config, synthetic_ctr, with_local_ring};
 use kiln_trainer::comm::Comm;
 use kiln_trainer::config::ModelKind;
-use kiln_trainer::eval::auc;
+use kiln_trainer::eval::roc_auc;
+use kiln_trainer::fixtures::{synthetic_config, synthetic_ctr, with_local_ring};
 use kiln_trainer::loader::assign_shards;
 use kiln_trainer::transform::RowFilter;
 use kiln_trainer::{Error, ShardSource, TrainOptions, train};
+
+/// The error's message followed by those of its sources, `: `-separated (as `{:#}` prints it).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
 
 fn source(rows: usize, shards: usize) -> (Arc<dyn ShardSource>, Vec<f64>) {
     let s = synthetic_ctr(rows, shards, 7);
@@ -77,8 +88,12 @@ fn a_lost_rank_is_named_quickly() {
     })
     .unwrap();
     let err = results[0].as_ref().unwrap().as_ref().unwrap_err();
-    assert!(matches!(err, Error::LostRank { rank: 1, .. }), "{err}");
-    assert!(err.to_string().contains("lost rank 1"), "{err}");
+    assert!(
+        matches!(err, Error::LostRank { rank: 1, .. }),
+        "{}",
+        chain(err)
+    );
+    assert!(chain(err).contains("lost rank 1"), "{}", chain(err));
     assert!(t0.elapsed().as_secs() < 10);
 }
 
@@ -97,8 +112,12 @@ fn a_silent_rank_is_named_after_the_timeout() {
     })
     .unwrap();
     let err = results[0].as_ref().unwrap().as_ref().unwrap_err();
-    assert!(matches!(err, Error::LostRank { rank: 1, .. }), "{err}");
-    assert!(err.to_string().contains("no data for 300ms"), "{err}");
+    assert!(
+        matches!(err, Error::LostRank { rank: 1, .. }),
+        "{}",
+        chain(err)
+    );
+    assert!(chain(err).contains("no data for 300ms"), "{}", chain(err));
     assert!(t0.elapsed().as_millis() < 1500 + 5000);
 }
 
@@ -117,7 +136,8 @@ fn wide_deep_learns_and_predict_reproduces_evaluation() {
     )
     .unwrap();
     let m = report.metrics.clone().unwrap();
-    assert!(m.auc > 0.70, "held-out AUC {}", m.auc);
+    let auc = m.auc.expect("both classes held out");
+    assert!(auc > 0.70, "held-out AUC {auc}");
     assert!(m.rows > 5_000 && m.rows < 7_000, "{}", m.rows);
     assert!((m.mean_prediction - m.mean_label).abs() < 0.05, "{m:?}");
     // The exported model scores the held-out rows exactly as the evaluation did.
@@ -164,7 +184,8 @@ fn logistic_and_mlp_train() {
         )
         .unwrap();
         let m = report.metrics.unwrap();
-        assert!(m.auc > 0.65, "{kind:?}: AUC {}", m.auc);
+        let auc = m.auc.expect("both classes held out");
+        assert!(auc > 0.65, "{kind:?}: AUC {auc}");
     }
 }
 
@@ -263,7 +284,7 @@ fn resumed_run_ends_with_identical_weights() {
 #[test]
 fn auc_of_true_probability_is_the_ceiling() {
     let s = synthetic_ctr(5_000, 1, 3);
-    let labels: Vec<f32> = s
+    let labels: Vec<bool> = s
         .shards
         .iter()
         .flatten()
@@ -275,10 +296,9 @@ fn auc_of_true_probability_is_the_ceiling() {
                 .downcast_ref::<arrow::array::Int32Array>()
                 .unwrap()
                 .clone();
-            l.values().iter().map(|&v| v as f32).collect::<Vec<_>>()
+            l.values().iter().map(|&v| v == 1).collect::<Vec<_>>()
         })
         .collect();
-    let p: Vec<f32> = s.true_prob.iter().map(|&p| p as f32).collect();
-    let a = auc(&p, &labels);
+    let a = roc_auc(&s.true_prob, &labels).expect("both classes");
     assert!(a > 0.75 && a < 0.95, "{a}");
 }

@@ -7,9 +7,10 @@ use anyhow::bail;
 use chrono::NaiveDate;
 use serde_json::json;
 
-use crate::pipeline::config;
-use crate::pipeline::metastore::Store;
-use crate::pipeline::runner::{self, Request};
+use kiln_pipeline::config;
+use kiln_pipeline::metastore::Store;
+use kiln_pipeline::runner::{self, Request};
+use kiln_pipeline::status::{RunStatus, Trigger};
 
 /// Arguments of `kiln backfill`.
 #[derive(clap::Args, Debug, Clone)]
@@ -46,11 +47,7 @@ pub fn done_run(
     Ok(store
         .list_runs(Some(job), Some(date), 1)?
         .into_iter()
-        .find(|r| {
-            matches!(r.status.as_str(), "success" | "rejected")
-                && r.spec_sha256 == spec_sha256
-                && &r.overrides == overrides
-        })
+        .find(|r| r.status.is_done() && r.spec_sha256 == spec_sha256 && &r.overrides == overrides)
         .map(|r| r.id))
 }
 
@@ -82,12 +79,12 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
                 sources: args.overrides.sources.clone(),
                 out: args.overrides.out.clone(),
                 force: args.force,
-                trigger: "backfill".into(),
+                trigger: Trigger::Backfill,
             });
             match r {
                 Ok(s) => {
                     super::run::print_summary(&s, args.json)?;
-                    if s.status == "failed" {
+                    if s.status == RunStatus::Failed {
                         failed.push(d.clone());
                         if !args.keep_going {
                             bail!(

@@ -108,8 +108,9 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
                 &ALLREDUCE_SIZES,
                 &[2, 4],
                 &|world, sizes| {
-                    allreduce_processes(world, sizes).map_err(|e| {
-                        kiln_trainer::Error::Comm(format!("{world} worker processes: {e:#}"))
+                    allreduce_processes(world, sizes).map_err(|e| kiln_trainer::Error::CommFailed {
+                        context: format!("{world} worker processes"),
+                        source: e.into(),
                     })
                 },
             )?;

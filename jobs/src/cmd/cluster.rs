@@ -96,8 +96,7 @@ pub fn run(c: ClusterCommand) -> anyhow::Result<()> {
 
 /// Reads the status of the cluster whose scheduler is at `cluster` (df://HOST:PORT).
 pub fn fetch_status(cluster: &str, status_port: Option<u16>) -> anyhow::Result<ClusterStatus> {
-    let (host, port) =
-        kiln_engine::cluster::parse_cluster_url(cluster).map_err(|e| anyhow::anyhow!(e))?;
+    let (host, port) = kiln_engine::cluster::parse_cluster_url(cluster)?;
     let port = status_port.unwrap_or(port.wrapping_add(1));
     let addr = format!("{host}:{port}");
     let endpoint = format!("http://{addr}{STATUS_PATH}");

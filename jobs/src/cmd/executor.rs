@@ -38,8 +38,8 @@ pub struct ExecutorArgs {
 }
 
 pub fn run(args: ExecutorArgs) -> anyhow::Result<()> {
-    let (scheduler_host, scheduler_port) = kiln_engine::cluster::parse_cluster_url(&args.scheduler)
-        .map_err(|e| anyhow::anyhow!("--scheduler: {e}"))?;
+    let (scheduler_host, scheduler_port) =
+        kiln_engine::cluster::parse_cluster_url(&args.scheduler).context("--scheduler")?;
     let memory_pool_size = match &args.memory_pool {
         Some(text) => Some(
             kiln_engine::job::parse_bytes(text)

@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::generator::{self, Format, GenConfig, GenError, LocalSink, Sink};
+use kiln_gen::{self as generator, Format, GenConfig, GenError, LocalSink, Sink};
 
 /// Subcommands of `kiln gen`.
 #[derive(clap::Subcommand)]
@@ -135,7 +135,7 @@ fn events(a: EventsArgs) -> anyhow::Result<()> {
         let c = &report.ceiling;
         println!(
             "kiln gen events: {} rows in {} day(s) ({} files, {:.1} MB) to {} in {:.2} s; \
-             CTR {:.2}%; ceiling AUC {:.4} on {} ({} views, {:.2}% labelled 1)",
+             CTR {:.2}%; ceiling AUC {} on {} ({} views, {:.2}% labelled 1)",
             report.rows,
             report.days,
             report.files,
@@ -143,7 +143,8 @@ fn events(a: EventsArgs) -> anyhow::Result<()> {
             a.out,
             report.seconds,
             100.0 * report.ctr(),
-            c.auc,
+            c.auc
+                .map_or_else(|| "undefined".into(), |a| format!("{a:.4}")),
             c.date,
             c.views,
             100.0 * c.positives as f64 / c.views.max(1) as f64,

@@ -90,8 +90,10 @@ impl ModelDir {
             upload(path)
                 .and_then(|()| upload(&path.with_file_name("latest")))
                 .map_err(|e| kiln_trainer::Error::File {
-                    path: remote.child("checkpoints").url,
-                    message: format!("uploading checkpoint {}: {e:#}", path.display()),
+                    path: remote.child("checkpoints").url.into(),
+                    source: e
+                        .context(format!("uploading checkpoint {}", path.display()))
+                        .into(),
                 })?;
             tracing::info!(checkpoint = %path.display(), to = %remote.url, "uploaded checkpoint");
             Ok(())

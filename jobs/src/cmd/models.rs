@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use crate::pipeline::config;
-use crate::pipeline::models::{self, Repo};
+use kiln_pipeline::config;
+use kiln_registry::{self as registry, Repo};
 
 /// A job spec (its `[pipeline]` model repository) or a model's directory
 /// (`<models_dir>/<name>`).
@@ -54,7 +54,7 @@ pub enum ModelsCommand {
         version: u64,
         /// Label to move.
         #[arg(long, default_value = "stable")]
-        label: String,
+        label: kiln_registry::Label,
         /// Allow labelling a version the gate rejected.
         #[arg(long)]
         force: bool,
@@ -121,7 +121,7 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
                 .into_iter()
                 .find(|v| v.version == version)
                 .with_context(|| format!("{}: no version {version}", repo.dir.display()))?;
-            let sums = std::fs::read_to_string(repo.version_dir(version).join(models::SUMS))
+            let sums = std::fs::read_to_string(repo.version_dir(version).join(registry::SUMS))
                 .unwrap_or_default();
             if json {
                 println!("{}", json!({"version": info, "sha256sums": sums}));
@@ -151,7 +151,7 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
             force,
         } => {
             let repo = repo_of(&target)?;
-            let l = repo.promote(version, &label, force)?;
+            let l = repo.promote(version, label, force)?;
             println!(
                 "{}: {label} -> {version} (stable {:?}, canary {:?})",
                 repo.dir.display(),
@@ -182,10 +182,12 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
             let mut bad = Vec::new();
             for v in versions {
                 let dir = repo.version_dir(v);
-                let r = models::verify_checksums(&dir).and_then(|n| {
-                    kiln_trainer::export::load(&dir)?;
-                    Ok(n)
-                });
+                let r = registry::verify_checksums(&dir)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|n| {
+                        kiln_trainer::export::load(&dir)?;
+                        Ok(n)
+                    });
                 match r {
                     Ok(n) => println!("version {v}: ok ({n} files, model loads)"),
                     Err(e) => {

@@ -54,8 +54,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         write_output(out, text.into_bytes())?;
     }
     eprintln!(
-        "scored {} rows: auc {:.4} logloss {:.4} mean prediction {:.4} (label {:.4})",
-        metrics.rows, metrics.auc, metrics.logloss, metrics.mean_prediction, metrics.mean_label
+        "scored {} rows: auc {} logloss {:.4} mean prediction {:.4} (label {:.4})",
+        metrics.rows,
+        metrics
+            .auc
+            .map_or_else(|| "undefined (one class)".into(), |a| format!("{a:.4}")),
+        metrics.logloss,
+        metrics.mean_prediction,
+        metrics.mean_label
     );
     if args.json {
         println!(

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use chrono::NaiveDate;
 
-use crate::pipeline::runner::{self, Request, Summary};
+use kiln_pipeline::runner::{self, Request, Summary};
+use kiln_pipeline::status::{RunStatus, Trigger};
 
 /// Arguments of `kiln run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -48,10 +49,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         sources: args.overrides.sources,
         out: args.overrides.out,
         force: args.force,
-        trigger: "run".into(),
+        trigger: Trigger::Run,
     })?;
     print_summary(&summary, args.json)?;
-    if summary.status == "failed" {
+    if summary.status == RunStatus::Failed {
         anyhow::bail!(
             "run {} failed: {}",
             summary.run_id,

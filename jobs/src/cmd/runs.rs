@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
-use crate::pipeline::config;
-use crate::pipeline::metastore::Store;
+use kiln_pipeline::config;
+use kiln_pipeline::metastore::Store;
 
 /// Where the metadata store is.
 #[derive(clap::Args, Debug, Clone)]

@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::pipeline::config;
-use crate::pipeline::metastore::Store;
-use crate::pipeline::runner::{self, Request};
-use crate::pipeline::schedule::Schedule;
+use kiln_pipeline::config;
+use kiln_pipeline::metastore::Store;
+use kiln_pipeline::runner::{self, Request};
+use kiln_pipeline::schedule::Schedule;
+use kiln_pipeline::status::Trigger;
 
 /// Arguments of `kiln schedule`.
 #[derive(clap::Args, Debug, Clone)]
@@ -32,7 +33,7 @@ fn last_done(store: &mut Store, job: &str) -> anyhow::Result<Option<chrono::Naiv
     Ok(store
         .list_runs(Some(job), None, 1000)?
         .into_iter()
-        .filter(|r| matches!(r.status.as_str(), "success" | "rejected"))
+        .filter(|r| r.status.is_done())
         .filter_map(|r| r.run_date.parse().ok())
         .max())
 }
@@ -86,7 +87,7 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
                 sources: args.overrides.sources.clone(),
                 out: args.overrides.out.clone(),
                 force: false,
-                trigger: "schedule".into(),
+                trigger: Trigger::Schedule,
             });
             match r {
                 Ok(s) => eprintln!(

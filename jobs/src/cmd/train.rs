@@ -197,7 +197,7 @@ fn launch(args: &TrainArgs) -> anyhow::Result<()> {
             .env("MASTER_PORT", port.to_string());
         // A worker dies with its launcher (e.g. `kill -9` of `kiln run` or of the launcher):
         // no orphan keeps writing checkpoints that a resumed run is reading.
-        crate::pipeline::proc::die_with_parent(&mut cmd);
+        kiln_pipeline::proc::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting worker {rank}"))?;

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
-pub mod moto;
 pub mod reference;
 pub mod training;
 

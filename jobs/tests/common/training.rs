@@ -6,7 +6,7 @@ use kiln_connectors::dataset::{DatasetWriter, ShardOptions};
 
 /// Writes a committed dataset of `rows` synthetic clicks (4 shards) under `dir`; returns its URL.
 pub fn write_dataset(dir: &Path, rows: usize) -> String {
-    let data = kiln_trainer::bench::synthetic_ctr(rows, 4, 11);
+    let data = kiln_trainer::fixtures::synthetic_ctr(rows, 4, 11);
     let url = format!("file://{}/examples/", dir.display());
     let schema = data.source.clone();
     let schema = kiln_trainer::ShardSource::schema(&schema);

@@ -1,0 +1,397 @@
+//! The spec's `[pipeline]` section (see `docs/pipeline.md`): model repository, metadata
+//! store, per-task retries, sensors, gate, alerts and schedule.
+//!
+//! Relative paths resolve against the spec file's directory, so a copied job directory is
+//! self-contained.
+//!
+//! This is the spec model: it depends on the task names, the gate's rule parser and the
+//! schedule's parser only, never on anything that runs tasks or reads data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kiln_engine::JobSpec;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::gate::Rule;
+use crate::schedule::Schedule;
+pub use crate::schedule::ScheduleConfig;
+use crate::task::{TaskKind, TaskPolicy};
+
+/// Environment variable that overrides `[pipeline] metastore`.
+pub const METASTORE_ENV: &str = "KILN_METASTORE";
+
+/// `[pipeline]` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Model name in the repository (default: the job name).
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// Model repository root; versions go to `<models_dir>/<model_name>/<version>/`.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: String,
+    /// Retention: keep this many newest versions, plus every labelled one.
+    #[serde(default = "default_keep")]
+    pub keep_versions: usize,
+    /// Label a model that passes the gate gets: `stable` (default) or `canary`.
+    #[serde(default = "default_promote_to")]
+    pub promote_to: kiln_registry::Label,
+    /// Run metadata store: a SQLite file path or a `postgres://` URL
+    /// (env `KILN_METASTORE` overrides).
+    #[serde(default = "default_metastore")]
+    pub metastore: String,
+    /// Where runs keep logs, training staging directories and evaluation outputs.
+    #[serde(default = "default_work_dir")]
+    pub work_dir: String,
+    /// Training worker processes (`kiln train --workers`).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Held-out examples the publish step scores again to verify a version.
+    #[serde(default = "default_verify_rows")]
+    pub verify_rows: usize,
+    /// A run lock whose heartbeat is older than this is stale and may be taken over.
+    #[serde(default = "default_lock_stale")]
+    pub lock_stale_seconds: u64,
+    /// Defaults for every task; `[pipeline.tasks.<name>]` overrides per task.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Default backoff before the first retry, seconds (doubles each retry).
+    #[serde(default)]
+    pub backoff_seconds: Option<f64>,
+    /// Default per-attempt timeout, seconds.
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+    /// Per-task policies: `features`, `train`, `evaluate`, `gate`, `publish`.
+    #[serde(default, deserialize_with = "task_policies")]
+    pub tasks: BTreeMap<TaskKind, TaskPolicyConfig>,
+    /// Sensors: wait for inputs before `features`.
+    #[serde(default)]
+    pub sensors: Vec<SensorConfig>,
+    /// The gate.
+    #[serde(default)]
+    pub gate: GateConfig,
+    /// Alerts.
+    #[serde(default)]
+    pub alerts: Option<AlertConfig>,
+    /// The schedule (`kiln schedule`).
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+fn default_models_dir() -> String {
+    "models".into()
+}
+fn default_keep() -> usize {
+    5
+}
+fn default_promote_to() -> kiln_registry::Label {
+    kiln_registry::Label::Stable
+}
+fn default_metastore() -> String {
+    ".kiln/runs.sqlite".into()
+}
+fn default_work_dir() -> String {
+    ".kiln".into()
+}
+fn default_workers() -> usize {
+    1
+}
+fn default_verify_rows() -> usize {
+    32
+}
+fn default_lock_stale() -> u64 {
+    60
+}
+
+/// `[pipeline.tasks.<name>]`: the keys are task names; an unknown one is an error naming the
+/// key and the tasks.
+fn task_policies<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<TaskKind, TaskPolicyConfig>, D::Error> {
+    BTreeMap::<String, TaskPolicyConfig>::deserialize(d)?
+        .into_iter()
+        .map(|(name, policy)| match name.parse::<TaskKind>() {
+            Ok(kind) => Ok((kind, policy)),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "[pipeline.tasks.{name}]: unknown task (tasks: {})",
+                TaskKind::NAMES.join(", ")
+            ))),
+        })
+        .collect()
+}
+
+/// `[pipeline.tasks.<name>]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskPolicyConfig {
+    /// Retries after the first attempt.
+    pub retries: Option<u32>,
+    /// Seconds before the first retry; doubles each retry.
+    pub backoff_seconds: Option<f64>,
+    /// Per-attempt timeout in seconds (the child process is killed).
+    pub timeout_seconds: Option<f64>,
+}
+
+/// `[[pipeline.sensors]]`: wait until an input exists.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    /// Task name suffix: the task is `sensor:<name>`.
+    pub name: String,
+    /// Path or URL (templated with the run date, relative to the spec directory).
+    pub path: String,
+    /// `prefix`: any object/file under the path; `manifest`: a committed `_manifest.json`.
+    #[serde(default = "default_sensor_kind")]
+    pub kind: SensorKind,
+    /// Seconds between checks.
+    #[serde(default = "default_poke")]
+    pub poke_seconds: f64,
+    /// Give up after this many seconds.
+    #[serde(default = "default_sensor_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn default_sensor_kind() -> SensorKind {
+    SensorKind::Prefix
+}
+fn default_poke() -> f64 {
+    30.0
+}
+fn default_sensor_timeout() -> f64 {
+    6.0 * 3600.0
+}
+
+/// What a sensor waits for.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SensorKind {
+    /// Anything under the path.
+    Prefix,
+    /// `<path>/_manifest.json` (a committed Kiln dataset).
+    Manifest,
+}
+
+/// `[pipeline.gate]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// Rules, e.g. `"auc >= 0.70"`, `"auc >= stable + 0.002"`, `"logloss <= stable * 1.01"`.
+    #[serde(default)]
+    pub rules: Vec<String>,
+}
+
+/// `[pipeline.alerts]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Webhook URL receiving a JSON POST on failure or gate rejection.
+    pub webhook: String,
+    /// Retries after the first attempt.
+    #[serde(default = "default_alert_retries")]
+    pub retries: u32,
+    /// Per-request timeout, seconds.
+    #[serde(default = "default_alert_timeout")]
+    pub timeout_seconds: f64,
+    /// Seconds before the first retry (doubles each retry).
+    #[serde(default = "default_alert_backoff")]
+    pub backoff_seconds: f64,
+}
+
+fn default_alert_retries() -> u32 {
+    3
+}
+fn default_alert_timeout() -> f64 {
+    10.0
+}
+fn default_alert_backoff() -> f64 {
+    1.0
+}
+
+/// The `[pipeline]` section resolved against a spec: absolute paths, checked values.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// As written (defaults filled in).
+    pub config: PipelineConfig,
+    /// Model name.
+    pub model_name: String,
+    /// `<models_dir>/<model_name>`, absolute.
+    pub repo_dir: PathBuf,
+    /// Metadata store URL or SQLite path (absolute).
+    pub metastore: String,
+    /// Work directory (absolute).
+    pub work_dir: PathBuf,
+    /// Parsed gate rules.
+    pub gate: Vec<Rule>,
+}
+
+impl Pipeline {
+    /// Reads `[pipeline]` from a loaded spec (an absent section means all defaults).
+    pub fn from_spec(spec: &JobSpec) -> anyhow::Result<Self> {
+        let config: PipelineConfig = match &spec.pipeline {
+            Some(t) => toml::Value::Table(t.clone())
+                .try_into()
+                .map_err(|e| spec.error(format!("[pipeline]: {e}")))?,
+            None => PipelineConfig::default(),
+        };
+        let base = spec.base_dir();
+        let model_name = config
+            .model_name
+            .clone()
+            .unwrap_or_else(|| spec.name.clone());
+        if model_name.is_empty() || model_name.contains('/') || model_name.starts_with('.') {
+            return Err(spec
+                .error(format!(
+                    "[pipeline] model_name `{model_name}`: must be a non-empty directory name"
+                ))
+                .into());
+        }
+        if config.keep_versions == 0 {
+            return Err(spec
+                .error("[pipeline] keep_versions must be at least 1")
+                .into());
+        }
+        if config.workers == 0 {
+            return Err(spec.error("[pipeline] workers must be at least 1").into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &config.sensors {
+            if !seen.insert(s.name.clone()) {
+                return Err(spec
+                    .error(format!(
+                        "[[pipeline.sensors]] `{}` is defined twice",
+                        s.name
+                    ))
+                    .into());
+            }
+            let positive = |x: f64| x.is_finite() && x > 0.0;
+            if !positive(s.poke_seconds) || !positive(s.timeout_seconds) {
+                return Err(spec
+                    .error(format!(
+                        "[[pipeline.sensors]] `{}`: poke_seconds and timeout_seconds must be > 0",
+                        s.name
+                    ))
+                    .into());
+            }
+        }
+        let gate = config
+            .gate
+            .rules
+            .iter()
+            .map(|r| Rule::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| spec.error(format!("[pipeline.gate] rules: {e}")))?;
+        if let Some(s) = &config.schedule {
+            Schedule::new(s).map_err(|e| spec.error(format!("[pipeline.schedule]: {e:#}")))?;
+        }
+        let metastore = std::env::var(METASTORE_ENV)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| config.metastore.clone());
+        let metastore = if metastore.contains("://") {
+            metastore
+        } else {
+            resolve_path(&base, &metastore).display().to_string()
+        };
+        Ok(Pipeline {
+            repo_dir: resolve_path(&base, &config.models_dir).join(&model_name),
+            work_dir: resolve_path(&base, &config.work_dir),
+            model_name,
+            metastore,
+            gate,
+            config,
+        })
+    }
+
+    /// The retry/timeout policy of a fixed task (`sensor:*` tasks use their own timeout).
+    pub fn policy(&self, task: TaskKind) -> TaskPolicy {
+        let t = self.config.tasks.get(&task).cloned().unwrap_or_default();
+        TaskPolicy {
+            retries: t.retries.or(self.config.retries).unwrap_or(0),
+            backoff_seconds: t
+                .backoff_seconds
+                .or(self.config.backoff_seconds)
+                .unwrap_or(10.0),
+            timeout_seconds: t.timeout_seconds.or(self.config.timeout_seconds),
+        }
+    }
+}
+
+/// `rel` against `base` unless absolute (a `file://` prefix is accepted).
+pub fn resolve_path(base: &Path, rel: &str) -> PathBuf {
+    let rel = rel.strip_prefix("file://").unwrap_or(rel);
+    let p = Path::new(rel);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Loads a spec and its pipeline section.
+pub fn load(spec_path: &Path) -> anyhow::Result<(JobSpec, Pipeline)> {
+    let spec = JobSpec::load(spec_path)?;
+    let pipeline = Pipeline::from_spec(&spec)?;
+    Ok((spec, pipeline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_pipeline_section_is_valid() {
+        let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml");
+        let (spec, p) = load(&spec).unwrap();
+        let base = spec.base_dir();
+        assert_eq!(p.model_name, "daily_ctr");
+        assert_eq!(p.repo_dir, base.join("models/daily_ctr"));
+        if std::env::var_os(METASTORE_ENV).is_none() {
+            assert_eq!(
+                p.metastore,
+                base.join(".kiln/runs.sqlite").display().to_string()
+            );
+        }
+        assert_eq!(p.gate.len(), 3);
+        assert_eq!(p.policy(TaskKind::Train).retries, 2);
+        assert_eq!(p.policy(TaskKind::Features).retries, 1);
+        assert_eq!(p.policy(TaskKind::Features).timeout_seconds, None);
+        assert_eq!(p.config.sensors[0].kind, SensorKind::Prefix);
+        assert!(p.config.schedule.as_ref().unwrap().catch_up);
+    }
+
+    #[test]
+    fn mistakes_name_the_spec_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml"),
+        )
+        .unwrap();
+        let check = |from: &str, to: &str, want: &str| {
+            let p = dir.path().join("job.toml");
+            assert!(example.contains(from), "{from}");
+            std::fs::write(&p, example.replacen(from, to, 1)).unwrap();
+            let e = format!("{:#}", load(&p).err().unwrap());
+            assert!(e.starts_with(&p.display().to_string()), "{e}");
+            assert!(e.contains(want), "{e}");
+        };
+        check(
+            "keep_versions = 5",
+            "keep_version = 5",
+            "unknown field `keep_version`",
+        );
+        check(
+            "[pipeline.tasks.train]",
+            "[pipeline.tasks.trian]",
+            "[pipeline.tasks.trian]: unknown task (tasks: features, train, evaluate, gate, publish)",
+        );
+        check("\"auc >= 0.60\"", "\"auc => 0.60\"", "rule `auc => 0.60`");
+        check("Europe/Berlin", "Europe/Berln", "timezone `Europe/Berln`");
+    }
+}

@@ -1,0 +1,66 @@
+//! `gate`: the spec's rules against the current stable version's metrics.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use kiln_registry::Repo;
+use serde_json::Value as Json;
+
+use super::ctx::{Ctx, Upstream, output, sha};
+use crate::dag::{Attempt, Task};
+use crate::task::{TaskId, TaskKind, TaskPolicy};
+
+const KIND: TaskKind = TaskKind::Gate;
+
+/// `gate`: after `evaluate`; in process.
+pub(super) struct GateTask {
+    /// The run.
+    pub ctx: Arc<Ctx>,
+}
+
+impl GateTask {
+    /// The stable version and its metrics, if there is one.
+    fn stable(&self) -> anyhow::Result<Option<(u64, Json)>> {
+        let repo = Repo::new(&self.ctx.pipeline.repo_dir);
+        let Some(v) = repo.labels()?.stable else {
+            return Ok(None);
+        };
+        let p = repo.version_dir(v).join("metrics.json");
+        let m = std::fs::read(&p)
+            .with_context(|| format!("stable version {v}: reading {}", p.display()))?;
+        Ok(Some((v, serde_json::from_slice(&m)?)))
+    }
+}
+
+impl Task<TaskId> for GateTask {
+    fn name(&self) -> TaskId {
+        KIND.into()
+    }
+    fn deps(&self) -> Vec<TaskId> {
+        vec![TaskKind::Evaluate.into()]
+    }
+    fn policy(&self) -> TaskPolicy {
+        self.ctx.policy(KIND)
+    }
+    /// The decision is made once per candidate: a rerun does not re-judge a model against a
+    /// stable version that may be the model itself (`--force` does).
+    fn fingerprint(&self, up: &Upstream) -> anyhow::Result<String> {
+        Ok(sha(&[
+            KIND.as_str(),
+            output(up, TaskKind::Train)["model_sha256"]
+                .as_str()
+                .unwrap_or(""),
+            &output(up, TaskKind::Evaluate)["metrics"].to_string(),
+            &serde_json::to_string(&self.ctx.pipeline.config.gate.rules)?,
+        ]))
+    }
+    fn run(&mut self, _: &Attempt, up: &Upstream) -> anyhow::Result<Json> {
+        let stable = self.stable()?;
+        let d = crate::gate::evaluate(
+            &self.ctx.pipeline.gate,
+            &output(up, TaskKind::Evaluate)["metrics"],
+            stable.as_ref().map(|(v, m)| (*v, m)),
+        );
+        Ok(serde_json::to_value(d)?)
+    }
+}

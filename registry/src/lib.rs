@@ -1,0 +1,633 @@
+//! The model repository, TF Serving layout: `<models_dir>/<name>/<version>/` with integer
+//! versions, plus `labels.json` (`stable`, `canary`, rejected candidates, stable history).
+//!
+//! A version is assembled in `.tmp-*` inside the model's directory, checksummed
+//! (`SHA256SUMS`, `sha256sum -c` format), verified, fsynced, and published by an atomic
+//! rename that never replaces an existing version (`renameat2(RENAME_NOREPLACE)`), so a
+//! reader never sees a half-written version. `labels.json` is replaced by writing a temporary
+//! file, fsyncing and renaming it. Version allocation and label changes hold an exclusive
+//! lock (`std::fs::File::lock`, an `flock`) on `<name>/.lock`. Pruned versions are renamed away
+//! before being deleted.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+mod error;
+mod process;
+use error::io;
+pub use error::{Label, RegistryError, Result};
+pub use process::process_alive;
+
+/// The checksum file of a version.
+pub const SUMS: &str = "SHA256SUMS";
+/// The labels file of a model.
+pub const LABELS: &str = "labels.json";
+/// Provenance of a version.
+pub const LINEAGE: &str = "lineage.json";
+
+/// `labels.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Labels {
+    /// The version serving should use.
+    pub stable: Option<u64>,
+    /// A version under trial.
+    pub canary: Option<u64>,
+    /// Versions the gate rejected (kept, never labelled stable by the pipeline).
+    #[serde(default)]
+    pub rejected: Vec<u64>,
+    /// Versions that were stable, oldest first (the last is the current one); rollback
+    /// steps back through it.
+    #[serde(default)]
+    pub stable_history: Vec<u64>,
+    /// When the file was last written.
+    #[serde(default)]
+    pub updated_at: String,
+}
+
+impl Labels {
+    /// Versions carrying a label.
+    pub fn labelled(&self) -> BTreeSet<u64> {
+        self.stable.into_iter().chain(self.canary).collect()
+    }
+
+    /// Sets `label` to `version`.
+    pub fn set(&mut self, label: Label, version: u64) {
+        match label {
+            Label::Stable => {
+                self.stable = Some(version);
+                self.stable_history.retain(|v| *v != version);
+                self.stable_history.push(version);
+            }
+            Label::Canary => self.canary = Some(version),
+        }
+    }
+}
+
+/// One model's directory in the repository.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    /// `<models_dir>/<name>`.
+    pub dir: PathBuf,
+}
+
+/// A version as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    /// Version number.
+    pub version: u64,
+    /// Labels on it.
+    pub labels: Vec<String>,
+    /// Whether the gate rejected it.
+    pub rejected: bool,
+    /// Its directory.
+    pub path: String,
+    /// `lineage.json` (job, date, run, metrics, gate, ...).
+    pub lineage: Option<Json>,
+}
+
+/// Serializes a repository JSON file (`path` names it in the error).
+fn to_json(value: &impl Serialize, path: &Path) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|source| RegistryError::Json {
+        op: "serializing",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// fsyncs a file or directory.
+fn fsync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io("fsync", path))
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename,
+/// fsync of the directory).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let written = std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::File::open(&tmp))
+        .and_then(|f| f.sync_all())
+        .map_err(io("writing", &tmp));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(io(&format!("renaming {} to", tmp.display()), path))?;
+    fsync(dir)
+}
+
+/// Renames `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; on filesystems
+/// without it, a plain rename, which fails on a non-empty target directory).
+/// Returns false when `to` exists.
+fn rename_noreplace(from: &Path, to: &Path) -> Result<bool> {
+    let renaming = format!("renaming {} to", from.display());
+    let nul = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|e| {
+            io(&renaming, to)(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })
+    };
+    let (a, b) = (nul(from)?, nul(to)?);
+    // SAFETY: valid NUL-terminated paths; the syscall does not retain them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => Ok(false),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            if to.exists() {
+                return Ok(false);
+            }
+            match std::fs::rename(from, to) {
+                Ok(()) => Ok(true),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(false),
+                Err(e) => Err(io(&renaming, to)(e)),
+            }
+        }
+        _ => Err(io(&renaming, to)(e)),
+    }
+}
+
+/// Every regular file under `dir` (relative paths, sorted), skipping `skip` names at the top.
+fn files(dir: &Path, skip: &[&str]) -> Result<Vec<PathBuf>> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let d = root.join(rel);
+        for e in std::fs::read_dir(&d).map_err(io("listing", &d))? {
+            let e = e.map_err(io("listing", &d))?;
+            let r = rel.join(e.file_name());
+            let t = e.file_type().map_err(io("listing", &d))?;
+            if t.is_dir() {
+                walk(root, &r, out)?;
+            } else if t.is_file() {
+                out.push(r);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, Path::new(""), &mut out)?;
+    out.retain(|p| !skip.iter().any(|s| p.starts_with(s)));
+    out.sort();
+    Ok(out)
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(io("reading", path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io("reading", path))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// `SHA256SUMS` text of every file under `dir` except `skip` (`<hex>  <path>` lines).
+pub fn checksums(dir: &Path, skip: &[&str]) -> Result<String> {
+    let mut text = String::new();
+    for rel in files(dir, skip)? {
+        text.push_str(&format!(
+            "{}  {}\n",
+            sha256_file(&dir.join(&rel))?,
+            rel.display()
+        ));
+    }
+    Ok(text)
+}
+
+/// Recomputes a version directory's `SHA256SUMS`; errors name the first mismatching,
+/// missing or unlisted file. Returns the number of files checked.
+pub fn verify_checksums(dir: &Path) -> Result<usize> {
+    let sums_path = dir.join(SUMS);
+    let text = std::fs::read_to_string(&sums_path).map_err(io("reading", &sums_path))?;
+    let mut listed = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let Some((want, rel)) = line.split_once("  ") else {
+            return Err(RegistryError::MalformedSums {
+                path: sums_path,
+                line: i + 1,
+                text: line.to_string(),
+            });
+        };
+        let p = dir.join(rel);
+        if !p.is_file() {
+            return Err(RegistryError::MissingFile(p));
+        }
+        let got = sha256_file(&p)?;
+        if got != want {
+            return Err(RegistryError::ChecksumMismatch {
+                path: p,
+                want: want.to_string(),
+                got,
+            });
+        }
+        listed.insert(PathBuf::from(rel));
+    }
+    for rel in files(dir, &[SUMS])? {
+        if !listed.contains(&rel) {
+            return Err(RegistryError::UnlistedFile(dir.join(rel)));
+        }
+    }
+    Ok(listed.len())
+}
+
+/// Copies a directory tree, skipping `skip` names at the top, fsyncing each file.
+fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
+    for rel in files(from, skip)? {
+        let dst = to.join(&rel);
+        if let Some(p) = dst.parent() {
+            std::fs::create_dir_all(p).map_err(io("creating", p))?;
+        }
+        std::fs::copy(from.join(&rel), &dst).map_err(io(
+            &format!("copying {} to", from.join(&rel).display()),
+            &dst,
+        ))?;
+        fsync(&dst)?;
+    }
+    Ok(())
+}
+
+/// An exclusive lock on `<name>/.lock`, released when the file is closed (dropped).
+struct RepoLock(#[allow(dead_code)] std::fs::File);
+
+impl Repo {
+    /// The repository directory of one model (need not exist yet).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Repo { dir: dir.into() }
+    }
+
+    fn lock(&self) -> Result<RepoLock> {
+        std::fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
+        let p = self.dir.join(".lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io("opening", &p))?;
+        f.lock().map_err(io("locking", &p))?;
+        Ok(RepoLock(f))
+    }
+
+    /// Published versions, ascending (directories named by an integer).
+    pub fn versions(&self) -> Result<Vec<u64>> {
+        let mut v = Vec::new();
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(v),
+            Err(e) => return Err(io("listing", &self.dir)(e)),
+        };
+        for e in rd {
+            let e = e.map_err(io("listing", &self.dir))?;
+            if e.file_type().map_err(io("listing", &self.dir))?.is_dir()
+                && let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok())
+                && n > 0
+            {
+                v.push(n);
+            }
+        }
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// A version's directory.
+    pub fn version_dir(&self, v: u64) -> PathBuf {
+        self.dir.join(v.to_string())
+    }
+
+    /// `labels.json` (empty when absent).
+    pub fn labels(&self) -> Result<Labels> {
+        let p = self.dir.join(LABELS);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| RegistryError::Json {
+                op: "parsing",
+                path: p,
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Labels::default()),
+            Err(e) => Err(io("reading", &p)(e)),
+        }
+    }
+
+    fn write_labels(&self, labels: &mut Labels) -> Result<()> {
+        labels.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut bytes = to_json(labels, &self.dir.join(LABELS))?;
+        bytes.push(b'\n');
+        write_atomic(&self.dir.join(LABELS), &bytes)
+    }
+
+    /// Reads, changes and atomically rewrites `labels.json` under the repository lock.
+    pub fn update_labels<T, E: From<RegistryError>>(
+        &self,
+        f: impl FnOnce(&mut Labels, &[u64]) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let _g = self.lock()?;
+        let mut labels = self.labels()?;
+        let versions = self.versions()?;
+        let out = f(&mut labels, &versions)?;
+        self.write_labels(&mut labels)?;
+        Ok(out)
+    }
+
+    /// A version's `lineage.json`.
+    pub fn lineage(&self, v: u64) -> Option<Json> {
+        std::fs::read(self.version_dir(v).join(LINEAGE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Every version with its labels and lineage.
+    pub fn list(&self) -> Result<Vec<VersionInfo>> {
+        let labels = self.labels()?;
+        Ok(self
+            .versions()?
+            .into_iter()
+            .map(|v| {
+                let mut l = Vec::new();
+                if labels.stable == Some(v) {
+                    l.push(Label::Stable.to_string());
+                }
+                if labels.canary == Some(v) {
+                    l.push(Label::Canary.to_string());
+                }
+                VersionInfo {
+                    version: v,
+                    labels: l,
+                    rejected: labels.rejected.contains(&v),
+                    path: self.version_dir(v).display().to_string(),
+                    lineage: self.lineage(v),
+                }
+            })
+            .collect())
+    }
+
+    /// The version whose `lineage.json` has `key == value` (e.g. a model hash), if any.
+    pub fn find_by_lineage(&self, key: &str, value: &str) -> Result<Option<u64>> {
+        Ok(self.versions()?.into_iter().rev().find(|v| {
+            self.lineage(*v)
+                .is_some_and(|l| l.get(key).and_then(Json::as_str) == Some(value))
+        }))
+    }
+
+    /// Removes `.tmp-*` directories left by dead writers (a killed `kiln run`).
+    pub fn clean_stale_tmp(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Ok(removed);
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(".tmp-")
+                .or_else(|| name.strip_prefix(".trash-"))
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<i64>().ok());
+            if let Some(pid) = pid
+                && !process_alive(pid)
+            {
+                std::fs::remove_dir_all(e.path()).map_err(io("removing", &e.path()))?;
+                removed.push(e.path());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Publishes the model in `model_dir` (without its `checkpoints/`) plus `lineage` as a new
+    /// version: assemble in a temporary directory, write `SHA256SUMS`, check it, run
+    /// `verify` on the assembled directory, then rename it to the next free integer.
+    pub fn publish(
+        &self,
+        model_dir: &Path,
+        lineage: &Json,
+        verify: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Result<u64> {
+        std::fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
+        self.clean_stale_tmp()?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let tmp = self
+            .dir
+            .join(format!(".tmp-{}-{nanos}", std::process::id()));
+        let result = (|| -> Result<u64> {
+            std::fs::create_dir(&tmp).map_err(io("creating", &tmp))?;
+            copy_tree(model_dir, &tmp, &["checkpoints", SUMS, LINEAGE])?;
+            let mut l = to_json(lineage, &tmp.join(LINEAGE))?;
+            l.push(b'\n');
+            std::fs::write(tmp.join(LINEAGE), &l).map_err(io("writing", &tmp.join(LINEAGE)))?;
+            fsync(&tmp.join(LINEAGE))?;
+            let sums = checksums(&tmp, &[SUMS])?;
+            std::fs::write(tmp.join(SUMS), sums).map_err(io("writing", &tmp.join(SUMS)))?;
+            fsync(&tmp.join(SUMS))?;
+            verify_checksums(&tmp)?;
+            verify(&tmp).map_err(|source| RegistryError::Verify {
+                path: tmp.clone(),
+                source,
+            })?;
+            for sub in files(&tmp, &[])?.iter().filter_map(|p| p.parent()) {
+                if !sub.as_os_str().is_empty() {
+                    fsync(&tmp.join(sub))?;
+                }
+            }
+            fsync(&tmp)?;
+            let _g = self.lock()?;
+            let labels = self.labels()?;
+            let mut v = self
+                .versions()?
+                .into_iter()
+                .chain(labels.stable_history.iter().copied())
+                .chain(labels.rejected.iter().copied())
+                .max()
+                .unwrap_or(0)
+                + 1;
+            while !rename_noreplace(&tmp, &self.version_dir(v))? {
+                v += 1;
+            }
+            fsync(&self.dir)?;
+            Ok(v)
+        })();
+        if result.is_err() && tmp.exists() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Retention: removes versions that are neither among the newest `keep` nor labelled.
+    /// Each is renamed away first, so it disappears atomically.
+    pub fn prune(&self, keep: usize) -> Result<Vec<u64>> {
+        let _g = self.lock()?;
+        let labels = self.labels()?;
+        let versions = self.versions()?;
+        let keep_from = versions.len().saturating_sub(keep);
+        let labelled = labels.labelled();
+        let mut removed = Vec::new();
+        for (i, v) in versions.iter().enumerate() {
+            if i >= keep_from || labelled.contains(v) {
+                continue;
+            }
+            let trash = self.dir.join(format!(".trash-{}-{v}", std::process::id()));
+            std::fs::rename(self.version_dir(*v), &trash)
+                .map_err(io(&format!("retiring version {v}: renaming it to"), &trash))?;
+            std::fs::remove_dir_all(&trash).map_err(io("removing", &trash))?;
+            removed.push(*v);
+        }
+        if !removed.is_empty() {
+            fsync(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Points `label` at `version` (which must exist). A rejected version needs `force`.
+    pub fn promote(&self, version: u64, label: Label, force: bool) -> Result<Labels> {
+        self.update_labels(|l, versions| {
+            if !versions.contains(&version) {
+                return Err(RegistryError::NoSuchVersion {
+                    dir: self.dir.clone(),
+                    version,
+                    versions: versions.to_vec(),
+                });
+            }
+            if l.rejected.contains(&version) && !force {
+                return Err(RegistryError::RejectedVersion { version, label });
+            }
+            l.set(label, version);
+            Ok(l.clone())
+        })
+    }
+
+    /// Moves `stable` back to the previous stable version that still exists.
+    pub fn rollback(&self) -> Result<(Option<u64>, u64)> {
+        self.update_labels(|l, versions| {
+            let current = l.stable;
+            let mut history = l.stable_history.clone();
+            if history.last().copied() == current {
+                history.pop();
+            }
+            while let Some(prev) = history.last().copied() {
+                if versions.contains(&prev) && Some(prev) != current {
+                    l.stable = Some(prev);
+                    l.stable_history = history;
+                    return Ok((current, prev));
+                }
+                history.pop();
+            }
+            Err(RegistryError::NothingToRollBack {
+                dir: self.dir.clone(),
+                stable: current,
+                history: l.stable_history.clone(),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(dir: &Path, content: &str) -> PathBuf {
+        let m = dir.join(format!("m-{content}"));
+        std::fs::create_dir_all(m.join("checkpoints")).unwrap();
+        std::fs::write(m.join("model.json"), content).unwrap();
+        std::fs::write(m.join("checkpoints/ckpt"), "big").unwrap();
+        m
+    }
+
+    #[test]
+    fn publishes_verifies_labels_prunes_and_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::new(dir.path().join("models/ctr"));
+        let lin = serde_json::json!({"model_sha256": "a"});
+        let v1 = repo
+            .publish(&model(dir.path(), "one"), &lin, |_| Ok(()))
+            .unwrap();
+        assert_eq!(v1, 1);
+        let d = repo.version_dir(1);
+        assert!(!d.join("checkpoints").exists());
+        assert_eq!(verify_checksums(&d).unwrap(), 2);
+        assert_eq!(repo.find_by_lineage("model_sha256", "a").unwrap(), Some(1));
+        repo.promote(1, Label::Stable, false).unwrap();
+
+        // A failing verification leaves nothing behind.
+        let e = repo
+            .publish(&model(dir.path(), "bad"), &lin, |_| Err("nope".into()))
+            .unwrap_err();
+        assert!(
+            std::error::Error::source(&e).is_some_and(|s| s.to_string() == "nope"),
+            "{e}"
+        );
+        assert_eq!(repo.versions().unwrap(), [1]);
+        assert!(
+            std::fs::read_dir(&repo.dir).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp"))
+        );
+
+        for c in ["two", "three", "four"] {
+            repo.publish(&model(dir.path(), c), &lin, |_| Ok(()))
+                .unwrap();
+        }
+        repo.promote(2, Label::Stable, false).unwrap();
+        repo.update_labels(|l, _| {
+            l.rejected.push(4);
+            Ok::<_, RegistryError>(())
+        })
+        .unwrap();
+        let e = repo.promote(4, Label::Stable, false).unwrap_err();
+        assert!(e.to_string().contains("rejected by the gate"), "{e}");
+        // keep 1: version 4 (newest) + stable 2 stay; 1 and 3 go.
+        assert_eq!(repo.prune(1).unwrap(), [1, 3]);
+        assert_eq!(repo.versions().unwrap(), [2, 4]);
+        // Rollback skips the pruned version 1: nothing earlier exists.
+        assert!(repo.rollback().is_err());
+        let v5 = repo
+            .publish(&model(dir.path(), "five"), &lin, |_| Ok(()))
+            .unwrap();
+        assert_eq!(v5, 5);
+        repo.promote(5, Label::Stable, false).unwrap();
+        assert_eq!(repo.rollback().unwrap(), (Some(5), 2));
+        assert_eq!(repo.labels().unwrap().stable, Some(2));
+
+        // Tampering is detected.
+        std::fs::write(repo.version_dir(5).join("model.json"), "evil").unwrap();
+        let e = verify_checksums(&repo.version_dir(5)).unwrap_err();
+        assert!(e.to_string().contains("SHA-256 mismatch"), "{e}");
+        std::fs::write(repo.version_dir(2).join("extra"), "x").unwrap();
+        let e = verify_checksums(&repo.version_dir(2)).unwrap_err();
+        assert!(e.to_string().contains("not listed"), "{e}");
+    }
+
+    #[test]
+    fn never_replaces_an_existing_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        assert!(!rename_noreplace(&a, &b).unwrap());
+        assert!(rename_noreplace(&a, &dir.path().join("c")).unwrap());
+    }
+}
