@@ -29,7 +29,7 @@ summed over the test groups and peer checks; exits non-zero if anything failed.
 Options:
   --fast      the inner loop: no external servers and no Python peers. Skips the venv,
               PostgreSQL and the peer checks, and runs the same test groups with
-              KILN_TEST_FAST=1 (and KILN_SKIP_S3=1) set, which skip the tests that need servers.
+              KILN_TEST_FAST=1 set, which skip the tests that need servers.
               The full command (no options) stays the one to run before pushing.
   -h, --help  this help
 
@@ -274,10 +274,10 @@ tf_compat() {
 need cargo "install the Rust toolchain (https://rustup.rs)"
 if [ "$fast" = 1 ]; then
   echo "test.sh --fast: no venv, no PostgreSQL, no peer checks; KILN_TEST_FAST=1"
-  export KILN_TEST_FAST=1 KILN_SKIP_S3=1
+  export KILN_TEST_FAST=1
   unset KILN_TEST_POSTGRES_URL
 else
-  unset KILN_TEST_FAST KILN_SKIP_S3
+  unset KILN_TEST_FAST
   need python3 "install Python 3 (Debian: apt-get install python3 python3-venv)"
 
   phase "python peers"

@@ -208,6 +208,7 @@ impl PhysicalExtensionCodec for KilnPhysicalCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_connectors::ShardFormat;
 
     fn spec() -> SinkSpec {
         SinkSpec {
@@ -216,9 +217,9 @@ mod tests {
             run_id: "r1".into(),
             key: "event_id".into(),
             shards: 16,
-            formats: vec!["tfrecord".into(), "parquet".into()],
-            tfrecord_compression: "gzip".into(),
-            parquet_compression: "zstd".into(),
+            formats: vec![ShardFormat::TfRecord, ShardFormat::Parquet],
+            tfrecord_compression: kiln_connectors::Compression::Gzip,
+            parquet_compression: crate::spec::ParquetCodec::Zstd,
         }
     }
 

@@ -141,17 +141,40 @@ fn memory_limit(spec: &JobSpec) -> Result<usize> {
     })
 }
 
-/// Half of physical memory (at least 1 GiB).
+/// Half of the memory this process may use (at least 1 GiB): the container's cgroup limit
+/// when there is one (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`), else physical memory.
 fn default_memory_limit() -> usize {
-    let total = std::fs::read_to_string("/proc/meminfo")
+    let physical = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
-        })
-        .map_or(8 << 30, |kib| kib * 1024);
-    (total / 2).max(1 << 30)
+        .and_then(|s| meminfo_total(&s))
+        .unwrap_or(8 << 30);
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| cgroup_limit(&s))
+    });
+    let available = cgroup.map_or(physical, |c| c.min(physical));
+    (available / 2).max(1 << 30)
+}
+
+/// `MemTotal:` of `/proc/meminfo`, in bytes.
+fn meminfo_total(meminfo: &str) -> Option<usize> {
+    meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map(|kib| kib * 1024)
+}
+
+/// A cgroup memory limit file's value in bytes; `None` for "max" (no limit) or an unreadable
+/// value. cgroup v1 reports "no limit" as a huge number, which `min` with physical memory drops.
+fn cgroup_limit(text: &str) -> Option<usize> {
+    text.trim().parse::<usize>().ok()
 }
 
 /// `"4GiB"`, `"512MiB"`, `"1000000"` -> bytes.
@@ -430,9 +453,9 @@ pub fn sink_spec(o: &OutputSpec, run_id: &str) -> Result<SinkSpec> {
         run_id: run_id.to_string(),
         key: o.key.clone(),
         shards: o.shards,
-        formats: o.formats.iter().map(|f| f.as_str().to_string()).collect(),
-        tfrecord_compression: o.tfrecord_compression.clone(),
-        parquet_compression: o.parquet_compression.clone(),
+        formats: o.formats.clone(),
+        tfrecord_compression: o.tfrecord_compression,
+        parquet_compression: o.parquet_compression,
     })
 }
 
@@ -516,7 +539,7 @@ async fn commit_output(
         location: o.location.clone(),
         rows: manifest.total_rows,
         shards: o.shards,
-        formats: o.formats.iter().map(|f| f.as_str().to_string()).collect(),
+        formats: o.formats.iter().map(|f| f.to_string()).collect(),
         bytes: manifest.shards.iter().map(|s| s.bytes).sum(),
     };
     Ok((manifest, report))
@@ -562,4 +585,17 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_limit_sources() {
+        assert_eq!(super::cgroup_limit("max\n"), None);
+        assert_eq!(super::cgroup_limit("2147483648\n"), Some(2 << 30));
+        assert_eq!(
+            super::meminfo_total("MemTotal:       16384 kB\nMemFree: 1 kB\n"),
+            Some(16 << 20)
+        );
+    }
 }

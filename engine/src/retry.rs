@@ -1,11 +1,14 @@
-//! Source read failures surfaced as I/O errors, so Ballista retries the task.
+//! Transient source and sink failures surfaced as I/O errors, so Ballista retries the task;
+//! permanent ones fail the job at once.
 //!
 //! Ballista retries a task only when its error is a `DataFusionError::IoError`. A Parquet scan
 //! that hits a dropped connection or an S3 5xx fails with an object store error wrapped in a
 //! Parquet error instead. [`SourceIoExec`] sits on every file scan (inserted by
 //! [`crate::write::KilnQueryPlanner`] after physical optimisation, locally and on the
-//! scheduler alike) and turns those into I/O errors naming the scan; anything else (a schema
-//! mismatch, a corrupt file) stays what it is and fails the job at once.
+//! scheduler alike) and turns transient failures into I/O errors naming the scan. Permanent
+//! failures — a missing object, a denied or unauthenticated request, an invalid path, a schema
+//! mismatch, a corrupt file, a value the shard writer cannot encode — are never I/O errors, so
+//! they are not retried ([`is_transient`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -48,21 +51,94 @@ pub fn wrap_sources(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionP
     .map(|t| t.data)
 }
 
-/// An object store failure (possibly inside a Parquet error) as an I/O error naming `what`.
+/// A transient failure (possibly inside a Parquet error) as an I/O error naming `what`, so
+/// it is retried; a permanent one that is an I/O error becomes an execution error, so it is not.
 pub fn retryable(e: DataFusionError, what: &str) -> DataFusionError {
-    let transient = match e.find_root() {
-        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => true,
-        DataFusionError::ParquetError(p) => matches!(
-            p.as_ref(),
-            datafusion::parquet::errors::ParquetError::External(_)
-        ),
-        _ => false,
-    };
-    if transient && !matches!(e, DataFusionError::IoError(_)) {
-        DataFusionError::IoError(std::io::Error::other(format!("{what}: {e}")))
-    } else {
-        e
+    let transient = is_transient(&e);
+    match (transient, matches!(e, DataFusionError::IoError(_))) {
+        (true, false) => DataFusionError::IoError(std::io::Error::other(format!("{what}: {e}"))),
+        (false, true) => DataFusionError::Execution(format!("{what}: {e} (not retried)")),
+        _ => e,
     }
+}
+
+/// Whether retrying could help: network and server failures yes; a missing object, a denied
+/// request, bad input or a plan error no.
+pub fn is_transient(e: &DataFusionError) -> bool {
+    match e.find_root() {
+        DataFusionError::ObjectStore(os) => object_store_transient(os),
+        DataFusionError::IoError(io) => io_transient(io),
+        DataFusionError::ParquetError(p) => match p.as_ref() {
+            datafusion::parquet::errors::ParquetError::External(inner) => {
+                error_transient(inner.as_ref())
+            }
+            _ => false,
+        },
+        DataFusionError::External(inner) => {
+            inner
+                .downcast_ref::<object_store::Error>()
+                .is_some_and(object_store_transient)
+                || inner
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(io_transient)
+        }
+        _ => false,
+    }
+}
+
+/// An error of unknown type from inside a reader: object store and I/O errors are classified;
+/// anything else raised while reading bytes is taken as transient (a timeout, a reset).
+fn error_transient(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    if let Some(os) = e.downcast_ref::<object_store::Error>() {
+        return object_store_transient(os);
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io_transient(io);
+    }
+    true
+}
+
+/// Object store errors: only generic (network, 5xx, timeouts) ones are transient.
+pub fn object_store_transient(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. }
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::AlreadyExists { .. }
+        | E::Precondition { .. }
+        | E::NotModified { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. } => false,
+        E::Generic { source, .. } => match source.downcast_ref::<std::io::Error>() {
+            Some(io) => io_transient(io),
+            None => true,
+        },
+        _ => true,
+    }
+}
+
+/// I/O errors: a missing file, a denied access or bad data are permanent.
+pub fn io_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    if let Some(inner) = e.get_ref()
+        && let Some(os) = inner.downcast_ref::<object_store::Error>()
+    {
+        return object_store_transient(os);
+    }
+    !matches!(
+        e.kind(),
+        K::NotFound
+            | K::PermissionDenied
+            | K::InvalidInput
+            | K::InvalidData
+            | K::Unsupported
+            | K::AlreadyExists
+            | K::IsADirectory
+            | K::NotADirectory
+    )
 }
 
 impl DisplayAs for SourceIoExec {
@@ -156,5 +232,27 @@ mod tests {
         ));
         let schema = DataFusionError::Plan("column x not found".into());
         assert!(matches!(retryable(schema, "x"), DataFusionError::Plan(_)));
+    }
+
+    #[test]
+    fn permanent_failures_are_not_retried() {
+        let missing = DataFusionError::ObjectStore(Box::new(object_store::Error::NotFound {
+            path: "b/x.parquet".into(),
+            source: "404".into(),
+        }));
+        let e = retryable(missing, "reading s3://b/x.parquet");
+        assert!(!matches!(e, DataFusionError::IoError(_)), "{e:?}");
+        let denied = DataFusionError::IoError(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "403",
+        ));
+        let e = retryable(denied, "reading s3://b/x.parquet");
+        assert!(matches!(e, DataFusionError::Execution(_)), "{e:?}");
+        assert!(e.to_string().contains("not retried"), "{e}");
+        let reset = DataFusionError::IoError(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ));
+        assert!(matches!(retryable(reset, "x"), DataFusionError::IoError(_)));
     }
 }

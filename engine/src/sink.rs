@@ -43,9 +43,7 @@ use datafusion::physical_plan::{
     PlanProperties,
 };
 use futures::StreamExt;
-use kiln_connectors::{
-    Compression, Location, ParquetCompression, ShardFile, ShardFormat, ShardOptions, ShardWriter,
-};
+use kiln_connectors::{Compression, Location, ShardFile, ShardFormat, ShardOptions, ShardWriter};
 use serde::{Deserialize, Serialize};
 
 /// Name of the shard-id column added before repartitioning.
@@ -114,44 +112,21 @@ pub struct SinkSpec {
     /// Number of shards.
     pub shards: u32,
     /// `tfrecord` and/or `parquet`.
-    pub formats: Vec<String>,
-    /// TFRecord compression: none | gzip | zlib.
-    pub tfrecord_compression: String,
-    /// Parquet compression: none | snappy | gzip | zstd.
-    pub parquet_compression: String,
+    pub formats: Vec<ShardFormat>,
+    /// TFRecord compression.
+    pub tfrecord_compression: Compression,
+    /// Parquet compression.
+    pub parquet_compression: crate::spec::ParquetCodec,
 }
 
 impl SinkSpec {
     /// The connectors' shard options.
     pub fn options(&self) -> DfResult<ShardOptions> {
-        let formats = self
-            .formats
-            .iter()
-            .map(|f| match f.as_str() {
-                "tfrecord" => Ok(ShardFormat::TfRecord),
-                "parquet" => Ok(ShardFormat::Parquet),
-                other => Err(DataFusionError::Plan(format!(
-                    "output `{}`: unknown format `{other}`",
-                    self.statement
-                ))),
-            })
-            .collect::<DfResult<_>>()?;
-        let tfrecord_compression = match self.tfrecord_compression.as_str() {
-            "none" => Compression::None,
-            "zlib" => Compression::Zlib,
-            _ => Compression::Gzip,
-        };
-        let parquet_compression = match self.parquet_compression.as_str() {
-            "none" => ParquetCompression::None,
-            "snappy" => ParquetCompression::Snappy,
-            "gzip" => ParquetCompression::Gzip(6),
-            _ => ParquetCompression::Zstd(3),
-        };
         Ok(ShardOptions {
             num_shards: self.shards,
-            formats,
-            tfrecord_compression,
-            parquet_compression,
+            formats: self.formats.clone(),
+            tfrecord_compression: self.tfrecord_compression,
+            parquet_compression: self.parquet_compression.compression(),
             key_column: Some(self.key.clone()),
             ..ShardOptions::default()
         })
@@ -397,9 +372,22 @@ impl PartitionWriter {
     }
 }
 
-/// Shard write failures are I/O errors, so a distributed scheduler retries the task.
-fn io_error(e: impl fmt::Display) -> DataFusionError {
-    DataFusionError::IoError(std::io::Error::other(e.to_string()))
+/// Shard write failures: store and I/O failures that may pass are I/O errors, so a distributed
+/// scheduler retries the task; anything else (a value that cannot be encoded, a missing or
+/// denied location, bad options) fails the job at once.
+fn io_error(e: kiln_connectors::Error) -> DataFusionError {
+    let transient = match &e {
+        kiln_connectors::Error::Io { source, .. } => crate::retry::io_transient(source),
+        kiln_connectors::Error::ObjectStore { source, .. } => {
+            crate::retry::object_store_transient(source)
+        }
+        _ => false,
+    };
+    if transient {
+        DataFusionError::IoError(std::io::Error::other(e.to_string()))
+    } else {
+        DataFusionError::External(Box::new(e))
+    }
 }
 
 /// Parses the sink's result rows back into shard files.

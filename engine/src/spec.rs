@@ -207,22 +207,33 @@ pub struct FeatureSpec {
     pub materialize: bool,
 }
 
-/// Shard file formats of an output.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+/// Parquet compression of an output (`parquet_compression`): a closed set; the levels are
+/// Kiln's defaults (zstd 3, gzip 6).
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// TFRecord files of tf.train.Example.
-    Tfrecord,
-    /// Parquet files.
-    Parquet,
+pub enum ParquetCodec {
+    /// Uncompressed.
+    None,
+    /// Snappy.
+    Snappy,
+    /// Zstandard, level 3 (the default).
+    #[default]
+    Zstd,
+    /// Gzip, level 6.
+    Gzip,
 }
 
-impl OutputFormat {
-    /// The format's name in specs, plans and reports.
-    pub fn as_str(self) -> &'static str {
+impl ParquetCodec {
+    /// The connectors' compression setting.
+    pub fn compression(self) -> kiln_connectors::ParquetCompression {
+        use kiln_connectors::ParquetCompression as P;
         match self {
-            OutputFormat::Tfrecord => "tfrecord",
-            OutputFormat::Parquet => "parquet",
+            ParquetCodec::None => P::None,
+            ParquetCodec::Snappy => P::Snappy,
+            ParquetCodec::Zstd => P::Zstd(3),
+            ParquetCodec::Gzip => P::Gzip(6),
         }
     }
 }
@@ -240,20 +251,17 @@ pub struct OutputSpec {
     /// Number of shards.
     pub shards: u32,
     /// One or both formats, written side by side.
-    pub formats: Vec<OutputFormat>,
+    pub formats: Vec<kiln_connectors::ShardFormat>,
     /// TFRecord compression: none | gzip | zlib (default gzip).
     #[serde(default = "default_tfrecord_compression")]
-    pub tfrecord_compression: String,
+    pub tfrecord_compression: kiln_connectors::Compression,
     /// Parquet compression: none | snappy | zstd | gzip (default zstd).
-    #[serde(default = "default_parquet_compression")]
-    pub parquet_compression: String,
+    #[serde(default)]
+    pub parquet_compression: ParquetCodec,
 }
 
-fn default_tfrecord_compression() -> String {
-    "gzip".into()
-}
-fn default_parquet_compression() -> String {
-    "zstd".into()
+fn default_tfrecord_compression() -> kiln_connectors::Compression {
+    kiln_connectors::Compression::Gzip
 }
 
 /// Malformed input row policy.
@@ -431,21 +439,6 @@ impl JobSpec {
                     o.statement
                 )));
             }
-            if !matches!(o.tfrecord_compression.as_str(), "none" | "gzip" | "zlib") {
-                return Err(self.error(format!(
-                    "outputs `{}`: tfrecord_compression `{}` (expected none, gzip or zlib)",
-                    o.statement, o.tfrecord_compression
-                )));
-            }
-            if !matches!(
-                o.parquet_compression.as_str(),
-                "none" | "snappy" | "zstd" | "gzip"
-            ) {
-                return Err(self.error(format!(
-                    "outputs `{}`: parquet_compression `{}` (expected none, snappy, zstd or gzip)",
-                    o.statement, o.parquet_compression
-                )));
-            }
         }
         if self.on_bad_rows == BadRowPolicy::Reject && self.rejects_location.is_none() {
             return Err(self.error("on_bad_rows = \"reject\" needs `rejects_location`"));
@@ -563,26 +556,14 @@ pub fn absolute_url(url: &str, base: &Path) -> Result<String, UrlError> {
     } else {
         base.join(path)
     };
-    let mut s = format!("file://{}", normalize(&abs).display());
+    let mut s = format!(
+        "file://{}",
+        kiln_connectors::store::normalize(&abs).display()
+    );
     if url.ends_with('/') && !s.ends_with('/') {
         s.push('/');
     }
     Ok(s)
-}
-
-/// Removes `.` and `..` components without touching the filesystem.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 fn check_identifier(name: &str) -> Result<(), IdentifierError> {

@@ -141,7 +141,7 @@ fn hook(fail_first: usize) -> Hook {
             let mut body = vec![0u8; len];
             r.read_exact(&mut body).unwrap();
             assert!(
-                request_line.starts_with("POST /hooks/kiln "),
+                request_line.starts_with("POST /hooks/kiln"),
                 "{request_line}"
             );
             let n = {
@@ -687,6 +687,85 @@ fn failure_alert_is_posted_with_retries_and_recorded() {
     assert_eq!(show["events"][0]["kind"], "alert");
     assert_eq!(show["tasks"][0]["name"], "sensor:never");
     assert_eq!(show["tasks"][0]["status"], "failed");
+}
+
+/// Every file under `dir` (recursively) as lossy text, with its path.
+fn files_text(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_text(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, String::from_utf8_lossy(&b).into_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_webhook_token_is_never_printed_or_stored() {
+    const TOKEN: &str = "T0KEN-s3cr3t-9f8e7d";
+    let dir = tempfile::tempdir().unwrap();
+    let h = hook(1);
+    // Delivered after a retry (HTTP 500 first), then unreachable (connection refused).
+    let cases = [
+        (
+            "2026-11-20",
+            format!("{}/{TOKEN}?sig={TOKEN}", h.url),
+            "alert delivered to http://127.0.0.1:",
+        ),
+        (
+            "2026-11-21",
+            format!("http://u:{TOKEN}@127.0.0.1:1/hooks/{TOKEN}?sig={TOKEN}"),
+            "alert to http://127.0.0.1:1/… failed after 2 attempt(s)",
+        ),
+    ];
+    for (date, url, want) in cases {
+        let spec = waiting_spec(
+            dir.path(),
+            &format!(
+                "[pipeline.alerts]\nwebhook = \"{url}\"\nretries = 1\nbackoff_seconds = 0.1\ntimeout_seconds = 5\n"
+            ),
+        );
+        let s = spec.to_str().unwrap();
+        let o = kiln(&["run", s, "--date", date, "--json"], &[]);
+        assert!(!o.status.success());
+        let all = text(&o);
+        assert!(all.contains(want), "{all}");
+        assert!(
+            !all.contains(TOKEN),
+            "the token is on stdout/stderr:\n{all}"
+        );
+        let summary = json_line(&o);
+        assert!(
+            summary["alert"].as_str().unwrap().contains("/…"),
+            "{summary}"
+        );
+        // The run log (and every other file of the run) and the metadata store.
+        let logs = files_text(Path::new(summary["log_dir"].as_str().unwrap()));
+        assert!(logs.iter().any(|(p, _)| p.ends_with("run.log")));
+        for (p, t) in logs.iter().chain(&files_text(&dir.path().join(".kiln"))) {
+            if p.starts_with(dir.path().join(".kiln/staging")) {
+                continue;
+            }
+            assert!(!t.contains(TOKEN), "the token is in {}:\n{t}", p.display());
+        }
+        let show = ok_json(&[
+            "runs",
+            "show",
+            &summary["run_id"].to_string(),
+            "--spec",
+            s,
+            "--json",
+        ]);
+        assert_eq!(show["events"][0]["kind"], "alert");
+        assert!(!show.to_string().contains(TOKEN), "{show}");
+    }
+    assert_eq!(h.bodies.lock().unwrap().len(), 1);
 }
 
 #[test]

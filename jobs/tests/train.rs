@@ -116,3 +116,114 @@ fn a_killed_worker_fails_the_other_and_resume_finishes() {
     assert_eq!(v["steps"], 1500);
     assert!(v["start_step"].as_u64().unwrap() >= 20);
 }
+
+#[test]
+fn four_workers_every_survivor_names_the_killed_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), 20_000);
+    let cfg = write_config(dir.path(), 3000, 20);
+    let model = dir.path().join("model");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut ranks: Vec<_> = (0..4)
+        .map(|rank| {
+            Command::new(KILN)
+                .args(["train", "--config"])
+                .arg(&cfg)
+                .args(["--data", &data, "--model-dir"])
+                .arg(&model)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "4")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    while !model.join("checkpoints/latest").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "no checkpoint written"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ranks[2].kill().unwrap();
+    ranks[2].wait().unwrap();
+    let killed = Instant::now();
+    for (rank, child) in ranks.iter_mut().enumerate() {
+        if rank == 2 {
+            continue;
+        }
+        let status = child.wait().unwrap();
+        let took = killed.elapsed();
+        let mut err = String::new();
+        for l in BufReader::new(child.stderr.take().unwrap()).lines() {
+            err.push_str(&l.unwrap());
+            err.push('\n');
+        }
+        assert!(!status.success(), "rank {rank} succeeded:\n{err}");
+        assert!(took < Duration::from_secs(20), "rank {rank} took {took:?}");
+        assert!(err.contains("lost rank 2"), "rank {rank}:\n{err}");
+        for other in [0, 1, 3] {
+            assert!(
+                !err.contains(&format!("lost rank {other}")),
+                "rank {rank} names rank {other}:\n{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_of_another_dataset() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_dataset(dir.path(), 8_000);
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let b = write_dataset(&b_dir, 9_000);
+    let cfg = write_config(dir.path(), 60, 20);
+    let model = dir.path().join("model");
+    let train = |data: &str, extra: &[&str]| {
+        Command::new(KILN)
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .args(["--data", data, "--model-dir"])
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = train(&a, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sha = |url: &str| {
+        let path = url.strip_prefix("file://").unwrap();
+        let bytes = std::fs::read(format!("{path}_manifest.json")).unwrap();
+        format!("{:x}", sha2::Sha256::digest(bytes))
+    };
+    let out = train(&b, &["--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "resumed on another dataset:\n{err}");
+    assert!(
+        err.contains(&format!("trained on dataset sha256 {}", sha(&a))),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("this run reads {}", sha(&b))),
+        "{err}"
+    );
+    assert!(err.contains("start fresh without --resume"), "{err}");
+    assert!(err.contains("ckpt-0000000060.safetensors"), "{err}");
+    // The same dataset resumes (the run is complete: it ends at once).
+    let out = train(&a, &["--resume", "--json"]);
+    assert_eq!(json_of(&out)["start_step"], 60);
+}

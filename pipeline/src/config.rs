@@ -18,6 +18,24 @@ use crate::schedule::Schedule;
 pub use crate::schedule::ScheduleConfig;
 use crate::task::{TaskKind, TaskPolicy};
 
+/// The longest timeout, backoff or poke interval a spec may ask for (one year): longer
+/// values are mistakes, and the doubling of backoffs is capped here.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Checks a number of seconds from the spec: finite, at most [`MAX_SECONDS`], and > 0 (or
+/// >= 0 when `zero_ok`). The error names the key as the user wrote it.
+fn check_seconds(key: &str, value: f64, zero_ok: bool) -> Result<(), String> {
+    let low_ok = if zero_ok { value >= 0.0 } else { value > 0.0 };
+    if value.is_finite() && low_ok && value <= MAX_SECONDS {
+        return Ok(());
+    }
+    Err(format!(
+        "{key} = {value}: must be a finite number of seconds {} {} and at most {MAX_SECONDS}",
+        if zero_ok { ">=" } else { ">" },
+        0
+    ))
+}
+
 /// Environment variable that overrides `[pipeline] metastore`.
 pub const METASTORE_ENV: &str = "KILN_METASTORE";
 
@@ -187,8 +205,8 @@ pub struct GateConfig {
     pub rules: Vec<String>,
 }
 
-/// `[pipeline.alerts]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[pipeline.alerts]`. Its `Debug` shows the webhook redacted (the URL carries a token).
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
     /// Webhook URL receiving a JSON POST on failure or gate rejection.
@@ -202,6 +220,17 @@ pub struct AlertConfig {
     /// Seconds before the first retry (doubles each retry).
     #[serde(default = "default_alert_backoff")]
     pub backoff_seconds: f64,
+}
+
+impl std::fmt::Debug for AlertConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertConfig")
+            .field("webhook", &crate::secret::redact_url(&self.webhook))
+            .field("retries", &self.retries)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .field("backoff_seconds", &self.backoff_seconds)
+            .finish()
+    }
 }
 
 fn default_alert_retries() -> u32 {
@@ -260,21 +289,18 @@ impl Pipeline {
         if config.workers == 0 {
             return Err(spec.error("[pipeline] workers must be at least 1").into());
         }
+        if config.lock_stale_seconds == 0 {
+            return Err(spec
+                .error("[pipeline] lock_stale_seconds = 0: must be at least 1")
+                .into());
+        }
+        Self::check_durations(&config).map_err(|e| spec.error(e))?;
         let mut seen = std::collections::BTreeSet::new();
         for s in &config.sensors {
             if !seen.insert(s.name.clone()) {
                 return Err(spec
                     .error(format!(
                         "[[pipeline.sensors]] `{}` is defined twice",
-                        s.name
-                    ))
-                    .into());
-            }
-            let positive = |x: f64| x.is_finite() && x > 0.0;
-            if !positive(s.poke_seconds) || !positive(s.timeout_seconds) {
-                return Err(spec
-                    .error(format!(
-                        "[[pipeline.sensors]] `{}`: poke_seconds and timeout_seconds must be > 0",
                         s.name
                     ))
                     .into());
@@ -307,6 +333,44 @@ impl Pipeline {
             gate,
             config,
         })
+    }
+
+    /// Every timeout, backoff and poke interval of `config` is a usable number of seconds
+    /// (`Duration::from_secs_f64` panics on negative, NaN and infinite values); the error
+    /// names the key.
+    fn check_durations(config: &PipelineConfig) -> Result<(), String> {
+        if let Some(t) = config.timeout_seconds {
+            check_seconds("[pipeline] timeout_seconds", t, false)?;
+        }
+        if let Some(b) = config.backoff_seconds {
+            check_seconds("[pipeline] backoff_seconds", b, true)?;
+        }
+        for (task, p) in &config.tasks {
+            if let Some(t) = p.timeout_seconds {
+                check_seconds(
+                    &format!("[pipeline.tasks.{task}] timeout_seconds"),
+                    t,
+                    false,
+                )?;
+            }
+            if let Some(b) = p.backoff_seconds {
+                check_seconds(&format!("[pipeline.tasks.{task}] backoff_seconds"), b, true)?;
+            }
+        }
+        for s in &config.sensors {
+            let key = |k: &str| format!("[[pipeline.sensors]] `{}` {k}", s.name);
+            check_seconds(&key("poke_seconds"), s.poke_seconds, false)?;
+            check_seconds(&key("timeout_seconds"), s.timeout_seconds, false)?;
+        }
+        if let Some(a) = &config.alerts {
+            check_seconds(
+                "[pipeline.alerts] timeout_seconds",
+                a.timeout_seconds,
+                false,
+            )?;
+            check_seconds("[pipeline.alerts] backoff_seconds", a.backoff_seconds, true)?;
+        }
+        Ok(())
     }
 
     /// The retry/timeout policy of a fixed task (`sensor:*` tasks use their own timeout).
@@ -393,5 +457,77 @@ mod tests {
         );
         check("\"auc >= 0.60\"", "\"auc => 0.60\"", "rule `auc => 0.60`");
         check("Europe/Berlin", "Europe/Berln", "timezone `Europe/Berln`");
+    }
+
+    #[test]
+    fn bad_durations_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml"),
+        )
+        .unwrap();
+        let check = |from: &str, to: &str, want: &str| {
+            let p = dir.path().join("job.toml");
+            assert!(example.contains(from), "{from}");
+            std::fs::write(&p, example.replacen(from, to, 1)).unwrap();
+            let e = format!("{:#}", load(&p).err().unwrap());
+            assert!(e.starts_with(&p.display().to_string()), "{e}");
+            assert!(e.contains(want), "{e}");
+        };
+        check(
+            "backoff_seconds = 10 ",
+            "backoff_seconds = -1 ",
+            "[pipeline] backoff_seconds = -1: must be a finite number of seconds >= 0",
+        );
+        check(
+            "backoff_seconds = 10 ",
+            "backoff_seconds = nan ",
+            "[pipeline] backoff_seconds = NaN",
+        );
+        check(
+            "backoff_seconds = 10 ",
+            "backoff_seconds = 10\ntimeout_seconds = inf",
+            "[pipeline] timeout_seconds = inf",
+        );
+        check(
+            "timeout_seconds = 7200",
+            "timeout_seconds = -5",
+            "[pipeline.tasks.train] timeout_seconds = -5: must be a finite number of seconds > 0",
+        );
+        check(
+            "timeout_seconds = 7200",
+            "timeout_seconds = 0",
+            "[pipeline.tasks.train] timeout_seconds = 0",
+        );
+        check(
+            "timeout_seconds = 7200",
+            "timeout_seconds = 7200\nbackoff_seconds = -inf",
+            "[pipeline.tasks.train] backoff_seconds = -inf",
+        );
+        check(
+            "poke_seconds = 60",
+            "poke_seconds = -60",
+            "[[pipeline.sensors]] `events_next_day` poke_seconds = -60",
+        );
+        check(
+            "timeout_seconds = 21600",
+            "timeout_seconds = nan",
+            "[[pipeline.sensors]] `events_next_day` timeout_seconds = NaN",
+        );
+        check(
+            "keep_versions = 5 ",
+            "lock_stale_seconds = 0\nkeep_versions = 5 ",
+            "[pipeline] lock_stale_seconds = 0: must be at least 1",
+        );
+        check(
+            "# [pipeline.alerts]\n# webhook = \"https://hooks.example.com/kiln\"",
+            "[pipeline.alerts]\nwebhook = \"https://hooks.example.com/kiln\"\ntimeout_seconds = inf",
+            "[pipeline.alerts] timeout_seconds = inf",
+        );
+        check(
+            "backoff_seconds = 10 ",
+            "backoff_seconds = 1e300 ",
+            "[pipeline] backoff_seconds = 1000000000000000000000",
+        );
     }
 }

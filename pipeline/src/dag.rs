@@ -17,8 +17,26 @@ use anyhow::bail;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::config::MAX_SECONDS;
 use crate::status::TaskStatus;
 use crate::task::TaskPolicy;
+
+/// `x` seconds as a [`Duration`], never panicking: NaN and negative values are zero, values
+/// over [`MAX_SECONDS`] are capped (the spec's values are checked when it is loaded; this
+/// guards computed ones).
+pub fn seconds(x: f64) -> Duration {
+    let x = if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(0.0, MAX_SECONDS)
+    };
+    Duration::from_secs_f64(x)
+}
+
+/// The wait before retry `n + 1` after attempt `n` failed: `base`, doubling each retry.
+pub fn backoff(base: f64, n: u32) -> Duration {
+    seconds(base * 2f64.powi(n.saturating_sub(1).min(1024) as i32))
+}
 
 /// What names a task: compared, ordered, printed (log files, messages) and serialized.
 pub trait TaskName: Clone + Ord + Display + Serialize {}
@@ -246,7 +264,7 @@ impl<N: TaskName> Dag<N> {
                         "{}.attempt-{n}",
                         name.to_string().replace(':', "-")
                     )),
-                    timeout: policy.timeout_seconds.map(Duration::from_secs_f64),
+                    timeout: policy.timeout_seconds.map(seconds),
                     force,
                 };
                 let attempt_id = rec.attempt_started(task_id, &name, &attempt)?;
@@ -258,11 +276,7 @@ impl<N: TaskName> Dag<N> {
                     }
                     Err(e) => {
                         let error = format!("{e:#}");
-                        let retry_in = (n < total).then(|| {
-                            Duration::from_secs_f64(
-                                policy.backoff_seconds.max(0.0) * 2f64.powi(n as i32 - 1),
-                            )
-                        });
+                        let retry_in = (n < total).then(|| backoff(policy.backoff_seconds, n));
                         rec.attempt_finished(attempt_id, &name, &attempt, Some(&error), retry_in)?;
                         last_error = Some(error);
                         if let Some(d) = retry_in {
@@ -405,6 +419,15 @@ mod tests {
             retries,
             input: "v1".into(),
         })
+    }
+
+    #[test]
+    fn durations_never_panic() {
+        assert_eq!(seconds(f64::NAN), Duration::ZERO);
+        assert_eq!(seconds(-1.0), Duration::ZERO);
+        assert_eq!(seconds(f64::INFINITY), Duration::from_secs_f64(MAX_SECONDS));
+        assert_eq!(backoff(1.0, 3), Duration::from_secs(4));
+        assert_eq!(backoff(1e6, u32::MAX), Duration::from_secs_f64(MAX_SECONDS));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! names, task, status      closed sets: task names, statuses, triggers; task policy
+//! secret                   redaction of secrets (webhook URLs) before they are shown
 //! gate, schedule, proc     rule parsing/evaluation, cron schedule, child processes
 //! config                   the spec's [pipeline] section (the spec model)
 //! alert, dag, metastore    webhook alerts, the task DAG, the run metadata store
@@ -25,5 +26,6 @@ pub mod names;
 pub mod proc;
 pub mod runner;
 pub mod schedule;
+pub mod secret;
 pub mod status;
 pub mod task;

@@ -63,7 +63,7 @@ impl fmt::Display for TaskId {
     }
 }
 
-/// Every name a task may have, for error messages.
+/// Every name a task may have, for error messages ([`TaskKind::NAMES`], then sensors).
 const TASK_NAMES: &[&str] = &[
     "features",
     "train",
@@ -119,6 +119,7 @@ mod tests {
     fn names_round_trip_as_before() {
         let names: Vec<&str> = TaskKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(names, ["features", "train", "evaluate", "gate", "publish"]);
+        assert_eq!(&TASK_NAMES[..TaskKind::NAMES.len()], TaskKind::NAMES);
         for k in TaskKind::ALL {
             let id = TaskId::from(*k);
             assert_eq!(id.to_string(), k.as_str());

@@ -8,6 +8,12 @@
 //! file, fsyncing and renaming it. Version allocation and label changes hold an exclusive
 //! lock (`std::fs::File::lock`, an `flock`) on `<name>/.lock`. Pruned versions are renamed away
 //! before being deleted.
+//!
+//! Scratch directories (`.tmp-*` staging, `.trash-*` retired versions) are named
+//! `.<kind>-<host>-<pid>-<suffix>`: the repository may live on storage shared by several hosts,
+//! where a PID means nothing to another host. [`Repo::clean_stale_tmp`] removes one only when
+//! it belongs to this host and its process is dead, or (any host, or an unnamed legacy one)
+//! when it is older than [`STALE_TMP_AGE`].
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -23,6 +29,102 @@ mod process;
 use error::io;
 pub use error::{Label, RegistryError, Result};
 pub use process::process_alive;
+
+/// A scratch directory (`.tmp-*`, `.trash-*`) older than this is removed whoever wrote it:
+/// no publish or prune takes a day, so its writer (on any host) is gone.
+pub const STALE_TMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// This host's name as it appears in scratch directory names: the characters of a host
+/// name (`[A-Za-z0-9._-]`), anything else replaced by `_`; `localhost` when unknown.
+pub fn this_host() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // (the last byte stays 0 whatever it writes).
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = if r == 0 {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+/// `.<kind>-<host>-<pid>-<suffix>`: a scratch directory name of this process.
+fn scratch_name(kind: &str, suffix: &str) -> String {
+    format!(".{kind}-{}-{}-{suffix}", this_host(), std::process::id())
+}
+
+/// The writer of a scratch directory, from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ScratchWriter {
+    /// Its host; `None` for a legacy `.<kind>-<pid>-<suffix>` name (host unknown).
+    host: Option<String>,
+    /// Its process id on that host.
+    pid: i64,
+}
+
+/// Parses `.tmp-<host>-<pid>-<suffix>` / `.trash-...` (and the legacy host-less form); host
+/// names may contain `-`, so the name is read from the right.
+fn scratch_writer(name: &str) -> Option<ScratchWriter> {
+    let rest = name
+        .strip_prefix(".tmp-")
+        .or_else(|| name.strip_prefix(".trash-"))?;
+    let parts: Vec<&str> = rest.rsplitn(3, '-').collect();
+    match parts[..] {
+        [_suffix, pid, host] if !host.is_empty() => Some(ScratchWriter {
+            host: Some(host.to_string()),
+            pid: pid.parse().ok()?,
+        }),
+        [_suffix, pid] => Some(ScratchWriter {
+            host: None,
+            pid: pid.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// Why a scratch directory may be removed (`Ok`), or why it must stay (`Err`).
+fn scratch_verdict(
+    w: &ScratchWriter,
+    age: Option<std::time::Duration>,
+    host: &str,
+) -> std::result::Result<String, String> {
+    let hours = STALE_TMP_AGE.as_secs() / 3600;
+    if let Some(a) = age
+        && a >= STALE_TMP_AGE
+    {
+        return Ok(format!("older than {hours} h"));
+    }
+    match &w.host {
+        Some(h) if h == host && !process_alive(w.pid) => {
+            Ok(format!("its writer, pid {} on this host, is dead", w.pid))
+        }
+        Some(h) if h == host => Err(format!("its writer, pid {} on this host, is alive", w.pid)),
+        Some(h) => Err(format!(
+            "written by pid {} on host {h}, which this host cannot check; removed once older than {hours} h",
+            w.pid
+        )),
+        None => Err(format!(
+            "written by pid {} on an unknown host (legacy name); removed once older than {hours} h",
+            w.pid
+        )),
+    }
+}
 
 /// The checksum file of a version.
 pub const SUMS: &str = "SHA256SUMS";
@@ -391,24 +493,41 @@ impl Repo {
         }))
     }
 
-    /// Removes `.tmp-*` directories left by dead writers (a killed `kiln run`).
+    /// Removes scratch directories (`.tmp-*`, `.trash-*`) left by dead writers (a killed
+    /// `kiln run`): those of this host whose process is dead, and any older than
+    /// [`STALE_TMP_AGE`]. Others (a live writer here, or a writer on another host sharing the
+    /// storage) are left, with a line on stderr. Returns the removed directories.
     pub fn clean_stale_tmp(&self) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return Ok(removed);
         };
+        let host = this_host();
+        let own_pid = std::process::id() as i64;
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix(".tmp-")
-                .or_else(|| name.strip_prefix(".trash-"))
-                .and_then(|r| r.split('-').next())
-                .and_then(|p| p.parse::<i64>().ok());
-            if let Some(pid) = pid
-                && !process_alive(pid)
-            {
-                std::fs::remove_dir_all(e.path()).map_err(io("removing", &e.path()))?;
-                removed.push(e.path());
+            let Some(w) = scratch_writer(&name) else {
+                continue;
+            };
+            if w.host.as_deref() == Some(host.as_str()) && w.pid == own_pid {
+                continue; // this process's own work in progress
+            }
+            let age = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            match scratch_verdict(&w, age, &host) {
+                Ok(_why) => match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => removed.push(e.path()),
+                    // Another cleaner got there first.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(io("removing", &e.path())(err)),
+                },
+                Err(why) => eprintln!(
+                    "note: model repository {}: leaving {name}: {why}",
+                    self.dir.display()
+                ),
             }
         }
         Ok(removed)
@@ -428,9 +547,7 @@ impl Repo {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let tmp = self
-            .dir
-            .join(format!(".tmp-{}-{nanos}", std::process::id()));
+        let tmp = self.dir.join(scratch_name("tmp", &nanos.to_string()));
         let result = (|| -> Result<u64> {
             std::fs::create_dir(&tmp).map_err(io("creating", &tmp))?;
             copy_tree(model_dir, &tmp, &["checkpoints", SUMS, LINEAGE])?;
@@ -487,7 +604,7 @@ impl Repo {
             if i >= keep_from || labelled.contains(v) {
                 continue;
             }
-            let trash = self.dir.join(format!(".trash-{}-{v}", std::process::id()));
+            let trash = self.dir.join(scratch_name("trash", &v.to_string()));
             std::fs::rename(self.version_dir(*v), &trash)
                 .map_err(io(&format!("retiring version {v}: renaming it to"), &trash))?;
             std::fs::remove_dir_all(&trash).map_err(io("removing", &trash))?;
@@ -618,6 +735,76 @@ mod tests {
         std::fs::write(repo.version_dir(2).join("extra"), "x").unwrap();
         let e = verify_checksums(&repo.version_dir(2)).unwrap_err();
         assert!(e.to_string().contains("not listed"), "{e}");
+    }
+
+    /// A PID that is certainly dead on this host (a child that has been reaped).
+    fn dead_pid() -> i64 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id() as i64;
+        c.wait().unwrap();
+        assert!(!process_alive(pid));
+        pid
+    }
+
+    #[test]
+    fn stale_scratch_is_judged_by_host_pid_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::new(dir.path().join("models/ctr"));
+        std::fs::create_dir_all(&repo.dir).unwrap();
+        let host = this_host();
+        let dead = dead_pid();
+        let mk = |name: &str| {
+            let p = repo.dir.join(name);
+            std::fs::create_dir(&p).unwrap();
+            std::fs::write(p.join("model.json"), "x").unwrap();
+            p
+        };
+        // Another host's publish in progress, whatever its PID means here: kept. The
+        // legacy host-less name of a PID dead here (the old bug): kept too.
+        let other = mk(&format!(".tmp-other-host-{dead}-1"));
+        let legacy = mk(&format!(".tmp-{dead}-2"));
+        let other_trash = mk(&format!(".trash-other-host-{dead}-7"));
+        // This host: a dead writer's directory goes, a live one's stays.
+        let mine_dead = mk(&format!(".tmp-{host}-{dead}-3"));
+        let mine_alive = mk(&format!(".tmp-{host}-1-4"));
+        // Another host's, but older than a day: goes.
+        let old = mk(&format!(".tmp-other-host-{dead}-5"));
+        let day_ago =
+            std::time::SystemTime::now() - STALE_TMP_AGE - std::time::Duration::from_secs(60);
+        std::fs::File::open(&old)
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+        let mut removed = repo.clean_stale_tmp().unwrap();
+        removed.sort();
+        let mut want = vec![mine_dead, old];
+        want.sort();
+        assert_eq!(removed, want);
+        for p in [&other, &legacy, &other_trash, &mine_alive] {
+            assert!(p.join("model.json").exists(), "{}", p.display());
+        }
+        // A publish leaves another host's staging directory alone, and stages under a
+        // name carrying this host and PID.
+        let v = repo
+            .publish(&model(dir.path(), "one"), &serde_json::json!({}), |tmp| {
+                let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
+                let w = scratch_writer(&name).unwrap();
+                assert_eq!(w.host.as_deref(), Some(host.as_str()), "{name}");
+                assert_eq!(w.pid, std::process::id() as i64);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(v, 1);
+        assert!(other.join("model.json").exists());
+        assert_eq!(
+            scratch_writer(".tmp-a-b-c-42-99"),
+            Some(ScratchWriter {
+                host: Some("a-b-c".into()),
+                pid: 42
+            })
+        );
+        assert_eq!(scratch_writer(".tmp-x"), None);
+        assert_eq!(scratch_writer("1"), None);
     }
 
     #[test]

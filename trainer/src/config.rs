@@ -301,6 +301,27 @@ impl TrainConfig {
                 }
             }
         }
+        // Every column owns `hash_buckets + 1` table rows (the extra one for null), or at
+        // least one (out of vocabulary) for a vocabulary; row ids are u32.
+        let rows: u128 = self
+            .categorical
+            .iter()
+            .map(|c| c.hash_buckets.map_or(1, |b| u128::from(b) + 1))
+            .sum();
+        if rows > crate::transform::MAX_TABLE_ROWS {
+            let buckets: Vec<String> = self
+                .categorical
+                .iter()
+                .filter_map(|c| c.hash_buckets.map(|b| format!("`{}`: {b}", c.column)))
+                .collect();
+            return bad(format!(
+                "[train] categorical hash_buckets add up to {rows} embedding-table rows (one \
+                 more per column, for null) over {} columns ({}): more than the 2^32 ids a \
+                 table row id addresses, so ids would alias; lower hash_buckets",
+                self.categorical.len(),
+                buckets.join(", ")
+            ));
+        }
         if self.model != ModelKind::Logistic
             && !self.categorical.is_empty()
             && self.embedding_dim == 0
@@ -331,6 +352,60 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// Keys of the `[train]` table that do not change what a run computes (progress output,
+/// read-ahead, how often to checkpoint or compare checksums, the device of the dense
+/// network): `--resume` may change them.
+pub const RESUMABLE_KEYS: [&str; 5] = [
+    "log_every",
+    "read_ahead",
+    "checkpoint_every",
+    "checksum_every",
+    "device",
+];
+
+impl TrainConfig {
+    /// The settings that shape a run (every key but [`RESUMABLE_KEYS`]) as a JSON object,
+    /// and the SHA-256 (hex) of its canonical bytes (keys sorted). A checkpoint records both,
+    /// so `--resume` can say which keys changed.
+    pub fn run_fingerprint(&self) -> (serde_json::Value, String) {
+        let mut v = serde_json::to_value(self).expect("a config serialises to JSON");
+        if let Some(o) = v.as_object_mut() {
+            for k in RESUMABLE_KEYS {
+                o.remove(k);
+            }
+        }
+        let hash = sha256_hex(canonical_json(&v).as_bytes());
+        (v, hash)
+    }
+}
+
+/// JSON text with every object's keys in sorted order (whatever map serde_json is built with).
+pub(crate) fn canonical_json(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&o[k])))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => {
+            let parts: Vec<String> = a.iter().map(canonical_json).collect();
+            format!("[{}]", parts.join(","))
+        }
+        v => v.to_string(),
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 fn one() -> u64 {

@@ -9,8 +9,9 @@
 //! | `embeddings.safetensors` | tensor `table` `[rows, width]` f32: per categorical id its embedding (`embedding_dim` values) then, for wide models, its wide weight; column `c` owns rows `offset..offset+size` of `transform.json` |
 //! | `metrics.json` | held-out metrics |
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::Module;
 use burn::store::ModuleRecord;
@@ -61,7 +62,24 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     kiln_connectors::store::write_atomic(path, bytes).map_err(Error::write)
 }
 
-/// Writes the model directory (each file atomically).
+/// The files [`export`] writes. Anything else in a model directory (`checkpoints/`, files
+/// of other tools) is kept across an export; these are all replaced together.
+pub const MODEL_FILES: [&str; 5] = [
+    "model.json",
+    "transform.json",
+    "deep.bpk",
+    "embeddings.safetensors",
+    "metrics.json",
+];
+
+/// Writes the model directory atomically: a reader (or a crash) sees the old model or the new
+/// one, never files of both. The files are written (and fsynced) into a staging directory
+/// next to `dir`, which then takes `dir`'s place in one rename: on Linux `renameat2`'s
+/// `RENAME_EXCHANGE` (macOS: `renamex_np`'s `RENAME_SWAP`) swaps the two directories, and the
+/// entries of the old one that are not [`MODEL_FILES`] (`checkpoints/`, ...) are moved into
+/// the new one; where a swap is not supported, the old directory is renamed away first (a
+/// reader in between finds no model rather than a mixed one). A model file the new export
+/// lacks (`metrics.json` without an evaluation) does not survive from the old model.
 pub fn export(
     dir: &Path,
     file: &ModelFile,
@@ -69,7 +87,46 @@ pub fn export(
     params: &Params,
     metrics: Option<&Metrics>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::file(&parent, e))?;
+    // A model directory that is a symbolic link is replaced where it points.
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => dir.to_path_buf(),
+        Err(e) => return Err(Error::file(dir, e)),
+    };
+    let parent = dir.parent().map_or(parent, Path::to_path_buf);
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::invalid(&dir, "a model directory needs a name"))?
+        .to_string_lossy()
+        .into_owned();
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let stage = parent.join(format!(".{name}.export-{tag}"));
+    std::fs::create_dir(&stage).map_err(|e| Error::file(&stage, e))?;
+    let written = write_model_files(&stage, file, transform, params, metrics);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&stage);
+        return Err(e);
+    }
+    install(&stage, &dir, &parent.join(format!(".{name}.old-{tag}")))
+}
+
+fn write_model_files(
+    dir: &Path,
+    file: &ModelFile,
+    transform: &Transform,
+    params: &Params,
+    metrics: Option<&Metrics>,
+) -> Result<()> {
     let deep = params
         .to_burn(&infer_device())
         .into_record()
@@ -95,6 +152,156 @@ pub fn export(
         json_atomic(&dir.join("metrics.json"), m)?;
     }
     json_atomic(&dir.join("model.json"), file)
+}
+
+/// Puts the staged model directory `stage` in the place of `dir` (see [`export`]); `old` is
+/// a free name next to them for the fallback without a swap.
+fn install(stage: &Path, dir: &Path, old: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| Error::file(p, e)
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::rename(stage, dir).map_err(io(dir))?;
+            return sync_dir(parent);
+        }
+        Err(e) => return Err(Error::file(dir, e)),
+        Ok(m) if !m.is_dir() => {
+            let _ = std::fs::remove_dir_all(stage);
+            return Err(Error::invalid(
+                dir,
+                "the model directory is not a directory",
+            ));
+        }
+        Ok(_) => {}
+    }
+    match swap_dirs(stage, dir) {
+        Ok(true) => {
+            // `dir` is the new model; `stage` the old directory, whose other entries move over.
+            move_kept_entries(stage, dir)?;
+            std::fs::remove_dir_all(stage).map_err(io(stage))?;
+            return sync_dir(parent);
+        }
+        Ok(false) => {}
+        Err(e) if cannot_rename(&e) => return replace_in_place(stage, dir),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(stage);
+            return Err(Error::file(dir, e));
+        }
+    }
+    if let Err(e) = std::fs::rename(dir, old) {
+        if cannot_rename(&e) {
+            return replace_in_place(stage, dir);
+        }
+        let _ = std::fs::remove_dir_all(stage);
+        return Err(Error::file(dir, e));
+    }
+    let moved =
+        move_kept_entries(old, stage).and_then(|()| std::fs::rename(stage, dir).map_err(io(dir)));
+    if let Err(e) = moved {
+        // Put the old directory back (with whatever did not move), keep the staged model.
+        let _ = move_kept_entries(stage, old);
+        let _ = std::fs::rename(old, dir);
+        return Err(e);
+    }
+    std::fs::remove_dir_all(old).map_err(io(old))?;
+    sync_dir(parent)
+}
+
+/// A directory that cannot be renamed: a mount point (`EBUSY`), or a staging directory on
+/// another file system (`EXDEV`).
+fn cannot_rename(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EXDEV))
+}
+
+/// Replaces the model files of `dir` with those of `stage` in place, for a model directory
+/// that cannot be renamed (a mount point): `model.json` is removed first and written last,
+/// each file atomically, and model files `stage` lacks are removed; so a reader finds the old
+/// model, no model, or the new one, never `model.json` with another model's files.
+fn replace_in_place(stage: &Path, dir: &Path) -> Result<()> {
+    let remove = |p: &Path| match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::file(p, e)),
+        _ => Ok(()),
+    };
+    remove(&dir.join("model.json"))?;
+    for name in MODEL_FILES
+        .iter()
+        .filter(|n| **n != "model.json")
+        .chain(["model.json"].iter())
+    {
+        let from = stage.join(name);
+        match std::fs::read(&from) {
+            Ok(bytes) => write_atomic(&dir.join(name), &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => remove(&dir.join(name))?,
+            Err(e) => return Err(Error::file(&from, e)),
+        }
+    }
+    std::fs::remove_dir_all(stage).map_err(|e| Error::file(stage, e))
+}
+
+/// Moves every entry of `from` that is not one of [`MODEL_FILES`] into `to`.
+fn move_kept_entries(from: &Path, to: &Path) -> Result<()> {
+    for e in std::fs::read_dir(from).map_err(|e| Error::file(from, e))? {
+        let e = e.map_err(|e| Error::file(from, e))?;
+        let name = e.file_name();
+        if MODEL_FILES.iter().any(|m| name == *m) {
+            continue;
+        }
+        std::fs::rename(e.path(), to.join(&name)).map_err(|err| Error::file(e.path(), err))?;
+    }
+    Ok(())
+}
+
+/// Swaps two directories atomically; `Ok(false)` where the file system cannot.
+#[cfg(any(target_os = "linux", target_vendor = "apple"))]
+fn swap_dirs(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths that outlive the call.
+    #[cfg(target_os = "linux")]
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    // SAFETY: as above.
+    #[cfg(target_vendor = "apple")]
+    let r = unsafe { libc::renamex_np(ca.as_ptr(), cb.as_ptr(), libc::RENAME_SWAP) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(code)
+            if [libc::EINVAL, libc::ENOSYS, libc::ENOTSUP, libc::EOPNOTSUPP].contains(&code) =>
+        {
+            Ok(false)
+        }
+        _ => Err(e),
+    }
+}
+
+/// Swaps two directories atomically; `Ok(false)`: not on this system.
+#[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+fn swap_dirs(_a: &Path, _b: &Path) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::file(dir, e))
 }
 
 /// Reads a model directory written by [`export`].
@@ -158,9 +365,10 @@ pub fn score(
         let mut start = 0u64;
         for batch in source.read_shard(shard)? {
             let batch = batch?;
-            let sel = transform.rows(&batch, filter)?;
+            let at = |e: Error| e.in_shard(shard, start);
+            let sel = transform.rows(&batch, filter).map_err(at)?;
             rows.clear();
-            transform.prepare(&batch, &sel, &mut rows)?;
+            transform.prepare(&batch, &sel, &mut rows).map_err(at)?;
             logits.extend(predict_logits(params, &rows)?);
             labels.extend_from_slice(&rows.labels);
             where_.extend(sel.iter().map(|&r| (shard as u32, start + r as u64)));
@@ -168,4 +376,37 @@ pub fn score(
         }
     }
     Ok((logits, labels, where_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacing_in_place_keeps_other_entries_and_drops_stale_model_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (stage, dir) = (d.path().join("stage"), d.path().join("model"));
+        std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+        std::fs::create_dir_all(&stage).unwrap();
+        for f in MODEL_FILES {
+            std::fs::write(dir.join(f), "old").unwrap();
+            if f != "metrics.json" {
+                std::fs::write(stage.join(f), "new").unwrap();
+            }
+        }
+        std::fs::write(dir.join("checkpoints/latest"), "ckpt").unwrap();
+        replace_in_place(&stage, &dir).unwrap();
+        for f in MODEL_FILES {
+            if f == "metrics.json" {
+                assert!(!dir.join(f).exists(), "a stale {f} is left");
+            } else {
+                assert_eq!(std::fs::read_to_string(dir.join(f)).unwrap(), "new", "{f}");
+            }
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.join("checkpoints/latest")).unwrap(),
+            "ckpt"
+        );
+        assert!(!stage.exists());
+    }
 }

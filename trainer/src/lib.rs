@@ -69,6 +69,25 @@ pub enum Error {
         #[source]
         source: Option<Box<arrow::error::ArrowError>>,
     },
+    /// A value of one row is invalid (a label that is not 0 or 1, an infinite number, ...).
+    #[error("column `{column}`, {at}: {message}")]
+    Value {
+        /// Column name.
+        column: String,
+        /// Where the row is.
+        at: RowAt,
+        /// What was wrong with the value.
+        message: String,
+    },
+    /// A checkpoint cannot continue this run (`--resume` with another dataset, seed or
+    /// config, or a checkpoint whose content is out of range).
+    #[error("{}: {message}", checkpoint.display())]
+    Resume {
+        /// The checkpoint file.
+        checkpoint: PathBuf,
+        /// What does not match, and what to do.
+        message: String,
+    },
     /// The rows read do not allow training (no rows, no shards for a rank, ...).
     #[error("reading dataset: {0}")]
     Data(String),
@@ -262,6 +281,70 @@ impl Error {
             rank,
             message: message.into(),
             source: Some(source),
+        }
+    }
+}
+
+/// Where a row is: its shard and row number in the shard when known, else its row in the
+/// record batch being read (callers that know the shard rebase it with [`Error::in_shard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowAt {
+    /// The shard (index in the dataset), when known.
+    pub shard: Option<usize>,
+    /// Row number: in the shard when `shard` is set, else in the record batch.
+    pub row: u64,
+}
+
+impl std::fmt::Display for RowAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.shard {
+            Some(s) => write!(f, "shard {s}, row {}", self.row),
+            None => write!(f, "row {} of a record batch", self.row),
+        }
+    }
+}
+
+impl Error {
+    /// Places a row-level error of a record batch whose first row is row `first_row` of
+    /// shard `shard` (a [`Error::Value`] gets its shard and row in the shard; a
+    /// [`Error::Column`] names the shard and the batch's first row). Other errors are
+    /// returned unchanged.
+    pub fn in_shard(self, shard: usize, first_row: u64) -> Self {
+        match self {
+            Error::Value {
+                column,
+                at: RowAt { shard: None, row },
+                message,
+            } => Error::Value {
+                column,
+                at: RowAt {
+                    shard: Some(shard),
+                    row: first_row + row,
+                },
+                message,
+            },
+            Error::Column {
+                column,
+                message,
+                source,
+            } => Error::Column {
+                column,
+                message: format!("{message} (shard {shard}, rows from {first_row})"),
+                source,
+            },
+            e => e,
+        }
+    }
+
+    /// An invalid value at row `row` of a record batch.
+    pub fn value(column: impl Into<String>, row: usize, message: impl Into<String>) -> Self {
+        Error::Value {
+            column: column.into(),
+            at: RowAt {
+                shard: None,
+                row: row as u64,
+            },
+            message: message.into(),
         }
     }
 }

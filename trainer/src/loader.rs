@@ -8,7 +8,7 @@
 //! trainer fixes the step count globally, so ranks with fewer rows simply wrap sooner).
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::thread::JoinHandle;
 
 use rand::seq::SliceRandom;
@@ -116,12 +116,12 @@ impl Loader {
                 config.rank
             )));
         }
-        let (tx, rx) = sync_channel(config.read_ahead);
-        let name = format!("kiln-loader-{}", config.rank);
+        let mut w = Worker::new(source, transform, config, state)?;
+        let (tx, rx) = sync_channel(w.cfg.read_ahead);
+        let name = format!("kiln-loader-{}", w.cfg.rank);
         let handle = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                let mut w = Worker::new(source, transform, config, state);
                 if let Err(e) = w.run(&|b| tx.send(Ok(b)).is_ok()) {
                     let _ = tx.send(Err(e));
                 }
@@ -141,12 +141,29 @@ impl Loader {
             .recv()
             .map_err(|_| Error::Data("the loader stopped early".into()))?
     }
+
+    /// The next batch, or `None` if none is ready within `wait` (so that a caller blocked on
+    /// slow reads can look at other things, e.g. whether a peer died, and wait again).
+    pub fn next_batch_timeout(&mut self, wait: std::time::Duration) -> Result<Option<Batch>> {
+        match self.rx.as_ref().expect("running").recv_timeout(wait) {
+            Ok(b) => b.map(Some),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(Error::Data("the loader stopped early".into()))
+            }
+        }
+    }
 }
 
 impl Drop for Loader {
+    /// Stops the background thread: it ends at its next batch, when it finds the channel
+    /// closed. A thread that has finished is joined; one still blocked in a read (a store
+    /// that hangs) is left to end on its own, so that dropping a loader never hangs.
     fn drop(&mut self) {
         drop(self.rx.take());
-        if let Some(h) = self.handle.take() {
+        if let Some(h) = self.handle.take()
+            && h.is_finished()
+        {
             let _ = h.join();
         }
     }
@@ -171,6 +188,85 @@ pub fn epoch_order(seed: u64, rank: usize, epoch: u64, shards: &[usize]) -> Vec<
     order
 }
 
+/// The shuffle buffer's RNG of `rank`, at word position 0.
+fn shuffle_rng(seed: u64, rank: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(mix(seed, rank as u64, u64::MAX))
+}
+
+impl LoaderPosition {
+    /// The shuffle RNG's word position: a decimal `u128` that the RNG can take (ChaCha8's
+    /// stream position has 68 bits; a larger value would silently wrap).
+    pub fn word_pos(&self) -> std::result::Result<u128, String> {
+        let bad = || {
+            format!(
+                "shuffle RNG position `{}` is not a stream position (a decimal number below 2^68)",
+                self.rng_word_pos
+            )
+        };
+        let pos: u128 = self.rng_word_pos.parse().map_err(|_| bad())?;
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        rng.set_word_pos(pos);
+        if rng.get_word_pos() != pos {
+            return Err(bad());
+        }
+        Ok(pos)
+    }
+}
+
+impl LoaderState {
+    /// Checks that this state can continue a loader of `cfg` with `transform` over shards of
+    /// `shard_rows` rows (what a corrupt or foreign checkpoint would break): the RNG position,
+    /// the shard cursor and the rows read in that shard, and the shuffle buffer's shape, ids
+    /// and labels. The message says what is out of range.
+    pub fn check(
+        &self,
+        transform: &Transform,
+        cfg: &LoaderConfig,
+        shard_rows: &[u64],
+    ) -> std::result::Result<(), String> {
+        let p = &self.position;
+        p.word_pos()?;
+        if p.shard_pos > cfg.shards.len() {
+            return Err(format!(
+                "shard cursor {} is past this rank's {} shards",
+                p.shard_pos,
+                cfg.shards.len()
+            ));
+        }
+        let in_shard = if p.shard_pos < cfg.shards.len() {
+            let order = epoch_order(cfg.seed, cfg.rank, p.epoch, &cfg.shards);
+            let shard = order[p.shard_pos];
+            let rows = shard_rows.get(shard).copied().ok_or_else(|| {
+                format!(
+                    "shard {shard} is not in the dataset ({} shards)",
+                    shard_rows.len()
+                )
+            })?;
+            Some((shard, rows))
+        } else {
+            None
+        };
+        match in_shard {
+            Some((shard, rows)) if p.rows_in_shard > rows => {
+                return Err(format!(
+                    "{} rows read in shard {shard}, which has {rows}",
+                    p.rows_in_shard
+                ));
+            }
+            None if p.rows_in_shard > 0 => {
+                return Err(format!(
+                    "{} rows read past the end of the epoch's shards",
+                    p.rows_in_shard
+                ));
+            }
+            _ => {}
+        }
+        self.buffer
+            .check(transform)
+            .map_err(|m| format!("shuffle buffer: {m}"))
+    }
+}
+
 struct Worker {
     source: Arc<dyn ShardSource>,
     transform: Arc<Transform>,
@@ -186,13 +282,16 @@ impl Worker {
         transform: Arc<Transform>,
         cfg: LoaderConfig,
         state: Option<LoaderState>,
-    ) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, cfg.rank as u64, u64::MAX));
+    ) -> Result<Self> {
+        let mut rng = shuffle_rng(cfg.seed, cfg.rank);
         let nf = transform.categorical.len();
         let nd = transform.dense_width();
         let (buffer, pos) = match state {
             Some(s) => {
-                rng.set_word_pos(s.position.rng_word_pos.parse().unwrap_or(0));
+                let rows = source.shard_rows();
+                s.check(&transform, &cfg, &rows)
+                    .map_err(|m| Error::Data(format!("loader state of rank {}: {m}", cfg.rank)))?;
+                rng.set_word_pos(s.position.word_pos().map_err(Error::Data)?);
                 (s.buffer, s.position)
             }
             None => (
@@ -206,14 +305,14 @@ impl Worker {
                 },
             ),
         };
-        Worker {
+        Ok(Worker {
             source,
             transform,
             cfg,
             rng,
             buffer,
             pos,
-        }
+        })
     }
 
     fn run(&mut self, emit: &dyn Fn(Batch) -> bool) -> Result<()> {
@@ -246,7 +345,7 @@ impl Worker {
                     chunk.clear();
                     self.transform
                         .prepare(&batch, &rows, &mut chunk)
-                        .map_err(|e| shard_err(shard, start, e))?;
+                        .map_err(|e| e.in_shard(shard, start))?;
                     rows_this_epoch_pass += chunk.len() as u64;
                     for k in 0..chunk.len() {
                         let consumed = start + chunk.source_rows[k] as u64 + 1;
@@ -321,20 +420,5 @@ impl Worker {
             rows,
             state_after,
         })
-    }
-}
-
-fn shard_err(shard: usize, start: u64, e: Error) -> Error {
-    match e {
-        Error::Column {
-            column,
-            message,
-            source,
-        } => Error::Column {
-            column,
-            message: format!("{message} (shard {shard}, rows from {start})"),
-            source,
-        },
-        e => e,
     }
 }

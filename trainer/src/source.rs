@@ -21,6 +21,12 @@ pub trait ShardSource: Send + Sync {
     fn read_shard(&self, index: usize) -> Result<BatchIter>;
     /// Human-readable location (for messages and `--json`).
     fn describe(&self) -> String;
+    /// What identifies these rows: the SHA-256 (hex) of the committed dataset's manifest,
+    /// which lists every shard with its own SHA-256. Checkpoints record it, and `--resume`
+    /// refuses a checkpoint of other data. `None` (the default): unknown, not checked.
+    fn dataset_sha256(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Shards held in memory (tests, benchmarks).
@@ -28,6 +34,7 @@ pub trait ShardSource: Send + Sync {
 pub struct MemorySource {
     schema: SchemaRef,
     shards: Vec<Arc<Vec<RecordBatch>>>,
+    sha256: Option<String>,
 }
 
 impl MemorySource {
@@ -45,7 +52,14 @@ impl MemorySource {
         Ok(Self {
             schema,
             shards: shards.into_iter().map(Arc::new).collect(),
+            sha256: None,
         })
+    }
+
+    /// The same rows, identified as `sha256` (see [`ShardSource::dataset_sha256`]).
+    pub fn with_dataset_sha256(mut self, sha256: impl Into<String>) -> Self {
+        self.sha256 = Some(sha256.into());
+        self
     }
 }
 
@@ -71,12 +85,18 @@ impl ShardSource for MemorySource {
     fn describe(&self) -> String {
         format!("memory ({} shards)", self.shards.len())
     }
+    fn dataset_sha256(&self) -> Option<String> {
+        self.sha256.clone()
+    }
 }
 
 /// A committed dataset read through its manifest (`kiln_connectors::dataset::Dataset`).
 pub struct DatasetSource {
     dataset: kiln_connectors::dataset::Dataset,
     batch_rows: usize,
+    /// SHA-256 of the manifest's bytes as committed (`Manifest::to_json_bytes`, which is
+    /// what the commit writes).
+    manifest_sha256: String,
 }
 
 impl DatasetSource {
@@ -88,9 +108,11 @@ impl DatasetSource {
                 shard: None,
                 source: Box::new(e),
             })?;
+        let manifest_sha256 = crate::config::sha256_hex(&dataset.manifest().to_json_bytes());
         Ok(Self {
             dataset,
             batch_rows: 4096,
+            manifest_sha256,
         })
     }
 }
@@ -117,5 +139,8 @@ impl ShardSource for DatasetSource {
     }
     fn describe(&self) -> String {
         self.dataset.location().url.clone()
+    }
+    fn dataset_sha256(&self) -> Option<String> {
+        Some(self.manifest_sha256.clone())
     }
 }

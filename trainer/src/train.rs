@@ -5,13 +5,16 @@
 //! takes exactly that many steps; its loader wraps into the next epoch when its own shards run
 //! out, so uneven shards never deadlock (ranks with fewer rows see theirs slightly more often).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::checkpoint::{self, Checkpoint, loader_state_bytes, loader_state_from_bytes};
+use crate::checkpoint::{
+    self, Checkpoint, RunIdentity, loader_state_bytes, loader_state_from_bytes,
+};
 use crate::comm::Comm;
 use crate::config::{EvalSplit, TrainConfig};
 use crate::eval::{Metrics, metrics};
@@ -40,7 +43,10 @@ pub struct TrainOptions {
     /// Socket timeout of collectives during training.
     pub step_timeout: Duration,
     /// Called on rank 0 right after each checkpoint is written, with its path (e.g. to copy
-    /// it to an object store); an error stops training.
+    /// it to an object store); an error stops training. Checkpoints are written and this
+    /// hook runs on a background thread, so neither counts against the other ranks' peer
+    /// timeout; a checkpoint due while the previous one is still being written replaces any
+    /// checkpoint still waiting (the newest is kept; the last one of a run is always written).
     pub on_checkpoint: Option<CheckpointHook>,
 }
 
@@ -106,8 +112,12 @@ fn fit_transform(
 ) -> Result<Transform> {
     let mut stats = Stats::new(config);
     for &s in shards {
+        let mut start = 0u64;
         for b in source.read_shard(s)? {
-            stats.add(config, &b?)?;
+            let b = b?;
+            comm.check_peers()?;
+            stats.add(config, &b).map_err(|e| e.in_shard(s, start))?;
+            start += b.num_rows() as u64;
         }
     }
     let mine = serde_json::to_vec(&stats).expect("json");
@@ -118,7 +128,7 @@ fn fit_transform(
             .map_err(Error::comm_failed(format!("statistics from rank {r}")))?;
         merged.merge(&s);
     }
-    Ok(merged.finish(config))
+    merged.finish(config)
 }
 
 fn check_same(comm: &mut Comm, step: u64, params: &Params) -> Result<u64> {
@@ -159,44 +169,48 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     let shard_rows = opts.source.shard_rows();
     let assignment = assign_shards(&shard_rows, world);
     let my_shards = assignment[rank].clone();
+    comm.set_keepalive(opts.step_timeout)?;
+    let identity = RunIdentity::new(cfg, opts.source.as_ref());
 
-    // The latest checkpoint, read by rank 0 and sent to every rank.
-    let ckpt_bytes = if opts.resume && rank == 0 {
-        checkpoint::latest_bytes(&opts.model_dir)?
-            .map(|(_, b)| b)
-            .unwrap_or_default()
+    // The latest checkpoint, read by rank 0 and sent to every rank; each checks that it
+    // continues this run (same data, seed, config, workers).
+    let ckpt = if opts.resume {
+        read_checkpoint(opts, comm)?
     } else {
-        Vec::new()
-    };
-    let ckpt_bytes = if world > 1 && opts.resume {
-        comm.set_timeout(Duration::from_secs(600))?;
-        comm.allgather_bytes(&ckpt_bytes)?.swap_remove(0)
-    } else {
-        ckpt_bytes
-    };
-    let ckpt = if ckpt_bytes.is_empty() {
+        if rank == 0 {
+            checkpoint::clear_latest(&opts.model_dir)?;
+        }
         None
-    } else {
-        Some(Checkpoint::from_bytes(
-            &ckpt_bytes,
-            &checkpoint::dir(&opts.model_dir).display().to_string(),
-        )?)
     };
-    drop(ckpt_bytes);
-    if let Some(c) = &ckpt
-        && c.loaders.len() != world
-    {
-        return Err(Error::Config(format!(
-            "the checkpoint was written by {} workers; resume with --workers {}",
-            c.loaders.len(),
-            c.loaders.len()
-        )));
+    if let Some((path, c)) = &ckpt {
+        let refuse = |message: String| Error::Resume {
+            checkpoint: path.clone(),
+            message,
+        };
+        match &c.run {
+            Some(run) => {
+                if let Some(m) = run.resume_mismatch(&identity) {
+                    return Err(refuse(m));
+                }
+            }
+            None => tracing::warn!(
+                "{}: written by an older Kiln, without its dataset, seed and config: they are not checked",
+                path.display()
+            ),
+        }
+        if c.loaders.len() != world {
+            return Err(refuse(format!(
+                "the checkpoint was written by {} workers; resume with --workers {}",
+                c.loaders.len(),
+                c.loaders.len()
+            )));
+        }
     }
 
     let t_fit = Instant::now();
     comm.set_timeout(Duration::from_secs(3600))?;
     let transform = match &ckpt {
-        Some(c) => c.transform.clone(),
+        Some((_, c)) => c.transform.clone(),
         None => fit_transform(cfg, &opts.source, &my_shards, comm)?,
     };
     comm.set_timeout(opts.step_timeout)?;
@@ -211,13 +225,35 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
         None => (cfg.epochs.unwrap_or(1) * (transform.train_rows / cfg.batch_size as u64)).max(1),
     };
     let spec = ModelSpec::new(cfg, &transform);
+    let loader_config = |r: usize| LoaderConfig {
+        seed: cfg.seed,
+        rank: r,
+        shards: assignment[r].clone(),
+        batch_rows: local_batch,
+        shuffle_buffer: cfg.shuffle_buffer,
+        read_ahead: cfg.read_ahead,
+        end_batch: total_steps,
+        snapshot_every: cfg.checkpoint_every,
+    };
     let (mut params, mut opt, start_step, loader_state) = match ckpt {
-        Some(c) => {
+        Some((path, c)) => {
             if c.total_steps != total_steps || c.params.spec != spec {
-                return Err(Error::Config(format!(
-                    "the checkpoint is of a different run ({} steps, spec {:?}); this config gives {total_steps} steps",
-                    c.total_steps, c.params.spec
-                )));
+                return Err(Error::Resume {
+                    checkpoint: path,
+                    message: format!(
+                        "the checkpoint is of a different run ({} steps, spec {:?}); this config gives {total_steps} steps; start fresh without --resume",
+                        c.total_steps, c.params.spec
+                    ),
+                });
+            }
+            // Every rank checks every rank's loader state, so that all fail alike.
+            for (r, state) in c.loaders.iter().enumerate() {
+                state
+                    .check(&transform, &loader_config(r), &shard_rows)
+                    .map_err(|m| Error::Resume {
+                        checkpoint: path.clone(),
+                        message: format!("corrupt checkpoint: loader state of rank {r}: {m}"),
+                    })?;
             }
             let state = c.loaders.into_iter().nth(rank);
             (c.params, c.optimizer, c.step, state)
@@ -251,18 +287,22 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     let mut loader = Loader::start(
         opts.source.clone(),
         transform.clone(),
-        LoaderConfig {
-            seed: cfg.seed,
-            rank,
-            shards: my_shards,
-            batch_rows: local_batch,
-            shuffle_buffer: cfg.shuffle_buffer,
-            read_ahead: cfg.read_ahead,
-            end_batch: total_steps,
-            snapshot_every: cfg.checkpoint_every,
-        },
+        loader_config(rank),
         loader_state,
     )?;
+    let run = CheckpointRun {
+        identity,
+        total_steps,
+        transform: transform.clone(),
+        writer: if rank == 0 {
+            Some(CheckpointWriter::start(
+                opts.model_dir.clone(),
+                opts.on_checkpoint.clone(),
+            )?)
+        } else {
+            None
+        },
+    };
 
     let scale = 1.0 / cfg.batch_size as f32;
     let width = spec.row_width();
@@ -273,7 +313,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     let mut step = start_step;
     let mut stopped_early = false;
     while step < total_steps {
-        let batch = loader.next_batch()?;
+        let batch = next_batch(&mut loader, comm)?;
         debug_assert_eq!(batch.index, step);
         let g = forward_backward(&params, &batch.rows, scale)?;
         dense_buf[..g.dense.len()].copy_from_slice(&g.dense);
@@ -300,16 +340,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
             check_same(comm, step, &params)?;
         }
         if let Some(state) = batch.state_after {
-            write_checkpoint(
-                opts,
-                comm,
-                step,
-                total_steps,
-                &transform,
-                &params,
-                &opt,
-                state,
-            )?;
+            write_checkpoint(&run, comm, step, &params, &opt, state)?;
         }
         if cfg.log_every > 0 && (step.is_multiple_of(cfg.log_every) || step == total_steps) {
             last_loss = window.0 / window.1.max(1) as f64;
@@ -330,6 +361,10 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     let elapsed = t0.elapsed().as_secs_f64();
     drop(loader);
     let checksum = check_same(comm, step, &params)?;
+    // Every checkpoint is on disk (and through the hook) before the model is exported.
+    if let Some(w) = run.writer {
+        w.finish()?;
+    }
     let examples_per_sec = (step - start_step) as f64 * cfg.batch_size as f64 / elapsed.max(1e-9);
     if opts.progress && rank == 0 {
         eprintln!(
@@ -394,36 +429,184 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The next batch of the loader. With peers, it waits in slices and asks the group between
+/// them whether a rank was lost, so that a rank blocked on slow reads still fails promptly,
+/// naming the rank that died.
+fn next_batch(loader: &mut Loader, comm: &Comm) -> Result<crate::loader::Batch> {
+    if comm.world() == 1 {
+        return loader.next_batch();
+    }
+    loop {
+        if let Some(b) = loader.next_batch_timeout(Duration::from_millis(100))? {
+            return Ok(b);
+        }
+        comm.check_peers()?;
+    }
+}
+
+/// The latest checkpoint of `opts.model_dir`: rank 0 reads it and sends its path and bytes
+/// to every rank; every rank parses and checks it.
+fn read_checkpoint(opts: &TrainOptions, comm: &mut Comm) -> Result<Option<(PathBuf, Checkpoint)>> {
+    let mut msg = Vec::new();
+    if comm.rank() == 0
+        && let Some((path, bytes)) = checkpoint::latest_bytes(&opts.model_dir)?
+    {
+        let p = path.to_string_lossy();
+        msg.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        msg.extend_from_slice(p.as_bytes());
+        msg.extend_from_slice(&bytes);
+    }
+    if comm.world() > 1 {
+        comm.set_timeout(Duration::from_secs(600))?;
+        msg = comm.allgather_bytes(&msg)?.swap_remove(0);
+    }
+    if msg.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::Comm("rank 0 sent a malformed checkpoint message".into());
+    let n = u64::from_le_bytes(msg.get(..8).ok_or_else(bad)?.try_into().expect("8")) as usize;
+    let path =
+        PathBuf::from(std::str::from_utf8(msg.get(8..8 + n).ok_or_else(bad)?).map_err(|_| bad())?);
+    let c = Checkpoint::from_bytes(&msg[8 + n..], &path)?;
+    Ok(Some((path, c)))
+}
+
+/// What every checkpoint of a run shares, and rank 0's writer.
+struct CheckpointRun {
+    identity: RunIdentity,
+    total_steps: u64,
+    transform: Arc<Transform>,
+    writer: Option<CheckpointWriter>,
+}
+
 fn write_checkpoint(
-    opts: &TrainOptions,
+    run: &CheckpointRun,
     comm: &mut Comm,
     step: u64,
-    total_steps: u64,
-    transform: &Transform,
     params: &Params,
     opt: &Optimizer,
     mine: LoaderState,
 ) -> Result<()> {
     let states = comm.allgather_bytes(&loader_state_bytes(&mine))?;
-    if comm.rank() == 0 {
+    if let Some(w) = &run.writer {
         let loaders = states
             .iter()
             .map(|b| loader_state_from_bytes(b))
             .collect::<Result<Vec<_>>>()?;
-        let c = Checkpoint {
+        w.submit(Checkpoint {
+            run: Some(run.identity.clone()),
             step,
-            total_steps,
-            transform: transform.clone(),
+            total_steps: run.total_steps,
+            transform: (*run.transform).clone(),
             params: params.clone(),
             optimizer: opt.clone(),
             loaders,
-        };
-        let path = c.write(&opts.model_dir)?;
-        tracing::debug!("checkpoint {}", path.display());
-        if let Some(hook) = &opts.on_checkpoint {
-            hook(&path)?;
-        }
+        })?;
     }
     Ok(())
+}
+
+/// Rank 0's checkpoint writer: a thread that writes each submitted checkpoint and runs the
+/// hook (an upload, say), so that neither holds up the step loop, whose peers are waiting in
+/// the next collective with their peer timeout. At most one checkpoint waits: a newer one
+/// replaces it. The first failure is returned by the next [`submit`](Self::submit) or by
+/// [`finish`](Self::finish).
+struct CheckpointWriter {
+    slot: Arc<(Mutex<WriterSlot>, Condvar)>,
+    handle: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WriterSlot {
+    pending: Option<Checkpoint>,
+    closed: bool,
+    error: Option<Error>,
+}
+
+impl CheckpointWriter {
+    fn start(model_dir: PathBuf, hook: Option<CheckpointHook>) -> Result<Self> {
+        let slot = Arc::new((Mutex::new(WriterSlot::default()), Condvar::new()));
+        let s = slot.clone();
+        let name = "kiln-checkpoint-writer".to_string();
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || write_loop(&s, &model_dir, hook.as_ref()))
+            .map_err(|source| Error::Thread { name, source })?;
+        Ok(Self {
+            slot,
+            handle: Some(handle),
+        })
+    }
+
+    fn submit(&self, c: Checkpoint) -> Result<()> {
+        let (m, cv) = &*self.slot;
+        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = g.error.take() {
+            return Err(e);
+        }
+        if let Some(old) = g.pending.replace(c) {
+            tracing::info!(
+                "checkpoint of step {} not written: the previous checkpoint is still being written, and a newer one is due",
+                old.step
+            );
+        }
+        cv.notify_all();
+        Ok(())
+    }
+
+    /// Writes what is waiting, stops the thread and returns the first failure.
+    fn finish(mut self) -> Result<()> {
+        self.close();
+        let (m, _) = &*self.slot;
+        match m.lock().unwrap_or_else(|p| p.into_inner()).error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn close(&mut self) {
+        let (m, cv) = &*self.slot;
+        m.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        cv.notify_all();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for CheckpointWriter {
+    /// A run that fails still finishes writing the checkpoint it had taken (resumable).
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn write_loop(
+    slot: &(Mutex<WriterSlot>, Condvar),
+    model_dir: &Path,
+    hook: Option<&CheckpointHook>,
+) {
+    let (m, cv) = slot;
+    loop {
+        let c = {
+            let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+            while g.pending.is_none() && !g.closed {
+                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            match g.pending.take() {
+                Some(c) => c,
+                None => return,
+            }
+        };
+        let r = c.write(model_dir).and_then(|path| {
+            tracing::debug!("checkpoint {}", path.display());
+            hook.map_or(Ok(()), |h| h(&path))
+        });
+        if let Err(e) = r {
+            let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+            g.error = Some(e);
+            g.pending = None;
+            return;
+        }
+    }
 }

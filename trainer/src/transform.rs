@@ -14,6 +14,11 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::config::{EvalSplit, TrainConfig};
 use crate::{Error, Result};
 
+/// Most rows an embedding table may have: row ids are `u32`, so 2^32 rows (ids
+/// `0..=u32::MAX`). [`TrainConfig::validate`] and [`Stats::finish`] refuse more, rather than
+/// let ids wrap around and alias other columns' rows.
+pub const MAX_TABLE_ROWS: u128 = 1 << 32;
+
 /// Slots of the hash split: a row is held out if `xxh3(key) % SPLIT_SLOTS < fraction * SPLIT_SLOTS`.
 pub const SPLIT_SLOTS: u64 = 1_000_000;
 
@@ -151,6 +156,12 @@ impl Transform {
                     if nt.null_indicator {
                         row[ind] = 1.0;
                     }
+                } else if v.is_infinite() {
+                    return Err(Error::value(
+                        &nt.column,
+                        r,
+                        format!("value {v} is not a finite number"),
+                    ));
                 } else {
                     row[j] = ((v - nt.mean) / nt.std) as f32;
                 }
@@ -374,19 +385,23 @@ fn label_values(batch: &RecordBatch, label: &str, rows: &[u32]) -> Result<Vec<f3
         .map(|&r| {
             let r = r as usize;
             if vals.is_null(r) {
-                return Err(Error::column(
+                return Err(Error::value(
                     label,
-                    format!("label is null at row {r} of a batch"),
+                    r,
+                    "the label is null; it must be 0 or 1",
                 ));
             }
-            let v = vals.value(r);
-            if !(0.0..=1.0).contains(&v) {
-                return Err(Error::column(
+            // Exactly 0 or 1: a fraction (0.5) or another class (3) is an error, never
+            // thresholded or clamped into a class.
+            match vals.value(r) {
+                0.0 => Ok(0.0),
+                1.0 => Ok(1.0),
+                v => Err(Error::value(
                     label,
-                    format!("label must be 0 or 1, found {v} at row {r} of a batch"),
-                ));
+                    r,
+                    format!("the label is {v}; it must be 0 or 1"),
+                )),
             }
-            Ok(v as f32)
         })
         .collect()
 }
@@ -426,6 +441,57 @@ impl Prepared {
     /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Checks that these rows fit `transform` (e.g. rows read back from a checkpoint): the
+    /// widths, the lengths of every array, table ids inside each column's range, labels 0 or
+    /// 1. The message says what is out of range.
+    pub fn check(&self, transform: &Transform) -> std::result::Result<(), String> {
+        let (nf, nd) = (transform.categorical.len(), transform.dense_width());
+        if (self.nf, self.nd) != (nf, nd) {
+            return Err(format!(
+                "rows of {} categorical and {} dense inputs, the transform has {nf} and {nd}",
+                self.nf, self.nd
+            ));
+        }
+        let n = self.labels.len();
+        if self.ids.len() != n * nf || self.dense.len() != n * nd || self.source_rows.len() != n {
+            return Err(format!(
+                "{n} labels but {} ids, {} dense values and {} row numbers (expected {}, {} and {n})",
+                self.ids.len(),
+                self.dense.len(),
+                self.source_rows.len(),
+                n * nf,
+                n * nd
+            ));
+        }
+        for (i, ids) in self.ids.chunks_exact(nf.max(1)).enumerate().take(n) {
+            for (c, &id) in transform.categorical.iter().zip(ids) {
+                if !(c.offset..c.offset + c.size).contains(&u64::from(id)) {
+                    return Err(format!(
+                        "row {i}: table id {id} is outside column `{}`'s rows {}..{}",
+                        c.column,
+                        c.offset,
+                        c.offset + c.size
+                    ));
+                }
+            }
+        }
+        if let Some((i, y)) = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, y)| **y != 0.0 && **y != 1.0)
+        {
+            return Err(format!("row {i}: label {y} is not 0 or 1"));
+        }
+        if let Some(i) = self.dense.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "row {}: a dense input is not finite",
+                i / nd.max(1)
+            ));
+        }
+        Ok(())
     }
 
     /// Removes every row.
@@ -513,9 +579,10 @@ impl Stats {
                 if v.is_nan() {
                     s.3 += 1;
                 } else if !v.is_finite() {
-                    return Err(Error::column(
+                    return Err(Error::value(
                         name,
-                        format!("infinite value at row {r} of a batch"),
+                        r,
+                        format!("value {v} is not a finite number"),
                     ));
                 } else {
                     s.0 += 1;
@@ -560,8 +627,9 @@ impl Stats {
         self.label_sum += other.label_sum;
     }
 
-    /// The transform these statistics define.
-    pub fn finish(&self, config: &TrainConfig) -> Transform {
+    /// The transform these statistics define. Fails if the categorical columns need more
+    /// embedding-table rows than a `u32` id addresses (2^32): ids would alias.
+    pub fn finish(&self, config: &TrainConfig) -> Result<Transform> {
         let mut offset = 0;
         let categorical = config
             .categorical
@@ -597,6 +665,19 @@ impl Stats {
                 t
             })
             .collect();
+        let categorical: Vec<CategoricalTransform> = categorical;
+        let total: u128 = categorical.iter().map(|c| u128::from(c.size)).sum();
+        if total > MAX_TABLE_ROWS {
+            let sizes: Vec<String> = categorical
+                .iter()
+                .map(|c| format!("`{}`: {}", c.column, c.size))
+                .collect();
+            return Err(Error::Config(format!(
+                "[train] the categorical columns need {total} embedding-table rows ({}), over \
+                 the 2^32 ids a table row id addresses; lower hash_buckets or vocabulary.max_size",
+                sizes.join(", ")
+            )));
+        }
         let numeric = config
             .numeric
             .iter()
@@ -617,7 +698,7 @@ impl Stats {
                 }
             })
             .collect();
-        Transform {
+        Ok(Transform {
             label: config.label.clone(),
             categorical,
             numeric,
@@ -629,6 +710,6 @@ impl Stats {
             } else {
                 0.0
             },
-        }
+        })
     }
 }

@@ -1,12 +1,22 @@
 //! Model directories by URL: a local path / `file://` URL is used in place; an object-store
 //! URL (`s3://bucket/prefix`) is trained into a local staging directory that rank 0 fills from
-//! the store on `--resume` and uploads when training ends (`model.json` last, so a reader that
-//! finds it finds every other file), and is downloaded before `kiln predict` reads it.
+//! the store on `--resume` and uploads when training ends, and is downloaded before
+//! `kiln predict` reads it.
+//!
+//! The upload removes the store's `model.json` first and writes it last, so a reader that
+//! finds it finds every other file of the same model (never half old, half new). Checkpoints
+//! are uploaded as they are written and pruned in the store like on disk (the newest
+//! [`KEEP_CHECKPOINTS`]); a fresh (not `--resume`) run removes the store's
+//! `checkpoints/latest`, so that a later `--resume` cannot continue an older run.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use futures::TryStreamExt;
 use kiln_connectors::store::{self, Location};
+use kiln_trainer::checkpoint::KEEP_CHECKPOINTS;
+use kiln_trainer::export::MODEL_FILES;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// A resolved model directory.
 pub struct ModelDir {
@@ -51,9 +61,10 @@ impl ModelDir {
         })
     }
 
-    /// Before training (rank 0): a fresh run starts from an empty staging directory; a resumed
-    /// run keeps a local checkpoint left by an earlier run on this host, else downloads the
-    /// store's checkpoints.
+    /// Before training (rank 0): a fresh run starts from an empty staging directory and
+    /// removes the store's `checkpoints/latest` (a later `--resume` must not find an older
+    /// run's checkpoint); a resumed run keeps a local checkpoint left by an earlier run on
+    /// this host, else downloads the store's checkpoints.
     pub fn prepare_for_training(&self, resume: bool) -> anyhow::Result<()> {
         let Some(remote) = &self.remote else {
             return Ok(());
@@ -64,6 +75,8 @@ impl ModelDir {
                 std::fs::remove_dir_all(&self.local)
                     .with_context(|| format!("clearing {}", self.local.display()))?;
             }
+            let latest = remote.child("checkpoints/latest");
+            store::block_on(delete_if_present(&latest))?;
         } else if !local_ckpt.join("latest").exists() {
             let n = store::download_dir(&remote.child("checkpoints"), &local_ckpt)?;
             tracing::info!(files = n, from = %remote.url, "downloaded checkpoints");
@@ -75,9 +88,10 @@ impl ModelDir {
 
     /// For rank 0 of a remote model directory: uploads each checkpoint as soon as it is
     /// written (the file, then `checkpoints/latest`), so a run whose host dies can resume
-    /// from the store on another host.
+    /// from the store on another host, then removes the store's older checkpoints (the
+    /// newest [`KEEP_CHECKPOINTS`] stay, as on disk). The trainer runs it on a background
+    /// thread: a slow store does not hold up training.
     pub fn checkpoint_uploader(&self) -> Option<kiln_trainer::train::CheckpointHook> {
-        use object_store::ObjectStoreExt;
         let remote = self.remote.clone()?;
         Some(std::sync::Arc::new(move |path: &std::path::Path| {
             let upload = |file: &std::path::Path| -> anyhow::Result<()> {
@@ -89,6 +103,7 @@ impl ModelDir {
             };
             upload(path)
                 .and_then(|()| upload(&path.with_file_name("latest")))
+                .and_then(|()| store::block_on(prune_checkpoints(&remote)).map(drop))
                 .map_err(|e| kiln_trainer::Error::File {
                     path: remote.child("checkpoints").url.into(),
                     source: e
@@ -100,11 +115,24 @@ impl ModelDir {
         }))
     }
 
-    /// After training (rank 0): uploads the model and its checkpoints to the store.
+    /// After training (rank 0): uploads the model and its checkpoints to the store. The
+    /// store's `model.json` is removed first (and so are model files this model lacks, such
+    /// as `metrics.json` of an older model), and written last: a reader never pairs one
+    /// model's `model.json` with another's weights, even if the upload stops half-way.
     pub fn publish(&self) -> anyhow::Result<()> {
         if let Some(remote) = &self.remote {
+            store::block_on(async {
+                delete_if_present(&remote.child("model.json")).await?;
+                for f in MODEL_FILES {
+                    if !self.local.join(f).exists() {
+                        delete_if_present(&remote.child(f)).await?;
+                    }
+                }
+                anyhow::Ok(())
+            })?;
             let n = store::upload_dir(&self.local, remote, &UPLOAD_LAST)?;
-            tracing::info!(files = n, to = %remote.url, "uploaded the model directory");
+            let pruned = store::block_on(prune_checkpoints(remote))?;
+            tracing::info!(files = n, pruned, to = %remote.url, "uploaded the model directory");
         }
         Ok(())
     }
@@ -156,9 +184,46 @@ impl Drop for ModelDir {
     }
 }
 
+/// Deletes an object; one that is not there is fine.
+async fn delete_if_present(loc: &Location) -> anyhow::Result<()> {
+    match loc.store.delete(&loc.path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting {}", loc.url)),
+    }
+}
+
+/// Removes all but the newest [`KEEP_CHECKPOINTS`] checkpoint files under
+/// `remote/checkpoints/` (names sort by step); returns how many were removed.
+async fn prune_checkpoints(remote: &Location) -> anyhow::Result<usize> {
+    let dir = remote.child("checkpoints");
+    let objects: Vec<_> = dir
+        .store
+        .list(Some(&dir.path))
+        .try_collect()
+        .await
+        .with_context(|| format!("listing {}", dir.url))?;
+    let mut ckpts: Vec<_> = objects
+        .into_iter()
+        .filter(|m| {
+            m.location
+                .filename()
+                .is_some_and(kiln_trainer::checkpoint::is_checkpoint_name)
+        })
+        .map(|m| m.location)
+        .collect();
+    ckpts.sort_by(|a, b| a.filename().cmp(&b.filename()));
+    let old = ckpts.len().saturating_sub(KEEP_CHECKPOINTS);
+    for p in &ckpts[..old] {
+        match dir.store.delete(p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting {p} from {}", dir.url)),
+        }
+    }
+    Ok(old)
+}
+
 /// Writes `bytes` to a local path, `file://` URL or object-store URL.
 pub fn write_output(url: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
-    use object_store::ObjectStoreExt;
     let loc = store::resolve(url).with_context(|| format!("output {url}"))?;
     store::block_on(async { loc.store.put(&loc.path, bytes.into()).await })
         .with_context(|| format!("writing {}", loc.url))?;

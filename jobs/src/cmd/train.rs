@@ -35,7 +35,8 @@ pub struct TrainArgs {
     /// (with --config: ./models/<config file stem>/<date>).
     #[arg(long)]
     pub model_dir: Option<String>,
-    /// Continue from the latest checkpoint in the model directory.
+    /// Continue from the latest checkpoint in the model directory (refused, naming what
+    /// changed, if it was trained on another dataset, seed or `[train]` config).
     #[arg(long)]
     pub resume: bool,
     /// Override `[train] steps`.
@@ -48,7 +49,8 @@ pub struct TrainArgs {
     /// Print one JSON object with the results to stdout.
     #[arg(long)]
     pub json: bool,
-    /// Seconds a silent peer may take before it counts as lost.
+    /// Seconds a silent peer may take before it counts as lost (also the bound of TCP
+    /// keepalive, which finds a host lost without FIN/RST while no data is moving).
     #[arg(long, default_value_t = 30)]
     pub peer_timeout: u64,
     /// Seconds to wait for all workers to join.

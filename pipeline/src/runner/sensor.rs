@@ -1,6 +1,6 @@
 //! `sensor:<name>`: waits until a path (prefix or committed manifest) exists.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::bail;
 use serde_json::{Value as Json, json};
@@ -85,9 +85,7 @@ impl Task<TaskId> for SensorTask {
                 );
             }
             let left = self.cfg.timeout_seconds - start.elapsed().as_secs_f64();
-            std::thread::sleep(Duration::from_secs_f64(
-                self.cfg.poke_seconds.min(left.max(0.0)),
-            ));
+            std::thread::sleep(crate::dag::seconds(self.cfg.poke_seconds.min(left)));
         }
     }
 }
