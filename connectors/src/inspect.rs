@@ -28,6 +28,25 @@ use crate::manifest::MANIFEST_FILE;
 use crate::store::{self, Location};
 use crate::tfrecord::{Compression, TfRecordReader};
 
+/// Whether a store error means "not there" (not found, or a path under a file on a local
+/// filesystem) rather than a store that failed or refused.
+fn is_missing(e: &object_store::Error) -> bool {
+    if matches!(e, object_store::Error::NotFound { .. }) {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn write_line(out: &mut dyn Write, v: &serde_json::Value, url: &str) -> Result<()> {
     serde_json::to_writer(&mut *out, v)
         .map_err(|e| Error::io(format!("printing {url}"), e.into()))?;
@@ -45,16 +64,35 @@ fn write_batch_rows(out: &mut dyn Write, batch: &RecordBatch, url: &str) -> Resu
 
 /// Print the first `limit` records / rows at `url` as JSON lines (see the module docs).
 pub fn inspect(url: &str, limit: usize, out: &mut dyn Write) -> Result<()> {
+    inspect_with(url, limit, false, out)
+}
+
+/// [`inspect`]; with `skip_corrupt`, corrupt TFRecord records are skipped (as
+/// [`TfRecordReader::with_skip_corrupt`] allows) and reported in a last line
+/// `{"skipped": [{"index", "offset", "record_start", "reason"}, ...]}`.
+///
+/// A missing file or dataset ("no such file or dataset") is told apart from a store that
+/// cannot be reached or refuses access (the store's error, naming the URL).
+pub fn inspect_with(
+    url: &str,
+    limit: usize,
+    skip_corrupt: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     let loc = store::resolve(url)?;
     let m = loc.child(MANIFEST_FILE);
-    let has_manifest = store::block_on(async { m.store.head(&m.path).await }).is_ok();
-    if has_manifest {
-        return inspect_dataset(&loc, limit, out);
+    match store::block_on(async { m.store.head(&m.path).await }) {
+        Ok(_) => return inspect_dataset(&loc, limit, out),
+        Err(e) if is_missing(&e) => {}
+        Err(e) => return Err(Error::store(format!("checking {}", m.url), e)),
     }
     let head = store::block_on(async { loc.store.head(&loc.path).await });
     let meta = match head {
         Ok(meta) => meta,
-        Err(object_store::Error::NotFound { .. }) | Err(_) => {
+        Err(e) if !is_missing(&e) => {
+            return Err(Error::store(format!("reading {}", loc.url), e));
+        }
+        Err(_) => {
             // A directory with content but no manifest is an uncommitted dataset.
             let any = store::block_on(async {
                 let mut l = loc.store.list(Some(&loc.path));
@@ -62,6 +100,7 @@ pub fn inspect(url: &str, limit: usize, out: &mut dyn Write) -> Result<()> {
             });
             return Err(match any {
                 Some(Ok(_)) => Error::NotCommitted { location: loc.url },
+                Some(Err(e)) if !is_missing(&e) => Error::store(format!("listing {}", loc.url), e),
                 _ => Error::InvalidUrl {
                     url: url.to_string(),
                     message: "no such file or dataset".into(),
@@ -79,7 +118,7 @@ pub fn inspect(url: &str, limit: usize, out: &mut dyn Write) -> Result<()> {
         if c == Compression::None {
             c = Compression::sniff(&first).unwrap_or(Compression::None);
         }
-        inspect_tfrecord(&loc, c, limit, out)
+        inspect_tfrecord(&loc, c, limit, skip_corrupt, out)
     }
 }
 
@@ -87,13 +126,14 @@ fn inspect_tfrecord(
     loc: &Location,
     c: Compression,
     limit: usize,
+    skip_corrupt: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let stream = store::block_on(async { loc.store.get(&loc.path).await })
         .map_err(|e| Error::store(format!("reading {}", loc.url), e))?
         .into_stream();
     let r = crate::dataset::reader::ObjectRead::new(stream, loc.url.clone());
-    let mut reader = TfRecordReader::new(r, c, loc.url.clone());
+    let mut reader = TfRecordReader::new(r, c, loc.url.clone()).with_skip_corrupt(skip_corrupt);
     let mut i = 0usize;
     while i < limit {
         let Some(rec) = reader.next_record()? else {
@@ -105,6 +145,9 @@ fn inspect_tfrecord(
         };
         write_line(out, &v, &loc.url)?;
         i += 1;
+    }
+    if !reader.skipped().is_empty() {
+        write_line(out, &json!({"skipped": reader.skipped()}), &loc.url)?;
     }
     Ok(())
 }
@@ -155,4 +198,28 @@ fn inspect_dataset(loc: &Location, limit: usize, out: &mut dyn Write) -> Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_missing;
+
+    #[test]
+    fn missing_is_told_apart_from_failures() {
+        let generic = |kind: std::io::ErrorKind| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(std::io::Error::new(kind, "x")),
+        };
+        assert!(is_missing(&object_store::Error::NotFound {
+            path: "a".into(),
+            source: "404".into()
+        }));
+        assert!(is_missing(&generic(std::io::ErrorKind::NotADirectory)));
+        assert!(!is_missing(&generic(std::io::ErrorKind::PermissionDenied)));
+        assert!(!is_missing(&generic(std::io::ErrorKind::ConnectionRefused)));
+        assert!(!is_missing(&object_store::Error::Unauthenticated {
+            path: "a".into(),
+            source: "403".into()
+        }));
+    }
 }

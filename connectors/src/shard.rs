@@ -6,8 +6,8 @@
 //! 0** (deterministic; nulls are not an error so that a nullable key column still writes).
 //! This is Kiln's own hash, so the library writer, DataFusion and Ballista agree.
 
+use crate::codec::cast_strict as cast;
 use arrow::array::{Array, AsArray, UInt32Array};
-use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type};
 use xxhash_rust::xxh3::xxh3_64;
 

@@ -404,3 +404,24 @@ fn inspect_prints_features_per_line() {
             .contains("0.10000000149011612")
     );
 }
+
+/// `kiln inspect --skip-corrupt`: TensorFlow's corrupt-payload file prints its good records
+/// and names the skipped one; without the flag it fails naming the offset.
+#[test]
+fn inspect_skip_corrupt_reports_what_it_skipped() {
+    let path = dir().join("corrupt_payload_record2.tfrecord");
+    let path = path.to_str().unwrap();
+    let e = kiln_connectors::inspect::inspect(path, 100, &mut Vec::new()).unwrap_err();
+    assert!(e.to_string().contains("data CRC mismatch"), "{e}");
+    let mut out = Vec::new();
+    kiln_connectors::inspect::inspect_with(path, 100, true, &mut out).unwrap();
+    let lines: Vec<Value> = std::str::from_utf8(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["skipped"][0]["index"], 2, "{last}");
+    assert_eq!(last["skipped"][0]["reason"], "data_crc_mismatch", "{last}");
+    assert!(lines.len() > 2, "the good records print too: {lines:?}");
+}

@@ -504,3 +504,64 @@ fn infer_schema_from_encoded_rows() {
             .values()
     );
 }
+
+/// A key present twice in one Example: the last value wins, as in protobuf's map merge (prost
+/// decoding the same bytes) and TensorFlow's parser.
+#[test]
+fn duplicate_feature_key_takes_the_last_value() {
+    use kiln_connectors::example::{Features, Int64List, feature::Kind};
+    let one = |v: i64| Example {
+        features: Some(Features {
+            feature: [(
+                "a".to_string(),
+                Feature {
+                    kind: Some(Kind::Int64List(Int64List { value: vec![v] })),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }),
+    };
+    // Concatenated messages merge: `features` twice, each with key "a".
+    let mut bytes = one(1).encode_to_vec();
+    bytes.extend(one(2).encode_to_vec());
+    let merged = Example::decode(bytes.as_slice()).unwrap();
+    assert_eq!(merged, one(2));
+    let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+    let batch = ExampleDecoder::new(schema)
+        .unwrap()
+        .decode(&[bytes])
+        .unwrap();
+    assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 2);
+}
+
+/// A value that does not fit the column's type is an error naming the column, never a null.
+#[test]
+fn decoding_an_out_of_range_value_fails_instead_of_nulling_it() {
+    use kiln_connectors::example::{Features, Int64List, feature::Kind};
+    let e = Example {
+        features: Some(Features {
+            feature: [(
+                "small".to_string(),
+                Feature {
+                    kind: Some(Kind::Int64List(Int64List {
+                        value: vec![1 << 40],
+                    })),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }),
+    };
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "small",
+        DataType::Int32,
+        true,
+    )]));
+    let err = ExampleDecoder::new(schema)
+        .unwrap()
+        .decode(&[e.encode_to_vec()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("small") || err.contains("Int32"), "{err}");
+}

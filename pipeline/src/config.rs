@@ -71,6 +71,10 @@ pub struct PipelineConfig {
     /// A run lock whose heartbeat is older than this is stale and may be taken over.
     #[serde(default = "default_lock_stale")]
     pub lock_stale_seconds: u64,
+    /// When a task times out its process group gets SIGTERM, then SIGKILL this many seconds
+    /// later (the trainer writes a checkpoint on SIGTERM).
+    #[serde(default = "default_term_grace")]
+    pub term_grace_seconds: f64,
     /// Defaults for every task; `[pipeline.tasks.<name>]` overrides per task.
     #[serde(default)]
     pub retries: Option<u32>,
@@ -123,6 +127,9 @@ fn default_workers() -> usize {
 }
 fn default_verify_rows() -> usize {
     32
+}
+fn default_term_grace() -> f64 {
+    crate::proc::TERM_GRACE.as_secs_f64()
 }
 fn default_lock_stale() -> u64 {
     60
@@ -339,6 +346,11 @@ impl Pipeline {
     /// (`Duration::from_secs_f64` panics on negative, NaN and infinite values); the error
     /// names the key.
     fn check_durations(config: &PipelineConfig) -> Result<(), String> {
+        check_seconds(
+            "[pipeline] term_grace_seconds",
+            config.term_grace_seconds,
+            true,
+        )?;
         if let Some(t) = config.timeout_seconds {
             check_seconds("[pipeline] timeout_seconds", t, false)?;
         }

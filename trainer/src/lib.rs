@@ -36,6 +36,7 @@ mod fixtures;
 pub mod loader;
 pub mod model;
 pub mod optim;
+pub mod predictions;
 pub mod source;
 pub mod tensorfile;
 pub mod train;

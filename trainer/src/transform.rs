@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use arrow::record_batch::RecordBatch;
+use kiln_connectors::codec::cast_strict as cast;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 

@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::codec::cast_strict as cast;
 use arrow::array::{
     ArrayRef, BinaryArray, BooleanBufferBuilder, FixedSizeBinaryArray, FixedSizeListArray,
     Float32Array, Int64Array, LargeListArray, ListArray, StringArray,
 };
 use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 
@@ -41,7 +41,11 @@ struct DecCol {
     f32s: Vec<f32>,
     boffs: Vec<i32>,
     bdata: Vec<u8>,
+    /// The record stamp this column was last seen in.
     seen: u64,
+    /// Byte range of its `Feature` in the current record (the last occurrence: protobuf map
+    /// semantics, as TensorFlow decodes a key present twice).
+    value: (usize, usize),
 }
 
 fn leaf_check(dt: &DataType) -> Check {
@@ -83,6 +87,7 @@ impl DecCol {
             boffs: vec![0],
             bdata: Vec::new(),
             seen: 0,
+            value: (0, 0),
         })
     }
 
@@ -527,12 +532,13 @@ impl ExampleDecoder {
                 let e = &feats[entry.start..entry.end];
                 let mut ep = 0;
                 let mut key: &[u8] = &[];
-                let mut val: &[u8] = &[];
+                let base = fld.start + entry.start;
+                let mut val = (base, base);
                 while ep < e.len() {
                     let kf = wire::next_field(e, &mut ep).map_err(malformed)?;
                     match (kf.number, kf.wire_type) {
                         (1, WT_LEN) => key = &e[kf.start..kf.end],
-                        (2, WT_LEN) => val = &e[kf.start..kf.end],
+                        (2, WT_LEN) => val = (base + kf.start, base + kf.end),
                         _ => {}
                     }
                 }
@@ -545,21 +551,21 @@ impl ExampleDecoder {
                     }
                 };
                 guess = ci + 1;
+                // A key present twice: the last value wins (protobuf map semantics, as in
+                // TensorFlow's parser and `kiln inspect`).
                 let col = &mut self.cols[ci];
-                if col.seen == stamp {
-                    let name = col.name.clone();
-                    return Err(self.err(idx, &name, "feature appears twice in one Example"));
-                }
                 col.seen = stamp;
-                if let Err(m) = col.append_feature(val) {
-                    let name = col.name.clone();
-                    return Err(self.err(idx, &name, m));
-                }
+                col.value = val;
             }
         }
         for i in 0..self.cols.len() {
             let c = &mut self.cols[i];
-            if c.seen != stamp {
+            if c.seen == stamp {
+                if let Err(m) = c.append_feature(&rec[c.value.0..c.value.1]) {
+                    let name = c.name.clone();
+                    return Err(self.err(idx, &name, m));
+                }
+            } else {
                 if c.nullable {
                     c.append_null();
                 } else {

@@ -2,12 +2,12 @@
 //! row straight from the Arrow columns (precomputed key prefixes, exact lengths, varints into
 //! one reused buffer) and can frame them as TFRecords in the same pass.
 
+use crate::codec::cast_strict as cast;
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BinaryViewArray, FixedSizeBinaryArray,
     FixedSizeListArray, Float32Array, Int64Array, LargeBinaryArray,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use prost::encoding::{encode_varint, encoded_len_varint};

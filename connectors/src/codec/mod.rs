@@ -35,3 +35,17 @@ pub fn example_round_trip(batch: &RecordBatch) -> Result<RecordBatch> {
     enc.encode_batch_with(batch, |r| dec.append(r))?;
     dec.finish_batch()
 }
+
+/// Arrow's `cast` that fails instead of turning a value into null: an integer out of the
+/// target's range, a string that does not parse, a decimal overflow. Every cast Kiln makes on
+/// user data goes through it (no silent nulls).
+pub fn cast_strict(
+    array: &dyn arrow::array::Array,
+    to: &arrow::datatypes::DataType,
+) -> std::result::Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    arrow::compute::cast_with_options(array, to, &options)
+}

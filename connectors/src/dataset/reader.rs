@@ -338,7 +338,7 @@ fn conform(
         if c.data_type() == f.data_type() {
             cols.push(c.clone());
         } else {
-            cols.push(arrow::compute::cast(c, f.data_type())?);
+            cols.push(crate::codec::cast_strict(c, f.data_type())?);
         }
     }
     RecordBatch::try_new(schema.clone(), cols)

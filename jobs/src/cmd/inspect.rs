@@ -9,12 +9,16 @@ pub struct InspectArgs {
     /// How many records (rows) to print.
     #[arg(long, default_value_t = 10)]
     pub limit: usize,
+    /// Skip corrupt TFRecord records (bad CRC, truncated) instead of failing; the skipped
+    /// records are listed in a last line `{"skipped": [...]}`.
+    #[arg(long)]
+    pub skip_corrupt: bool,
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    kiln_connectors::inspect::inspect(&args.path, args.limit, &mut out)?;
+    kiln_connectors::inspect::inspect_with(&args.path, args.limit, args.skip_corrupt, &mut out)?;
     std::io::Write::flush(&mut out)?;
     Ok(())
 }

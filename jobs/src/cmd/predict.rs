@@ -43,15 +43,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         kiln_trainer::export::score(&model.params, &model.transform, &source, filter)?;
     let metrics = kiln_trainer::eval::metrics(&logits, &labels);
     if let Some(out) = &args.output {
-        let mut text = String::with_capacity(logits.len() * 32);
-        text.push_str("shard,row,label,logit,prediction\n");
-        for ((z, y), (s, r)) in logits.iter().zip(&labels).zip(&rows) {
-            text.push_str(&format!(
-                "{s},{r},{y},{z:?},{:?}\n",
-                kiln_trainer::model::sigmoid(*z)
-            ));
-        }
-        write_output(out, text.into_bytes())?;
+        write_output(
+            out,
+            kiln_trainer::predictions::to_csv(&logits, &labels, &rows)?,
+        )?;
     }
     eprintln!(
         "scored {} rows: auc {} logloss {:.4} mean prediction {:.4} (label {:.4})",

@@ -3,6 +3,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::NaiveDate;
@@ -32,6 +34,69 @@ pub(super) fn sha(parts: &[&str]) -> String {
         h.update([0u8]);
     }
     hex::encode(h.finalize())
+}
+
+/// An in-process task (`gate`, `publish` with its verification) ran past its timeout.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "timed out after {seconds:.1} s (in-process task: given up; its thread is told to stop and \
+     stops at its next check, before any further change to the repository)"
+)]
+pub(super) struct InProcessTimeout {
+    /// The timeout, seconds.
+    pub seconds: f64,
+}
+
+/// Set when an in-process task's attempt was given up: the body checks it before each step
+/// that changes something ([`Cancel::check`]).
+#[derive(Clone, Default)]
+pub(super) struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// An error once the attempt was given up.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            anyhow::bail!("stopped: the attempt timed out and was given up");
+        }
+        Ok(())
+    }
+}
+
+/// Runs an in-process task's `body` on its own thread and waits at most `timeout` for it:
+/// past that, the attempt fails with [`InProcessTimeout`] and the body is told to stop
+/// (threads cannot be killed; the body checks its [`Cancel`] before each change).
+pub(super) fn in_process<T: Send + 'static>(
+    name: &str,
+    timeout: Option<Duration>,
+    body: impl FnOnce(Cancel) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let cancel = Cancel::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = cancel.clone();
+    std::thread::Builder::new()
+        .name(format!("kiln-task-{name}"))
+        .spawn(move || {
+            let _ = tx.send(body(c));
+        })?;
+    let r = match timeout {
+        Some(t) => rx.recv_timeout(t),
+        None => rx
+            .recv()
+            .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+    };
+    match r {
+        Ok(r) => r,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            cancel.0.store(true, Ordering::SeqCst);
+            Err(InProcessTimeout {
+                seconds: timeout.unwrap_or_default().as_secs_f64(),
+            }
+            .into())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            anyhow::bail!("task `{name}` panicked")
+        }
+    }
 }
 
 /// Shared, read-only facts of one run.
@@ -104,10 +169,56 @@ impl Ctx {
                 let _ = std::io::stderr().flush();
             }
         };
-        let r = proc::run_logged(&self.exe, &args, &a.log_base, a.timeout, Some(&tick));
+        let grace = crate::dag::seconds(self.pipeline.config.term_grace_seconds);
+        let r = proc::run_logged(&self.exe, &args, &a.log_base, a.timeout, grace, Some(&tick));
         if tty {
             eprint!("\r\x1b[2K");
         }
         proc::json_result(&r?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn in_process_tasks_honour_their_timeout() {
+        assert_eq!(
+            in_process("quick", Some(Duration::from_secs(5)), |_| Ok(7)).unwrap(),
+            7
+        );
+        let stopped = Arc::new(AtomicBool::new(false));
+        let s = stopped.clone();
+        let t = Instant::now();
+        let e = in_process("slow", Some(Duration::from_millis(200)), move |cancel| {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if cancel.check().is_err() {
+                    s.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(
+            e.to_string()
+                .starts_with("timed out after 0.2 s (in-process task"),
+            "{e}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !stopped.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            stopped.load(Ordering::SeqCst),
+            "the body was not told to stop"
+        );
+        let e = in_process::<()>("boom", None, |_| panic!("boom")).unwrap_err();
+        assert!(e.to_string().contains("task `boom` panicked"), "{e}");
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use kiln_registry::Repo;
 use serde_json::Value as Json;
 
-use super::ctx::{Ctx, Upstream, output, sha};
+use super::ctx::{Ctx, Upstream, in_process, output, sha};
 use crate::dag::{Attempt, Task};
 use crate::task::{TaskId, TaskKind, TaskPolicy};
 
@@ -18,18 +18,16 @@ pub(super) struct GateTask {
     pub ctx: Arc<Ctx>,
 }
 
-impl GateTask {
-    /// The stable version and its metrics, if there is one.
-    fn stable(&self) -> anyhow::Result<Option<(u64, Json)>> {
-        let repo = Repo::new(&self.ctx.pipeline.repo_dir);
-        let Some(v) = repo.labels()?.stable else {
-            return Ok(None);
-        };
-        let p = repo.version_dir(v).join("metrics.json");
-        let m = std::fs::read(&p)
-            .with_context(|| format!("stable version {v}: reading {}", p.display()))?;
-        Ok(Some((v, serde_json::from_slice(&m)?)))
-    }
+/// The stable version and its metrics, if there is one.
+fn stable(ctx: &Ctx) -> anyhow::Result<Option<(u64, Json)>> {
+    let repo = Repo::new(&ctx.pipeline.repo_dir);
+    let Some(v) = repo.labels()?.stable else {
+        return Ok(None);
+    };
+    let p = repo.version_dir(v).join("metrics.json");
+    let m = std::fs::read(&p)
+        .with_context(|| format!("stable version {v}: reading {}", p.display()))?;
+    Ok(Some((v, serde_json::from_slice(&m)?)))
 }
 
 impl Task<TaskId> for GateTask {
@@ -54,13 +52,18 @@ impl Task<TaskId> for GateTask {
             &serde_json::to_string(&self.ctx.pipeline.config.gate.rules)?,
         ]))
     }
-    fn run(&mut self, _: &Attempt, up: &Upstream) -> anyhow::Result<Json> {
-        let stable = self.stable()?;
-        let d = crate::gate::evaluate(
-            &self.ctx.pipeline.gate,
-            &output(up, TaskKind::Evaluate)["metrics"],
-            stable.as_ref().map(|(v, m)| (*v, m)),
-        );
-        Ok(serde_json::to_value(d)?)
+    /// Runs on its own thread, within the task's timeout.
+    fn run(&mut self, a: &Attempt, up: &Upstream) -> anyhow::Result<Json> {
+        let ctx = self.ctx.clone();
+        let metrics = output(up, TaskKind::Evaluate)["metrics"].clone();
+        in_process(KIND.as_str(), a.timeout, move |_| {
+            let stable = stable(&ctx)?;
+            let d = crate::gate::evaluate(
+                &ctx.pipeline.gate,
+                &metrics,
+                stable.as_ref().map(|(v, m)| (*v, m)),
+            );
+            Ok(serde_json::to_value(d)?)
+        })
     }
 }

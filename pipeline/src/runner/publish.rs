@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use kiln_registry::{self as registry, Repo};
 use serde_json::{Value as Json, json};
 
-use super::ctx::{Ctx, Upstream, output, sha};
+use super::ctx::{Cancel, Ctx, Upstream, in_process, output, sha};
 use crate::dag::{Attempt, Task};
 use crate::gate::Decision;
 use crate::metastore::now_text;
@@ -125,84 +125,96 @@ impl Task<TaskId> for PublishTask {
             None => false,
         }
     }
-    fn run(&mut self, _: &Attempt, up: &Upstream) -> anyhow::Result<Json> {
-        let ctx = &self.ctx;
-        let repo = Repo::new(&ctx.pipeline.repo_dir);
-        let (features, train) = (output(up, TaskKind::Features), output(up, TaskKind::Train));
-        let (evaluate, gate) = (output(up, TaskKind::Evaluate), output(up, TaskKind::Gate));
-        let decision: Decision = serde_json::from_value(gate.clone())?;
-        let model_sha = train["model_sha256"]
-            .as_str()
-            .context("train output without model_sha256")?;
-        let data = features["examples"].as_str().unwrap_or_default();
-        let predictions = PathBuf::from(evaluate["predictions"].as_str().unwrap_or_default());
-        // One key per (job, date, model): a rerun after a crash between the rename and the
-        // record finds its version instead of publishing a second copy.
-        let publish_key = sha(&[&ctx.spec.name, &ctx.date(), model_sha]);
-        let mut verified_rows = None;
-        let version = match repo.find_by_lineage("publish_key", &publish_key)? {
-            Some(v) => {
-                registry::verify_checksums(&repo.version_dir(v))?;
-                v
-            }
-            None => {
-                let lineage = json!({
-                    "job": ctx.spec.name,
-                    "model": ctx.pipeline.model_name,
-                    "date": ctx.date(),
-                    "run_id": ctx.run_id,
-                    "spec_path": ctx.spec.path.display().to_string(),
-                    "spec_sha256": ctx.spec.sha256,
-                    "kiln_version": env!("CARGO_PKG_VERSION"),
-                    "examples": data,
-                    "examples_manifest_sha256": features["manifest_sha256"],
-                    "model_sha256": model_sha,
-                    "publish_key": publish_key,
-                    "metrics": evaluate["metrics"],
-                    "gate": gate,
-                    "train": {
-                        "steps": train["steps"],
-                        "workers": train["workers"],
-                        "start_step": train["start_step"],
-                        "param_checksum": train["param_checksum"],
-                    },
-                    "published_at": now_text(),
-                });
-                let n = ctx.pipeline.config.verify_rows;
-                let mut rows = 0;
-                let v = repo.publish(&ctx.model_dir(), &lineage, |tmp| {
-                    rows = verify_model(tmp, data, &predictions, n)?;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-                })?;
-                verified_rows = Some(rows);
-                v
-            }
-        };
-        let label = ctx.pipeline.config.promote_to;
-        let labels = repo.update_labels(|l, _| {
-            if decision.passed {
-                l.rejected.retain(|x| *x != version);
-                l.set(label, version);
-            } else if !l.rejected.contains(&version) {
-                l.rejected.push(version);
-            }
-            Ok::<_, registry::RegistryError>(l.clone())
-        })?;
-        let pruned = repo.prune(ctx.pipeline.config.keep_versions)?;
-        // The checkpoints are no longer needed once the version is published.
-        let ckpt = ctx.model_dir().join("checkpoints");
-        if ckpt.exists() {
-            std::fs::remove_dir_all(&ckpt)
-                .with_context(|| format!("removing {}", ckpt.display()))?;
-        }
-        Ok(json!({
-            "version": version,
-            "path": repo.version_dir(version).display().to_string(),
-            "status": if decision.passed { "published" } else { "rejected" },
-            "label": if decision.passed { Some(label) } else { None },
-            "labels": labels,
-            "pruned": pruned,
-            "verified_rows": verified_rows,
-        }))
+    /// Runs on its own thread, within the task's timeout; a given-up attempt stops before
+    /// its next change to the repository (a version renamed in before that is found again
+    /// by its publish key on the retry).
+    fn run(&mut self, a: &Attempt, up: &Upstream) -> anyhow::Result<Json> {
+        let (ctx, up) = (self.ctx.clone(), up.clone());
+        in_process(KIND.as_str(), a.timeout, move |cancel| {
+            publish(&ctx, &up, &cancel)
+        })
     }
+}
+
+/// The publish task's body (see [`PublishTask`]).
+fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel) -> anyhow::Result<Json> {
+    let repo = Repo::new(&ctx.pipeline.repo_dir);
+    let (features, train) = (output(up, TaskKind::Features), output(up, TaskKind::Train));
+    let (evaluate, gate) = (output(up, TaskKind::Evaluate), output(up, TaskKind::Gate));
+    let decision: Decision = serde_json::from_value(gate.clone())?;
+    let model_sha = train["model_sha256"]
+        .as_str()
+        .context("train output without model_sha256")?;
+    let data = features["examples"].as_str().unwrap_or_default();
+    let predictions = PathBuf::from(evaluate["predictions"].as_str().unwrap_or_default());
+    // One key per (job, date, model): a rerun after a crash between the rename and the
+    // record finds its version instead of publishing a second copy.
+    let publish_key = sha(&[&ctx.spec.name, &ctx.date(), model_sha]);
+    let mut verified_rows = None;
+    let version = match repo.find_by_lineage("publish_key", &publish_key)? {
+        Some(v) => {
+            registry::verify_checksums(&repo.version_dir(v))?;
+            v
+        }
+        None => {
+            let lineage = json!({
+                "job": ctx.spec.name,
+                "model": ctx.pipeline.model_name,
+                "date": ctx.date(),
+                "run_id": ctx.run_id,
+                "spec_path": ctx.spec.path.display().to_string(),
+                "spec_sha256": ctx.spec.sha256,
+                "kiln_version": env!("CARGO_PKG_VERSION"),
+                "examples": data,
+                "examples_manifest_sha256": features["manifest_sha256"],
+                "model_sha256": model_sha,
+                "publish_key": publish_key,
+                "metrics": evaluate["metrics"],
+                "gate": gate,
+                "train": {
+                    "steps": train["steps"],
+                    "workers": train["workers"],
+                    "start_step": train["start_step"],
+                    "param_checksum": train["param_checksum"],
+                },
+                "published_at": now_text(),
+            });
+            let n = ctx.pipeline.config.verify_rows;
+            let mut rows = 0;
+            let v = repo.publish(&ctx.model_dir(), &lineage, |tmp| {
+                rows = verify_model(tmp, data, &predictions, n)?;
+                cancel.check()?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })?;
+            verified_rows = Some(rows);
+            v
+        }
+    };
+    cancel.check()?;
+    let label = ctx.pipeline.config.promote_to;
+    let labels = repo.update_labels(|l, _| {
+        if decision.passed {
+            l.rejected.retain(|x| *x != version);
+            l.set(label, version);
+        } else if !l.rejected.contains(&version) {
+            l.rejected.push(version);
+        }
+        Ok::<_, registry::RegistryError>(l.clone())
+    })?;
+    cancel.check()?;
+    let pruned = repo.prune(ctx.pipeline.config.keep_versions)?;
+    // The checkpoints are no longer needed once the version is published.
+    let ckpt = ctx.model_dir().join("checkpoints");
+    if ckpt.exists() {
+        std::fs::remove_dir_all(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
+    }
+    Ok(json!({
+        "version": version,
+        "path": repo.version_dir(version).display().to_string(),
+        "status": if decision.passed { "published" } else { "rejected" },
+        "label": if decision.passed { Some(label) } else { None },
+        "labels": labels,
+        "pruned": pruned,
+        "verified_rows": verified_rows,
+    }))
 }
