@@ -124,6 +124,9 @@ pub enum RegistryError {
         /// The stable history.
         history: Vec<u64>,
     },
+    /// An atomic write (temp file, fsync, rename, directory fsync) failed.
+    #[error(transparent)]
+    Write(Box<kiln_connectors::Error>),
     /// The caller's verification of an assembled version failed.
     #[error("verifying {}", path.display())]
     Verify {

@@ -209,30 +209,6 @@ fn fsync(path: &Path) -> Result<()> {
         .map_err(io("fsync", path))
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename,
-/// fsync of the directory).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let written = std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::File::open(&tmp))
-        .and_then(|f| f.sync_all())
-        .map_err(io("writing", &tmp));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).map_err(io(&format!("renaming {} to", tmp.display()), path))?;
-    fsync(dir)
-}
-
 /// Renames `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; on filesystems
 /// without it, a plain rename, which fails on a non-empty target directory).
 /// Returns false when `to` exists.
@@ -437,7 +413,8 @@ impl Repo {
         labels.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut bytes = to_json(labels, &self.dir.join(LABELS))?;
         bytes.push(b'\n');
-        write_atomic(&self.dir.join(LABELS), &bytes)
+        kiln_connectors::store::write_atomic(self.dir.join(LABELS), &bytes)
+            .map_err(|e| RegistryError::Write(Box::new(e)))
     }
 
     /// Reads, changes and atomically rewrites `labels.json` under the repository lock.

@@ -25,21 +25,11 @@ pub(super) struct PublishTask {
 
 /// Held-out logits `kiln predict` wrote, by (shard, row).
 fn read_predictions(path: &Path) -> anyhow::Result<HashMap<(u32, u64), f32>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut m = HashMap::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        let parse = || -> Option<((u32, u64), f32)> {
-            Some((
-                (f.first()?.parse().ok()?, f.get(1)?.parse().ok()?),
-                f.get(3)?.parse().ok()?,
-            ))
-        };
-        let (k, v) = parse().with_context(|| format!("{}:{}: bad line", path.display(), i + 1))?;
-        m.insert(k, v);
-    }
-    Ok(m)
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(kiln_trainer::predictions::logits_by_row(
+        &bytes,
+        &path.display().to_string(),
+    )?)
 }
 
 /// The first shard of a dataset (a few held-out rows to score when verifying).

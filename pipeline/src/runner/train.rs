@@ -75,7 +75,7 @@ impl Task<TaskId> for TrainTask {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        registry::write_atomic(&fp_file, fp.as_bytes())?;
+        kiln_connectors::store::write_atomic(&fp_file, fp.as_bytes())?;
         let args = vec![
             COMMAND.to_string(),
             self.ctx.spec.path.display().to_string(),
