@@ -166,7 +166,7 @@ pub fn write_atomic(path: impl AsRef<std::path::Path>, bytes: impl AsRef<[u8]>) 
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(format!("writing {}", path.display()), e));
     }
-    sync_dir(dir).map_err(|e| {
+    fsync(dir).map_err(|e| {
         Error::io(
             format!(
                 "syncing directory {} after writing {}",
@@ -178,9 +178,10 @@ pub fn write_atomic(path: impl AsRef<std::path::Path>, bytes: impl AsRef<[u8]>) 
     })
 }
 
-/// fsync a directory (makes a rename inside it durable). Not possible on Windows, where
-/// renames are made durable by the filesystem's journal.
-fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+/// fsync a file or a directory (a directory's fsync makes a rename inside it durable). Not
+/// possible on Windows for directories, where renames are made durable by the filesystem's
+/// journal.
+pub fn fsync(dir: &std::path::Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         File::open(dir)?.sync_all()

@@ -442,21 +442,25 @@ mod tests {
         assert!(p.config.schedule.as_ref().unwrap().catch_up);
     }
 
-    #[test]
-    fn mistakes_name_the_spec_and_the_key() {
+    /// Loads the example spec with `from` replaced by `to`; the error names the spec file and
+    /// contains `want`.
+    fn check_example_edit(from: &str, to: &str, want: &str) {
         let dir = tempfile::tempdir().unwrap();
         let example = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml"),
         )
         .unwrap();
-        let check = |from: &str, to: &str, want: &str| {
-            let p = dir.path().join("job.toml");
-            assert!(example.contains(from), "{from}");
-            std::fs::write(&p, example.replacen(from, to, 1)).unwrap();
-            let e = format!("{:#}", load(&p).err().unwrap());
-            assert!(e.starts_with(&p.display().to_string()), "{e}");
-            assert!(e.contains(want), "{e}");
-        };
+        let p = dir.path().join("job.toml");
+        assert!(example.contains(from), "{from}");
+        std::fs::write(&p, example.replacen(from, to, 1)).unwrap();
+        let e = format!("{:#}", load(&p).err().unwrap());
+        assert!(e.starts_with(&p.display().to_string()), "{e}");
+        assert!(e.contains(want), "{e}");
+    }
+
+    #[test]
+    fn mistakes_name_the_spec_and_the_key() {
+        let check = check_example_edit;
         check(
             "keep_versions = 5",
             "keep_version = 5",
@@ -473,19 +477,7 @@ mod tests {
 
     #[test]
     fn bad_durations_are_errors_naming_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let example = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml"),
-        )
-        .unwrap();
-        let check = |from: &str, to: &str, want: &str| {
-            let p = dir.path().join("job.toml");
-            assert!(example.contains(from), "{from}");
-            std::fs::write(&p, example.replacen(from, to, 1)).unwrap();
-            let e = format!("{:#}", load(&p).err().unwrap());
-            assert!(e.starts_with(&p.display().to_string()), "{e}");
-            assert!(e.contains(want), "{e}");
-        };
+        let check = check_example_edit;
         check(
             "backoff_seconds = 10 ",
             "backoff_seconds = -1 ",

@@ -204,9 +204,7 @@ fn to_json(value: &impl Serialize, path: &Path) -> Result<Vec<u8>> {
 
 /// fsyncs a file or directory.
 fn fsync(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io("fsync", path))
+    kiln_connectors::store::fsync(path).map_err(io("fsync", path))
 }
 
 /// Renames `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; on filesystems

@@ -299,9 +299,7 @@ fn swap_dirs(_a: &Path, _b: &Path) -> std::io::Result<bool> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::file(dir, e))
+    kiln_connectors::store::fsync(dir).map_err(|e| Error::file(dir, e))
 }
 
 /// Reads a model directory written by [`export`].
