@@ -52,6 +52,12 @@ fn ok_json(args: &[&str]) -> Json {
 
 /// 11 days of events ending 2026-11-22: run dates 2026-11-19 ..= 2026-11-21 are complete.
 fn gen_events(dir: &Path) {
+    gen_events_seeded(dir, 7);
+}
+
+/// [`gen_events`] with another seed (other users, items and clicks).
+fn gen_events_seeded(dir: &Path, seed: u64) {
+    let seed = seed.to_string();
     let o = kiln(
         &[
             "gen",
@@ -63,7 +69,7 @@ fn gen_events(dir: &Path) {
             "--end-date",
             "2026-11-22",
             "--seed",
-            "7",
+            &seed,
             "--out",
             dir.join("data/events").to_str().unwrap(),
             "--format",
@@ -384,6 +390,173 @@ fn daily_runs_publish_reject_rollback_and_prune() {
     assert!(Path::new(log).is_file(), "{log}");
     let o = kiln(&["runs", "show", &id, "--spec", s], &[]);
     assert!(text(&o).contains("gate          rule `"), "{}", text(&o));
+}
+
+/// Whether two JSON numbers agree within 1e-9 (or are both null).
+fn close(a: &Json, b: &Json) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9,
+        _ => a.is_null() && b.is_null(),
+    }
+}
+
+#[test]
+fn the_gate_scores_the_stable_model_on_todays_held_out_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    gen_events(dir.path());
+    let pipeline = "keep_versions = 3\n[pipeline.gate]\nrules = [\"auc >= 0.5\", \"logloss <= stable * 1.5\", \"auc >= stable - 0.5\"]\n";
+    let spec = write_spec(dir.path(), 30, "0.01", pipeline);
+    let s = spec.to_str().unwrap();
+    let repo = dir.path().join("models/daily_ctr");
+
+    // Day 1 publishes version 1, the stable one; there was nothing to compare with.
+    let day1 = ok_json(&["run", s, "--date", "2026-11-19", "--json"]);
+    assert_eq!(day1["status"], "success", "{day1}");
+    assert_eq!(day1["model_version"], 1);
+    assert!(day1["gate"]["stable"].is_null(), "{day1}");
+    assert_eq!(day1["gate"]["rules"][1]["outcome"], "skipped");
+    assert_eq!(labels(&repo)["stable"], 1);
+
+    // Day 2's events come from another seed: other users, items and clicks.
+    std::fs::remove_dir_all(dir.path().join("data/events")).unwrap();
+    gen_events_seeded(dir.path(), 11);
+    let day2 = ok_json(&["run", s, "--date", "2026-11-20", "--json"]);
+    assert_eq!(day2["model_version"], 2, "{day2}");
+    let gate = &day2["gate"];
+    assert_eq!(gate["stable_version"], 1, "{gate}");
+    assert_eq!(gate["stable"]["version"], 1, "{gate}");
+    assert!(gate["stable"]["error"].is_null(), "{gate}");
+    let candidate = &task(&day2, "evaluate")["output"]["metrics"];
+    assert_eq!(&gate["candidate"], candidate);
+    let recorded: Json =
+        serde_json::from_slice(&std::fs::read(repo.join("1/metrics.json")).unwrap()).unwrap();
+    assert_eq!(gate["stable"]["recorded"], recorded);
+
+    // The gate's figures for version 1 are what `kiln predict --eval-split` gives for it on
+    // day 2's examples: the candidate's held-out rows.
+    let rescored = &gate["stable"]["rescored"];
+    let examples = task(&day2, "features")["output"]["examples"]
+        .as_str()
+        .unwrap();
+    let mine = ok_json(&[
+        "predict",
+        repo.join("1").to_str().unwrap(),
+        "--input",
+        examples,
+        "--eval-split",
+        "--json",
+    ]);
+    for k in [
+        "rows",
+        "auc",
+        "logloss",
+        "accuracy",
+        "mean_prediction",
+        "mean_label",
+    ] {
+        assert!(
+            close(&rescored[k], &mine["metrics"][k]),
+            "{k}: gate {} vs kiln predict {}",
+            rescored[k],
+            mine["metrics"][k]
+        );
+    }
+    assert_eq!(rescored["rows"], candidate["rows"]);
+    // Day 1's rows and day 2's give version 1 other figures: what it recorded on its own
+    // day is not what it scores on the candidate's rows.
+    assert_ne!(rescored["rows"], recorded["rows"]);
+    assert!(
+        !close(&rescored["logloss"], &recorded["logloss"]),
+        "{rescored} vs {recorded}"
+    );
+    // The relative rules compared with the re-scored figures.
+    let rule = &gate["rules"][1];
+    assert_eq!(rule["rule"], "logloss <= stable * 1.5");
+    assert!(close(&rule["stable_value"], &rescored["logloss"]), "{rule}");
+    assert!(
+        (rule["threshold"].as_f64().unwrap() - 1.5 * rescored["logloss"].as_f64().unwrap()).abs()
+            <= 1e-12,
+        "{rule}"
+    );
+    assert!(
+        close(&rule["stable_recorded_value"], &recorded["logloss"]),
+        "{rule}"
+    );
+    let detail = rule["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "(stable v1 logloss {:.6} on the same rows; {:.6} on its own day's)",
+            rescored["logloss"].as_f64().unwrap(),
+            recorded["logloss"].as_f64().unwrap()
+        )),
+        "{detail}"
+    );
+
+    // The run record holds the same, and `kiln runs show` prints both sides.
+    let runs = ok_json(&["runs", "list", "--spec", s, "--json"]);
+    assert_eq!(runs[0]["run_date"], "2026-11-20", "{runs}");
+    let id = runs[0]["id"].as_i64().unwrap().to_string();
+    let show = ok_json(&["runs", "show", &id, "--spec", s, "--json"]);
+    assert_eq!(show["gate"]["stable"], gate["stable"]);
+    let o = kiln(&["runs", "show", &id, "--spec", s], &[]);
+    let t = text(&o);
+    assert!(
+        t.contains(&format!(
+            "gate          candidate on today's held-out rows: rows {}, auc",
+            candidate["rows"]
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "gate          stable v1 on the same rows: rows {}, auc {:.6}, logloss {:.6}",
+            rescored["rows"],
+            rescored["auc"].as_f64().unwrap(),
+            rescored["logloss"].as_f64().unwrap()
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "gate          stable v1 as recorded on its own day's rows: rows {}",
+            recorded["rows"]
+        )),
+        "{t}"
+    );
+
+    // Day 3's examples lose a column the stable version reads: the gate reports it, naming
+    // the version and the column, and the rules on `stable` fail (not skipped, no crash).
+    let stable = labels(&repo)["stable"].as_u64().unwrap();
+    let text3 = std::fs::read_to_string(&spec).unwrap();
+    let without = text3
+        .replace("v.price, v.dwell_ms,", "v.price,")
+        .replace("\"price\", \"dwell_ms\",", "\"price\",");
+    assert!(!without.contains("dwell_ms,"), "example spec changed");
+    std::fs::write(&spec, without).unwrap();
+    let day3 = ok_json(&["run", s, "--date", "2026-11-21", "--json"]);
+    assert_eq!(day3["status"], "rejected", "{day3}");
+    let gate = &day3["gate"];
+    assert_eq!(gate["stable"]["version"], stable, "{gate}");
+    assert!(gate["stable"]["rescored"].is_null(), "{gate}");
+    let why = gate["stable"]["error"].as_str().unwrap();
+    assert!(
+        why.starts_with(&format!(
+            "stable version {stable}'s transform cannot read today's examples: column `dwell_ms`: not in the dataset"
+        )),
+        "{why}"
+    );
+    let outcomes: Vec<&str> = gate["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["pass", "fail", "fail"], "{gate}");
+    assert!(
+        gate["rules"][1]["detail"].as_str().unwrap().contains(why),
+        "{gate}"
+    );
+    assert_eq!(labels(&repo)["stable"], stable);
 }
 
 /// Processes whose command line mentions `needle`.

@@ -10,8 +10,16 @@
 //! logloss <= stable * 1.01    log loss may not worsen by more than 1%
 //! ```
 //!
+//! `stable` is the current stable version's metrics **re-scored on the candidate's held-out
+//! rows** (the runner's `gate` task scores it on today's examples, as TFX's Evaluator does
+//! with its baseline), not the `metrics.json` it recorded on its own day's rows: both sides
+//! of a rule are measured on the same rows. The decision records both, with the stable's
+//! recorded metrics for reference ([`Baseline`]).
+//!
 //! Rules that mention `stable` are skipped (and reported as such) while there is no stable
-//! model: the very first model is published if it passes the floors.
+//! model: the very first model is published if it passes the floors. A stable model that
+//! cannot be re-scored on today's rows (its transform reads a column today's examples lack)
+//! fails every rule that mentions `stable`, with the reason.
 
 use serde::{Deserialize, Serialize};
 
@@ -96,10 +104,57 @@ pub struct RuleResult {
     pub value: Option<f64>,
     /// The threshold the value was compared with.
     pub threshold: Option<f64>,
-    /// The stable model's value, for relative rules.
+    /// The stable model's value re-scored on the candidate's held-out rows, for relative
+    /// rules (what the threshold is computed from).
     pub stable_value: Option<f64>,
+    /// The stable model's value as it recorded it on its own day's held-out rows (reference
+    /// only), for relative rules.
+    #[serde(default)]
+    pub stable_recorded_value: Option<f64>,
     /// A sentence naming the rule and both values.
     pub detail: String,
+}
+
+/// The stable version a candidate is compared with, scored on the candidate's held-out rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Its version number.
+    pub version: u64,
+    /// Its metrics on the candidate's held-out rows (today's), which relative rules compare
+    /// with; `None` when it could not be scored on them (see `error`).
+    pub rescored: Option<serde_json::Value>,
+    /// The metrics it recorded when it was trained (its `metrics.json`, its own day's
+    /// held-out rows): for reference, never compared with.
+    pub recorded: Option<serde_json::Value>,
+    /// Why it could not be scored on today's rows (e.g. its transform reads a column today's
+    /// examples lack); every rule that mentions `stable` then fails with it.
+    pub error: Option<String>,
+}
+
+impl Baseline {
+    /// A stable version scored on today's rows.
+    pub fn rescored(
+        version: u64,
+        rescored: serde_json::Value,
+        recorded: serde_json::Value,
+    ) -> Self {
+        Baseline {
+            version,
+            rescored: Some(rescored),
+            recorded: Some(recorded),
+            error: None,
+        }
+    }
+
+    /// A stable version that could not be scored on today's rows, and why.
+    pub fn unscorable(version: u64, recorded: serde_json::Value, error: String) -> Self {
+        Baseline {
+            version,
+            rescored: None,
+            recorded: Some(recorded),
+            error: Some(error),
+        }
+    }
 }
 
 /// The gate's decision.
@@ -109,6 +164,13 @@ pub struct Decision {
     pub passed: bool,
     /// The stable version compared against, if any.
     pub stable_version: Option<u64>,
+    /// The candidate's metrics on its held-out rows (today's).
+    #[serde(default)]
+    pub candidate: Option<serde_json::Value>,
+    /// The stable version re-scored on the same rows, with its recorded metrics; `None`
+    /// when there is no stable version.
+    #[serde(default)]
+    pub stable: Option<Baseline>,
     /// Every rule's outcome, in spec order.
     pub rules: Vec<RuleResult>,
 }
@@ -198,23 +260,26 @@ fn metric(metrics: &serde_json::Value, name: &str) -> Option<f64> {
     metrics.get(name)?.as_f64().filter(|v| v.is_finite())
 }
 
-/// Evaluates `rules` for a candidate's metrics against the stable model's (if any).
+/// Evaluates `rules` for a candidate's metrics against the stable version's (if any),
+/// re-scored on the candidate's held-out rows.
 pub fn evaluate(
     rules: &[Rule],
     candidate: &serde_json::Value,
-    stable: Option<(u64, &serde_json::Value)>,
+    stable: Option<&Baseline>,
 ) -> Decision {
     let mut results = Vec::new();
     for r in rules {
         let value = metric(candidate, &r.metric);
-        let stable_value = stable.and_then(|(_, m)| metric(m, &r.metric));
+        let relative = r.is_relative();
+        let stable_value = stable.and_then(|b| metric(b.rescored.as_ref()?, &r.metric));
+        let stable_recorded_value = stable.and_then(|b| metric(b.recorded.as_ref()?, &r.metric));
         let threshold = match r.rhs {
             Rhs::Value(v) => Some(v),
             Rhs::StablePlus(d) => stable_value.map(|s| s + d),
             Rhs::StableTimes(f) => stable_value.map(|s| s * f),
         };
-        let (outcome, detail) = match (value, threshold) {
-            (None, _) => (
+        let (outcome, detail) = match (value, threshold, stable) {
+            (None, _, _) => (
                 RuleOutcome::Fail,
                 format!(
                     "rule `{}` failed: the candidate's {} is {} (not a finite number)",
@@ -226,26 +291,34 @@ pub fn evaluate(
                         .unwrap_or_else(|| "missing".into())
                 ),
             ),
-            (Some(_), None) if r.is_relative() && stable.is_none() => (
+            (Some(_), None, None) => (
                 RuleOutcome::Skipped,
                 format!("rule `{}` skipped: no stable model yet", r.text),
             ),
-            (Some(v), None) => (
+            (Some(_), None, Some(b)) if b.error.is_some() || b.rescored.is_none() => (
                 RuleOutcome::Fail,
                 format!(
-                    "rule `{}` failed: candidate {} {v:.6}, but stable v{} has no finite {}",
+                    "rule `{}` failed: stable v{} could not be scored on today's held-out rows: {}",
                     r.text,
-                    r.metric,
-                    stable.map(|s| s.0).unwrap_or_default(),
-                    r.metric
+                    b.version,
+                    b.error.as_deref().unwrap_or("no metrics")
                 ),
             ),
-            (Some(v), Some(t)) => {
-                let against = match (r.rhs, stable, stable_value) {
-                    (Rhs::Value(_), _, _) => String::new(),
-                    (_, Some((ver, _)), Some(s)) => {
-                        format!(" (stable v{ver} {} {s:.6})", r.metric)
-                    }
+            (Some(v), None, Some(b)) => (
+                RuleOutcome::Fail,
+                format!(
+                    "rule `{}` failed: candidate {} {v:.6}, but stable v{} has no finite {} on today's held-out rows",
+                    r.text, r.metric, b.version, r.metric
+                ),
+            ),
+            (Some(v), Some(t), _) => {
+                let against = match (stable, stable_value) {
+                    (Some(b), Some(s)) if relative => format!(
+                        " (stable v{} {} {s:.6} on the same rows; {} on its own day's)",
+                        b.version,
+                        r.metric,
+                        stable_recorded_value.map_or("-".into(), |x| format!("{x:.6}"))
+                    ),
                     _ => String::new(),
                 };
                 if r.op.holds(v, t) {
@@ -275,12 +348,15 @@ pub fn evaluate(
             value,
             threshold,
             stable_value,
+            stable_recorded_value,
             detail,
         });
     }
     Decision {
         passed: results.iter().all(|r| r.outcome != RuleOutcome::Fail),
-        stable_version: stable.map(|s| s.0),
+        stable_version: stable.map(|s| s.version),
+        candidate: Some(candidate.clone()),
+        stable: stable.cloned(),
         rules: results,
     }
 }
@@ -335,18 +411,22 @@ mod tests {
             d.failures(),
             "rule `auc >= 0.70` failed: auc 0.690000 < 0.700000"
         );
-        // Against stable v3.
-        let stable = json!({"auc": 0.75, "logloss": 0.40});
-        let d = evaluate(
-            &rs,
-            &json!({"auc": 0.7510, "logloss": 0.41}),
-            Some((3, &stable)),
+        // Against stable v3, re-scored on today's rows (it recorded other figures on its own
+        // day's rows: those are shown, never compared with).
+        let stable = Baseline::rescored(
+            3,
+            json!({"auc": 0.75, "logloss": 0.40}),
+            json!({"auc": 0.80, "logloss": 0.30}),
         );
+        let d = evaluate(&rs, &json!({"auc": 0.7510, "logloss": 0.41}), Some(&stable));
         assert!(!d.passed);
+        assert_eq!(d.stable_version, Some(3));
+        assert_eq!(d.stable.as_ref(), Some(&stable));
+        assert_eq!(d.candidate, Some(json!({"auc": 0.7510, "logloss": 0.41})));
         let f = d.failures();
         assert!(
             f.contains(
-                "rule `auc >= stable + 0.002` failed: auc 0.751000 < 0.752000 (stable v3 auc 0.750000)"
+                "rule `auc >= stable + 0.002` failed: auc 0.751000 < 0.752000 (stable v3 auc 0.750000 on the same rows; 0.800000 on its own day's)"
             ),
             "{f}"
         );
@@ -354,24 +434,53 @@ mod tests {
             f.contains("rule `logloss <= stable * 1.01` failed: logloss 0.410000 > 0.404000"),
             "{f}"
         );
-        let d = evaluate(
-            &rs,
-            &json!({"auc": 0.76, "logloss": 0.401}),
-            Some((3, &stable)),
-        );
+        assert_eq!(d.rules[1].stable_value, Some(0.75));
+        assert_eq!(d.rules[1].stable_recorded_value, Some(0.80));
+        assert_eq!(d.rules[1].threshold, Some(0.752));
+        let d = evaluate(&rs, &json!({"auc": 0.76, "logloss": 0.401}), Some(&stable));
         assert!(d.passed, "{:?}", d);
+        // The decision round-trips through JSON (the task's output, the run record).
+        let back: Decision = serde_json::from_value(serde_json::to_value(&d).unwrap()).unwrap();
+        assert_eq!(back.stable, Some(stable.clone()));
+        // A decision recorded before the stable was re-scored still reads.
+        let old: Decision = serde_json::from_value(json!({
+            "passed": true, "stable_version": null, "rules": []
+        }))
+        .unwrap();
+        assert!(old.stable.is_none() && old.candidate.is_none());
         // A diverged model (NaN metrics serialise as null) fails.
         let d = evaluate(&rs, &json!({"auc": 0.5, "logloss": null}), None);
         assert!(!d.passed);
         assert!(d.failures().contains("auc 0.500000 < 0.700000"));
-        let d = evaluate(
-            &rs,
-            &json!({"auc": 0.8, "logloss": null}),
-            Some((3, &stable)),
-        );
+        let d = evaluate(&rs, &json!({"auc": 0.8, "logloss": null}), Some(&stable));
         assert!(
             d.failures()
                 .contains("logloss is null (not a finite number)")
         );
+    }
+
+    #[test]
+    fn a_stable_model_that_cannot_score_todays_rows_fails_the_relative_rules() {
+        let rs = rules(&["auc >= 0.70", "auc >= stable + 0.002"]);
+        let why = "stable version 3's transform cannot read today's examples: column `dwell_ms`: not in the dataset (columns: a, b)";
+        let stable = Baseline::unscorable(3, json!({"auc": 0.75}), why.into());
+        let d = evaluate(&rs, &json!({"auc": 0.9}), Some(&stable));
+        assert!(!d.passed);
+        assert_eq!(d.rules[0].outcome, RuleOutcome::Pass);
+        assert_eq!(d.rules[1].outcome, RuleOutcome::Fail);
+        assert_eq!(
+            d.failures(),
+            format!(
+                "rule `auc >= stable + 0.002` failed: stable v3 could not be scored on today's held-out rows: {why}"
+            )
+        );
+        assert_eq!(
+            d.stable.as_ref().and_then(|b| b.error.as_deref()),
+            Some(why)
+        );
+        // Without rules on `stable`, the reason is recorded but decides nothing.
+        let d = evaluate(&rs[..1], &json!({"auc": 0.9}), Some(&stable));
+        assert!(d.passed);
+        assert_eq!(d.stable.unwrap().error.as_deref(), Some(why));
     }
 }

@@ -138,6 +138,30 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
                 println!("  metrics       {m}");
             }
             if let Some(g) = &r.gate {
+                // Both sides of the comparison, on the same rows (today's held-out rows).
+                if !g["candidate"].is_null() {
+                    println!(
+                        "  gate          candidate on today's held-out rows: {}",
+                        brief_metrics(&g["candidate"])
+                    );
+                }
+                let s = &g["stable"];
+                if !s.is_null() {
+                    let v = &s["version"];
+                    match s["error"].as_str() {
+                        Some(e) => println!(
+                            "  gate          stable v{v} on the same rows: not scored: {e}"
+                        ),
+                        None => println!(
+                            "  gate          stable v{v} on the same rows: {}",
+                            brief_metrics(&s["rescored"])
+                        ),
+                    }
+                    println!(
+                        "  gate          stable v{v} as recorded on its own day's rows: {}",
+                        brief_metrics(&s["recorded"])
+                    );
+                }
                 for rule in g["rules"].as_array().into_iter().flatten() {
                     println!("  gate          {}", rule["detail"].as_str().unwrap_or(""));
                 }
@@ -174,4 +198,15 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `rows N, auc X, logloss Y` of a metrics object (`-` for what it lacks).
+fn brief_metrics(m: &serde_json::Value) -> String {
+    let f = |k: &str| m[k].as_f64().map_or("-".into(), |x| format!("{x:.6}"));
+    format!(
+        "rows {}, auc {}, logloss {}",
+        m["rows"].as_u64().map_or("-".into(), |n| n.to_string()),
+        f("auc"),
+        f("logloss")
+    )
 }

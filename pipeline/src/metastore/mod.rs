@@ -21,26 +21,38 @@ pub mod value;
 use anyhow::Context;
 
 pub use kiln_registry::process_alive;
-pub use lock::{LockHolder, LockOutcome, LockOwner};
+pub use lock::{LockHolder, LockOutcome, LockOwner, LostLock};
 pub use records::{
     AttemptRecord, EventRecord, NewRun, RunDetail, RunOutcome, RunRecord, TaskDetail, TaskRecord,
 };
 pub use schema::latest_schema_version;
 pub use value::{Db, Dialect, Value};
 
-/// `now` as RFC 3339 UTC with milliseconds.
-pub fn now_text() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// This host's clock. Debug builds (tests) shift it by `KILN_TEST_CLOCK_SKEW_SECONDS` to
+/// simulate hosts whose clocks differ; nothing that decides lock staleness reads it (the
+/// run lock uses the database's clock).
+pub fn host_now() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    #[cfg(debug_assertions)]
+    if let Some(skew) = std::env::var("KILN_TEST_CLOCK_SKEW_SECONDS")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && s.abs() < 1e9)
+    {
+        return now + chrono::Duration::milliseconds((skew * 1000.0) as i64);
+    }
+    now
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// `now` (this host's clock) as RFC 3339 UTC with milliseconds.
+pub fn now_text() -> String {
+    host_now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Seconds between an RFC 3339 start and now.
 fn seconds_since(started: &str) -> Option<f64> {
     let t = chrono::DateTime::parse_from_rfc3339(started).ok()?;
-    Some((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0)
+    Some((host_now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0)
 }
 
 /// This machine's host name.
@@ -58,6 +70,8 @@ pub struct Store {
     db: Box<dyn Db>,
     /// Where it lives (path or URL without password), for messages.
     pub describe: String,
+    /// The run lock every write must still hold ([`Store::fence_writes`]).
+    fence: Option<lock::Fence>,
 }
 
 impl Store {
@@ -77,7 +91,11 @@ impl Store {
                     path.display().to_string(),
                 )
             };
-        let mut store = Store { db, describe };
+        let mut store = Store {
+            db,
+            describe,
+            fence: None,
+        };
         store
             .migrate()
             .with_context(|| format!("metadata store {}: migrating", store.describe))?;

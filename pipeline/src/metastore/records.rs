@@ -267,53 +267,57 @@ fn event_from(r: &[Value]) -> anyhow::Result<EventRecord> {
 impl Store {
     /// Records a new run (status `running`); returns its id.
     pub fn start_run(&mut self, r: &NewRun) -> anyhow::Result<i64> {
-        self.insert_returning_id(
-            "INSERT INTO kiln_runs (job, run_date, trigger_kind, status, started_at, host, pid, kiln_version, spec_path, spec_sha256, overrides, log_dir, hyperparams)
-             VALUES ($1, $2, $3, $13, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-            &[
-                r.job.as_str().into(),
-                r.run_date.as_str().into(),
-                r.trigger.into(),
-                now_text().into(),
-                hostname().into(),
-                (std::process::id() as i64).into(),
-                env!("CARGO_PKG_VERSION").into(),
-                r.spec_path.as_str().into(),
-                r.spec_sha256.as_str().into(),
-                (&r.overrides).into(),
-                r.log_dir.as_str().into(),
-                (&r.hyperparams).into(),
-                RunStatus::Running.into(),
-            ],
-        )
+        self.fenced(|s| {
+            s.insert_returning_id(
+                "INSERT INTO kiln_runs (job, run_date, trigger_kind, status, started_at, host, pid, kiln_version, spec_path, spec_sha256, overrides, log_dir, hyperparams)
+                 VALUES ($1, $2, $3, $13, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                &[
+                    r.job.as_str().into(),
+                    r.run_date.as_str().into(),
+                    r.trigger.into(),
+                    now_text().into(),
+                    hostname().into(),
+                    (std::process::id() as i64).into(),
+                    env!("CARGO_PKG_VERSION").into(),
+                    r.spec_path.as_str().into(),
+                    r.spec_sha256.as_str().into(),
+                    (&r.overrides).into(),
+                    r.log_dir.as_str().into(),
+                    (&r.hyperparams).into(),
+                    RunStatus::Running.into(),
+                ],
+            )
+        })
     }
 
     /// Records how a run ended.
     pub fn finish_run(&mut self, run_id: i64, o: &RunOutcome) -> anyhow::Result<()> {
-        let started = self
-            .db
-            .query(
-                "SELECT started_at FROM kiln_runs WHERE id = $1",
-                &[run_id.into()],
-            )?
-            .first()
-            .and_then(|r| r[0].text())
-            .with_context(|| format!("run {run_id} not found"))?;
-        self.db.execute(
-            "UPDATE kiln_runs SET status = $2, finished_at = $3, seconds = $4, lineage = $5, metrics = $6, gate = $7, model_version = $8, error = $9 WHERE id = $1",
-            &[
-                run_id.into(),
-                o.status.into(),
-                now_text().into(),
-                seconds_since(&started).into(),
-                (&o.lineage).into(),
-                o.metrics.as_ref().into(),
-                o.gate.as_ref().into(),
-                o.model_version.into(),
-                o.error.clone().into(),
-            ],
-        )?;
-        Ok(())
+        self.fenced(|s| {
+            let started = s
+                .db
+                .query(
+                    "SELECT started_at FROM kiln_runs WHERE id = $1",
+                    &[run_id.into()],
+                )?
+                .first()
+                .and_then(|r| r[0].text())
+                .with_context(|| format!("run {run_id} not found"))?;
+            s.db.execute(
+                "UPDATE kiln_runs SET status = $2, finished_at = $3, seconds = $4, lineage = $5, metrics = $6, gate = $7, model_version = $8, error = $9 WHERE id = $1",
+                &[
+                    run_id.into(),
+                    o.status.into(),
+                    now_text().into(),
+                    seconds_since(&started).into(),
+                    (&o.lineage).into(),
+                    o.metrics.as_ref().into(),
+                    o.gate.as_ref().into(),
+                    o.model_version.into(),
+                    o.error.clone().into(),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Records a task starting (status `running`) or skipped (status `skipped`, with the
@@ -326,22 +330,24 @@ impl Store {
         status: TaskStatus,
         output: Option<&Json>,
     ) -> anyhow::Result<i64> {
-        let now = now_text();
-        let finished = (status != TaskStatus::Running).then(|| now.clone());
-        self.insert_returning_id(
-            "INSERT INTO kiln_tasks (run_id, name, status, fingerprint, started_at, finished_at, seconds, output)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            &[
-                run_id.into(),
-                name.into(),
-                status.into(),
-                fingerprint.into(),
-                now.into(),
-                finished.into(),
-                (status != TaskStatus::Running).then_some(0.0).into(),
-                output.into(),
-            ],
-        )
+        self.fenced(|s| {
+            let now = now_text();
+            let finished = (status != TaskStatus::Running).then(|| now.clone());
+            s.insert_returning_id(
+                "INSERT INTO kiln_tasks (run_id, name, status, fingerprint, started_at, finished_at, seconds, output)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &[
+                    run_id.into(),
+                    name.into(),
+                    status.into(),
+                    fingerprint.into(),
+                    now.into(),
+                    finished.into(),
+                    (status != TaskStatus::Running).then_some(0.0).into(),
+                    output.into(),
+                ],
+            )
+        })
     }
 
     /// Records how a task ended.
@@ -353,28 +359,30 @@ impl Store {
         output: Option<&Json>,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        let started = self
-            .db
-            .query(
-                "SELECT started_at FROM kiln_tasks WHERE id = $1",
-                &[task_id.into()],
-            )?
-            .first()
-            .and_then(|r| r[0].text())
-            .unwrap_or_default();
-        self.db.execute(
-            "UPDATE kiln_tasks SET status = $2, finished_at = $3, seconds = $4, attempts = $5, output = $6, error = $7 WHERE id = $1",
-            &[
-                task_id.into(),
-                status.into(),
-                now_text().into(),
-                seconds_since(&started).into(),
-                (attempts as i64).into(),
-                output.into(),
-                error.into(),
-            ],
-        )?;
-        Ok(())
+        self.fenced(|s| {
+            let started = s
+                .db
+                .query(
+                    "SELECT started_at FROM kiln_tasks WHERE id = $1",
+                    &[task_id.into()],
+                )?
+                .first()
+                .and_then(|r| r[0].text())
+                .unwrap_or_default();
+            s.db.execute(
+                "UPDATE kiln_tasks SET status = $2, finished_at = $3, seconds = $4, attempts = $5, output = $6, error = $7 WHERE id = $1",
+                &[
+                    task_id.into(),
+                    status.into(),
+                    now_text().into(),
+                    seconds_since(&started).into(),
+                    (attempts as i64).into(),
+                    output.into(),
+                    error.into(),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Records an attempt starting (status `running`); returns its id.
@@ -384,17 +392,19 @@ impl Store {
         attempt: u32,
         log_path: &str,
     ) -> anyhow::Result<i64> {
-        self.insert_returning_id(
-            "INSERT INTO kiln_attempts (task_id, attempt, status, started_at, log_path)
-             VALUES ($1, $2, $5, $3, $4) RETURNING id",
-            &[
-                task_id.into(),
-                (attempt as i64).into(),
-                now_text().into(),
-                log_path.into(),
-                AttemptStatus::Running.into(),
-            ],
-        )
+        self.fenced(|s| {
+            s.insert_returning_id(
+                "INSERT INTO kiln_attempts (task_id, attempt, status, started_at, log_path)
+                 VALUES ($1, $2, $5, $3, $4) RETURNING id",
+                &[
+                    task_id.into(),
+                    (attempt as i64).into(),
+                    now_text().into(),
+                    log_path.into(),
+                    AttemptStatus::Running.into(),
+                ],
+            )
+        })
     }
 
     /// Records how an attempt ended (`success` or `failed`).
@@ -404,26 +414,28 @@ impl Store {
         status: AttemptStatus,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        let started = self
-            .db
-            .query(
-                "SELECT started_at FROM kiln_attempts WHERE id = $1",
-                &[attempt_id.into()],
-            )?
-            .first()
-            .and_then(|r| r[0].text())
-            .unwrap_or_default();
-        self.db.execute(
-            "UPDATE kiln_attempts SET status = $2, finished_at = $3, seconds = $4, error = $5 WHERE id = $1",
-            &[
-                attempt_id.into(),
-                status.into(),
-                now_text().into(),
-                seconds_since(&started).into(),
-                error.into(),
-            ],
-        )?;
-        Ok(())
+        self.fenced(|s| {
+            let started = s
+                .db
+                .query(
+                    "SELECT started_at FROM kiln_attempts WHERE id = $1",
+                    &[attempt_id.into()],
+                )?
+                .first()
+                .and_then(|r| r[0].text())
+                .unwrap_or_default();
+            s.db.execute(
+                "UPDATE kiln_attempts SET status = $2, finished_at = $3, seconds = $4, error = $5 WHERE id = $1",
+                &[
+                    attempt_id.into(),
+                    status.into(),
+                    now_text().into(),
+                    seconds_since(&started).into(),
+                    error.into(),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// The newest successful (or skipped-as-done) task `name` of `job` on `date`.
@@ -461,16 +473,18 @@ impl Store {
 
     /// Records an event (alerts, lock takeovers) with a run.
     pub fn add_event(&mut self, run_id: i64, kind: EventKind, message: &str) -> anyhow::Result<()> {
-        self.db.execute(
-            "INSERT INTO kiln_events (run_id, at, kind, message) VALUES ($1, $2, $3, $4)",
-            &[
-                run_id.into(),
-                now_text().into(),
-                kind.into(),
-                message.into(),
-            ],
-        )?;
-        Ok(())
+        self.fenced(|s| {
+            s.db.execute(
+                "INSERT INTO kiln_events (run_id, at, kind, message) VALUES ($1, $2, $3, $4)",
+                &[
+                    run_id.into(),
+                    now_text().into(),
+                    kind.into(),
+                    message.into(),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Newest runs first, optionally of one job and/or date.
@@ -559,40 +573,42 @@ impl Store {
     /// Marks a run whose process died (its lock was taken over) and its unfinished tasks
     /// and attempts as failed.
     pub fn abandon_run(&mut self, run_id: i64, reason: &str) -> anyhow::Result<()> {
-        let now = now_text();
-        self.db.execute(
-            "UPDATE kiln_attempts SET status = $4, finished_at = $2, error = $3
-             WHERE status = $5 AND task_id IN (SELECT id FROM kiln_tasks WHERE run_id = $1)",
-            &[
-                run_id.into(),
-                now.as_str().into(),
-                reason.into(),
-                AttemptStatus::Failed.into(),
-                AttemptStatus::Running.into(),
-            ],
-        )?;
-        self.db.execute(
-            "UPDATE kiln_tasks SET status = $4, finished_at = $2, error = $3
-             WHERE run_id = $1 AND status = $5",
-            &[
-                run_id.into(),
-                now.as_str().into(),
-                reason.into(),
-                TaskStatus::Failed.into(),
-                TaskStatus::Running.into(),
-            ],
-        )?;
-        self.db.execute(
-            "UPDATE kiln_runs SET status = $4, finished_at = $2, error = $3
-             WHERE id = $1 AND status = $5",
-            &[
-                run_id.into(),
-                now.as_str().into(),
-                reason.into(),
-                RunStatus::Failed.into(),
-                RunStatus::Running.into(),
-            ],
-        )?;
-        Ok(())
+        self.fenced(|s| {
+            let now = now_text();
+            s.db.execute(
+                "UPDATE kiln_attempts SET status = $4, finished_at = $2, error = $3
+                 WHERE status = $5 AND task_id IN (SELECT id FROM kiln_tasks WHERE run_id = $1)",
+                &[
+                    run_id.into(),
+                    now.as_str().into(),
+                    reason.into(),
+                    AttemptStatus::Failed.into(),
+                    AttemptStatus::Running.into(),
+                ],
+            )?;
+            s.db.execute(
+                "UPDATE kiln_tasks SET status = $4, finished_at = $2, error = $3
+                 WHERE run_id = $1 AND status = $5",
+                &[
+                    run_id.into(),
+                    now.as_str().into(),
+                    reason.into(),
+                    TaskStatus::Failed.into(),
+                    TaskStatus::Running.into(),
+                ],
+            )?;
+            s.db.execute(
+                "UPDATE kiln_runs SET status = $4, finished_at = $2, error = $3
+                 WHERE id = $1 AND status = $5",
+                &[
+                    run_id.into(),
+                    now.as_str().into(),
+                    reason.into(),
+                    RunStatus::Failed.into(),
+                    RunStatus::Running.into(),
+                ],
+            )?;
+            Ok(())
+        })
     }
 }

@@ -84,6 +84,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
          CREATE INDEX kiln_tasks_run ON kiln_tasks (run_id, name);
          CREATE INDEX kiln_attempts_task ON kiln_attempts (task_id)",
     ),
+    (
+        3,
+        "run lock: fencing number; heartbeats in database time",
+        "ALTER TABLE kiln_locks ADD COLUMN fence BIGINT NOT NULL DEFAULT 1",
+    ),
 ];
 
 /// The schema version this build writes.

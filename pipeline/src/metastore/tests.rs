@@ -179,7 +179,10 @@ fn locks(url: &str) {
     let long = Duration::from_secs(60);
     assert!(matches!(
         s1.try_lock(&job, "2026-11-20", &a, long).unwrap(),
-        LockOutcome::Acquired { took_over: None }
+        LockOutcome::Acquired {
+            took_over: None,
+            ..
+        }
     ));
     s1.set_lock_run(&job, "2026-11-20", &a, 42).unwrap();
     match s2.try_lock(&job, "2026-11-20", &b, long).unwrap() {
@@ -200,7 +203,10 @@ fn locks(url: &str) {
     s1.unlock(&job, "2026-11-20", &a).unwrap();
     assert!(matches!(
         s2.try_lock(&job, "2026-11-20", &b, long).unwrap(),
-        LockOutcome::Acquired { took_over: None }
+        LockOutcome::Acquired {
+            took_over: None,
+            ..
+        }
     ));
     // A silent holder (heartbeat older than the limit) is taken over; the old owner has
     // lost it.
@@ -209,7 +215,9 @@ fn locks(url: &str) {
         .try_lock(&job, "2026-11-20", &a, Duration::from_millis(10))
         .unwrap()
     {
-        LockOutcome::Acquired { took_over: Some(h) } => assert!(h.heartbeat_age_ms >= 10),
+        LockOutcome::Acquired {
+            took_over: Some(h), ..
+        } => assert!(h.heartbeat_age_ms >= 10),
         other => panic!("expected a takeover, got {other:?}"),
     }
     assert!(!s2.heartbeat(&job, "2026-11-20", &b).unwrap());
@@ -227,7 +235,10 @@ fn locks(url: &str) {
     ));
     assert!(matches!(
         s2.try_lock(&job, "2026-11-22", &b, long).unwrap(),
-        LockOutcome::Acquired { took_over: Some(_) }
+        LockOutcome::Acquired {
+            took_over: Some(_),
+            ..
+        }
     ));
 }
 
@@ -292,6 +303,157 @@ fn postgres_locks() {
 fn postgres_lock_race() {
     if let Some(url) = postgres_url() {
         lock_race(&url);
+    }
+}
+
+/// Staleness is judged by the database's clock: a fresh heartbeat is young whatever this
+/// host's clock says, and one moved back in database time is stale.
+fn lock_uses_the_database_clock(url: &str) {
+    let mut s1 = Store::open(url).unwrap();
+    let mut s2 = Store::open(url).unwrap();
+    let job = unique_job("dbclock");
+    let (a, b) = (LockOwner::this_process(), LockOwner::this_process());
+    let stale = Duration::from_secs(60);
+    assert!(matches!(
+        s1.try_lock(&job, "2026-11-20", &a, stale).unwrap(),
+        LockOutcome::Acquired { fence: 1, .. }
+    ));
+    let h = s2.lock_holder(&job, "2026-11-20").unwrap().unwrap();
+    assert!(h.heartbeat_age_ms.abs() < 5_000, "{h:?}");
+    assert!(matches!(
+        s2.try_lock(&job, "2026-11-20", &b, stale).unwrap(),
+        LockOutcome::Held(_)
+    ));
+    s2.backdate_heartbeat(&job, "2026-11-20", Duration::from_secs(3600))
+        .unwrap();
+    let h = s2.lock_holder(&job, "2026-11-20").unwrap().unwrap();
+    assert!(h.heartbeat_age_ms >= 3_600_000, "{h:?}");
+    // The heartbeat is written with the database's time: fresh again.
+    assert!(s1.heartbeat(&job, "2026-11-20", &a).unwrap());
+    let h = s2.lock_holder(&job, "2026-11-20").unwrap().unwrap();
+    assert!(h.heartbeat_age_ms.abs() < 5_000, "{h:?}");
+}
+
+/// Fencing: once taken over, the old holder's writes fail with `LostLock` and write
+/// nothing; the new holder's fencing number is higher.
+fn lost_lock_fences_writes(url: &str) {
+    let mut s1 = Store::open(url).unwrap();
+    let mut s2 = Store::open(url).unwrap();
+    let job = unique_job("fence");
+    let date = "2026-11-20";
+    let a = LockOwner::this_process();
+    let b = LockOwner {
+        host: "other-host".into(),
+        pid: 4711,
+        ..LockOwner::this_process()
+    };
+    let stale = Duration::from_secs(60);
+    let LockOutcome::Acquired { fence, .. } = s1.try_lock(&job, date, &a, stale).unwrap() else {
+        panic!("not acquired")
+    };
+    s1.fence_writes(&job, date, &a, fence);
+    let run = s1.start_run(&new_run(&job, date)).unwrap();
+    s1.set_lock_run(&job, date, &a, run).unwrap();
+    let t = s1
+        .start_task(
+            run,
+            &task(TaskKind::Features),
+            "fp",
+            TaskStatus::Running,
+            None,
+        )
+        .unwrap();
+    s1.check_lock(&job, date, &a, fence).unwrap();
+
+    // The holder looks silent (database time): b takes over with a higher fence.
+    s2.backdate_heartbeat(&job, date, Duration::from_secs(3600))
+        .unwrap();
+    let LockOutcome::Acquired {
+        took_over: Some(old),
+        fence: f2,
+    } = s2.try_lock(&job, date, &b, stale).unwrap()
+    else {
+        panic!("no takeover")
+    };
+    assert_eq!(old.run_id, Some(run));
+    assert_eq!(f2, fence + 1);
+    s2.set_lock_run(&job, date, &b, run + 1000).unwrap();
+
+    let expect = format!(
+        "lost the run lock for job {job} date {date} to run {} on host other-host (pid 4711) at ",
+        run + 1000
+    );
+    let errs = [
+        s1.finish_task(t, TaskStatus::Success, 1, None, None)
+            .unwrap_err(),
+        s1.start_task(run, &task(TaskKind::Train), "fp", TaskStatus::Running, None)
+            .unwrap_err(),
+        s1.start_attempt(t, 2, "/x.log").unwrap_err(),
+        s1.add_event(run, EventKind::Alert, "x").unwrap_err(),
+        s1.finish_run(
+            run,
+            &RunOutcome {
+                status: RunStatus::Success,
+                lineage: json!({}),
+                metrics: None,
+                gate: None,
+                model_version: Some(1),
+                error: None,
+            },
+        )
+        .unwrap_err(),
+        s1.check_lock(&job, date, &a, fence).unwrap_err(),
+    ];
+    for e in &errs {
+        assert!(e.downcast_ref::<LostLock>().is_some(), "{e:#}");
+        let m = e.to_string();
+        assert!(m.starts_with(&expect) && m.ends_with("; stopping"), "{m}");
+    }
+    assert!(!s1.heartbeat(&job, date, &a).unwrap());
+    // Nothing of it was written.
+    let d = s2.run(run).unwrap().unwrap();
+    assert_eq!(d.run.status, RunStatus::Running);
+    assert_eq!(d.run.model_version, None);
+    assert_eq!(d.tasks.len(), 1);
+    assert_eq!(d.tasks[0].task.status, TaskStatus::Running);
+    assert!(d.tasks[0].attempt_log.is_empty() && d.events.is_empty());
+    // The new holder writes.
+    s2.fence_writes(&job, date, &b, f2);
+    s2.abandon_run(run, "abandoned").unwrap();
+    assert_eq!(s2.run(run).unwrap().unwrap().run.status, RunStatus::Failed);
+    // A lock that was removed is lost too.
+    s2.unlock(&job, date, &b).unwrap();
+    let e = s2.add_event(run, EventKind::Lock, "x").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("to nobody (the lock row was removed)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sqlite_lock_uses_the_database_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    lock_uses_the_database_clock(dir.path().join("runs.sqlite").to_str().unwrap());
+}
+
+#[test]
+fn sqlite_lost_lock_fences_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    lost_lock_fences_writes(dir.path().join("runs.sqlite").to_str().unwrap());
+}
+
+#[test]
+fn postgres_lock_uses_the_database_clock() {
+    if let Some(url) = postgres_url() {
+        lock_uses_the_database_clock(&url);
+    }
+}
+
+#[test]
+fn postgres_lost_lock_fences_writes() {
+    if let Some(url) = postgres_url() {
+        lost_lock_fences_writes(&url);
     }
 }
 

@@ -14,7 +14,7 @@ use super::ctx::Ctx;
 use super::evaluate::EvaluateTask;
 use super::features::FeaturesTask;
 use super::gate::GateTask;
-use super::lock::LockGuard;
+use super::lock::{LockCheck, LockGuard};
 use super::publish::PublishTask;
 use super::recorder::StoreRecorder;
 use super::sensor::SensorTask;
@@ -24,7 +24,9 @@ use crate::alert;
 use crate::config;
 use crate::dag::{Dag, Task};
 use crate::gate::{Decision, RuleOutcome};
-use crate::metastore::{LockOutcome, LockOwner, NewRun, RunOutcome, Store, hostname, now_text};
+use crate::metastore::{
+    LockOutcome, LockOwner, LostLock, NewRun, RunOutcome, Store, hostname, now_text,
+};
 use crate::status::{EventKind, RunStatus, TaskStatus};
 use crate::task::{TaskId, TaskKind};
 
@@ -60,7 +62,7 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
     let mut store = Store::open(&pipeline.metastore)?;
     let owner = LockOwner::this_process();
     let stale = Duration::from_secs(pipeline.config.lock_stale_seconds.max(1));
-    let took_over = match store.try_lock(&spec.name, &date, &owner, stale)? {
+    let (took_over, fence) = match store.try_lock(&spec.name, &date, &owner, stale)? {
         LockOutcome::Held(holder) => {
             return Err(AlreadyRunning {
                 job: spec.name.clone(),
@@ -70,10 +72,19 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
             }
             .into());
         }
-        LockOutcome::Acquired { took_over } => took_over,
+        LockOutcome::Acquired { took_over, fence } => (took_over, fence),
     };
+    // Every record of this run checks, in its transaction, that the lock is still ours.
+    store.fence_writes(&spec.name, &date, &owner, fence);
     // Held (and heartbeating) until this function returns.
-    let _lock = match LockGuard::start(&pipeline.metastore, &spec.name, &date, &owner, stale) {
+    let grace = crate::dag::seconds(pipeline.config.term_grace_seconds);
+    let guard = LockCheck::open(&pipeline.metastore, &spec.name, &date, &owner, fence)
+        .map(Arc::new)
+        .and_then(|check| {
+            LockGuard::start(&pipeline.metastore, &owner, stale, check.clone(), grace)
+                .map(|g| (check, g))
+        });
+    let (lock, _guard) = match guard {
         Ok(g) => g,
         Err(e) => {
             let _ = store.unlock(&spec.name, &date, &owner);
@@ -168,8 +179,30 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
     tasks.push(Box::new(TrainTask { ctx: ctx.clone() }));
     tasks.push(Box::new(EvaluateTask { ctx: ctx.clone() }));
     tasks.push(Box::new(GateTask { ctx: ctx.clone() }));
-    tasks.push(Box::new(PublishTask { ctx: ctx.clone() }));
+    tasks.push(Box::new(PublishTask {
+        ctx: ctx.clone(),
+        lock: lock.clone(),
+    }));
     let outcomes = Dag::new(tasks).and_then(|mut dag| dag.run(&mut rec, &log_dir, req.force));
+    // A run that lost its lock stops here: it records nothing more (another run owns this
+    // job and date now) and sends no alert.
+    let lost = match &outcomes {
+        Err(e) => e
+            .chain()
+            .find_map(|c| c.downcast_ref::<LostLock>())
+            .cloned(),
+        Ok(_) => None,
+    }
+    .or_else(|| lock.lost())
+    .or_else(|| {
+        lock.check()
+            .err()
+            .and_then(|e| e.downcast_ref::<LostLock>().cloned())
+    });
+    if let Some(l) = lost {
+        rec.log_line(&format!("error: {l}"));
+        return Err(l.into());
+    }
     let (outcomes, dag_error) = match outcomes {
         Ok(o) => (o, None),
         Err(e) => (Vec::new(), Some(format!("{e:#}"))),

@@ -10,6 +10,7 @@ use kiln_registry::{self as registry, Repo};
 use serde_json::{Value as Json, json};
 
 use super::ctx::{Cancel, Ctx, Upstream, in_process, output, sha};
+use super::lock::LockCheck;
 use crate::dag::{Attempt, Task};
 use crate::gate::Decision;
 use crate::metastore::now_text;
@@ -21,6 +22,9 @@ const KIND: TaskKind = TaskKind::Publish;
 pub(super) struct PublishTask {
     /// The run.
     pub ctx: Arc<Ctx>,
+    /// The run's hold on its lock: checked before each change to the repository, so a run
+    /// whose lock was taken over publishes nothing.
+    pub lock: Arc<LockCheck>,
 }
 
 /// Held-out logits `kiln predict` wrote, by (shard, row).
@@ -119,15 +123,16 @@ impl Task<TaskId> for PublishTask {
     /// its next change to the repository (a version renamed in before that is found again
     /// by its publish key on the retry).
     fn run(&mut self, a: &Attempt, up: &Upstream) -> anyhow::Result<Json> {
-        let (ctx, up) = (self.ctx.clone(), up.clone());
+        let (ctx, up, lock) = (self.ctx.clone(), up.clone(), self.lock.clone());
         in_process(KIND.as_str(), a.timeout, move |cancel| {
-            publish(&ctx, &up, &cancel)
+            publish(&ctx, &up, &cancel, &lock)
         })
     }
 }
 
 /// The publish task's body (see [`PublishTask`]).
-fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel) -> anyhow::Result<Json> {
+fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel, lock: &LockCheck) -> anyhow::Result<Json> {
+    lock.check()?;
     let repo = Repo::new(&ctx.pipeline.repo_dir);
     let (features, train) = (output(up, TaskKind::Features), output(up, TaskKind::Train));
     let (evaluate, gate) = (output(up, TaskKind::Evaluate), output(up, TaskKind::Gate));
@@ -174,6 +179,8 @@ fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel) -> anyhow::Result<Json> {
             let v = repo.publish(&ctx.model_dir(), &lineage, |tmp| {
                 rows = verify_model(tmp, data, &predictions, n)?;
                 cancel.check()?;
+                // Last check before the version is renamed in.
+                lock.check()?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
             })?;
             verified_rows = Some(rows);
@@ -181,6 +188,7 @@ fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel) -> anyhow::Result<Json> {
         }
     };
     cancel.check()?;
+    lock.check()?;
     let label = ctx.pipeline.config.promote_to;
     let labels = repo.update_labels(|l, _| {
         if decision.passed {
@@ -192,6 +200,7 @@ fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel) -> anyhow::Result<Json> {
         Ok::<_, registry::RegistryError>(l.clone())
     })?;
     cancel.check()?;
+    lock.check()?;
     let pruned = repo.prune(ctx.pipeline.config.keep_versions)?;
     // The checkpoints are no longer needed once the version is published.
     let ckpt = ctx.model_dir().join("checkpoints");
