@@ -213,6 +213,28 @@ impl Moto {
         Arc::new(store)
     }
 
+    /// Keys of the multipart uploads in progress in `bucket` (an unsigned
+    /// `ListMultipartUploads`, which moto accepts): what an aborted writer must not leave.
+    pub fn multipart_uploads(&self, bucket: &str) -> Vec<String> {
+        let resp = http(
+            self.port,
+            &format!(
+                "GET /{bucket}?uploads HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                self.port
+            ),
+        )
+        .unwrap_or_else(|e| panic!("listing multipart uploads of {bucket}: {e}"));
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "listing multipart uploads of {bucket}: {resp}"
+        );
+        resp.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// `s3://bucket/prefix` on this server, through [`store`](Self::store).
     pub fn location(&self, bucket: &str, prefix: &str) -> Location {
         Location::new(

@@ -564,3 +564,80 @@ fn shard_bytes_do_not_depend_on_batch_boundaries() {
     };
     assert_eq!(sums("a", &split_evenly), sums("b", &split_unevenly));
 }
+
+/// Flips one byte inside record `record`'s payload in an uncompressed TFRecord file.
+fn corrupt_tfrecord_payload(path: &Path, record: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut start = 0usize;
+    for _ in 0..record {
+        let len = u64::from_le_bytes(bytes[start..start + 8].try_into().unwrap()) as usize;
+        start += 12 + len + 4;
+    }
+    bytes[start + 12 + 5] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Issue 12.6: `skip_corrupt` is reachable from `Dataset`: a record with a bad CRC fails a
+/// plain read naming the shard, and is skipped and reported (index, offset, rows lost) with it.
+#[test]
+fn dataset_skip_corrupt_skips_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().to_str().unwrap();
+    let options = ShardOptions {
+        num_shards: 1,
+        formats: vec![ShardFormat::TfRecord],
+        tfrecord_compression: Compression::None,
+        ..Default::default()
+    };
+    let m =
+        write_dataset_blocking(url, training_schema(), &input(2, 50), options, json!({})).unwrap();
+    let shard = dir.path().join(&m.shards[0].path);
+    corrupt_tfrecord_payload(&shard, 3);
+
+    let ds = Dataset::open_blocking(url, OpenOptions::default()).unwrap();
+    let e = ds
+        .read_shards(&[0], None, 16)
+        .unwrap()
+        .find_map(|b| b.err())
+        .expect("the corrupt record fails a plain read")
+        .to_string();
+    assert!(e.contains(&m.shards[0].path) && e.contains("CRC"), "{e}");
+    assert!(ds.skipped().is_empty());
+
+    let ds = ds.with_skip_corrupt(true);
+    let rows: Vec<RecordBatch> = ds
+        .read_shards(&[0], None, 16)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    let rows = concat_batches(&training_schema(), &rows).unwrap();
+    assert_eq!(rows.num_rows(), 99);
+    let ids = rows
+        .column_by_name("event_id")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let want: Vec<i64> = input(2, 50)
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("event_id")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(ids.values().to_vec(), want, "every other record, in order");
+    let skipped = ds.skipped();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].shard.ends_with(&m.shards[0].path), "{skipped:?}");
+    assert_eq!(skipped[0].rows_lost, 1);
+    assert_eq!(skipped[0].records.len(), 1);
+    assert_eq!(skipped[0].records[0].index, 3);
+    assert_eq!(
+        skipped[0].records[0].reason,
+        kiln_connectors::tfrecord::SkipReason::DataCrcMismatch
+    );
+}

@@ -12,7 +12,7 @@ use kiln_connectors::testing::Moto;
 use kiln_connectors::{
     Compression, Dataset, DatasetWriter, Error, OpenOptions, ShardFormat, ShardOptions,
 };
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
 
 fn collect(it: ShardBatches) -> arrow::array::RecordBatch {
@@ -173,4 +173,89 @@ fn s3_url_child() {
             .contains("\"total_rows\":10000")
     );
     println!("S3 URL ROWS {rows}");
+}
+
+/// Issue 12.8: a failed or abandoned shard writer leaves no multipart upload (its parts are
+/// billed storage on S3 and invisible to listings), and the next commit removes stray objects
+/// under its run prefix.
+#[test]
+fn failed_shard_writers_abort_their_multipart_uploads() {
+    use kiln_connectors::ShardWriter;
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("kiln-abort");
+    let loc = moto.location("kiln-abort", "ctr/examples/dt=2026-11-22");
+    let options = ShardOptions {
+        num_shards: 1,
+        formats: vec![ShardFormat::TfRecord, ShardFormat::Parquet],
+        tfrecord_compression: Compression::None,
+        ..Default::default()
+    };
+    // ~60k rows x ~630 bytes: past the 16 MiB buffer, so the TFRecord upload is multipart.
+    let fill = |w: &mut ShardWriter| {
+        for i in 0..6 {
+            block_on(w.write_batch(&training_batch(i * 10_000, 10_000, 3))).unwrap();
+        }
+    };
+    let objects = || -> Vec<String> {
+        block_on(async {
+            loc.store
+                .list(Some(&loc.path))
+                .map(|m| m.unwrap().location.to_string())
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+
+    // An explicit abort (a failed task) removes the started upload at once.
+    let mut w = ShardWriter::new(&loc, "aborted", 0, training_schema(), &options).unwrap();
+    fill(&mut w);
+    let started = moto.multipart_uploads("kiln-abort");
+    assert_eq!(
+        started.len(),
+        1,
+        "expected one multipart upload: {started:?}"
+    );
+    assert!(started[0].ends_with(".tfrecord"), "{started:?}");
+    block_on(w.abort()).unwrap();
+    assert_eq!(moto.multipart_uploads("kiln-abort"), Vec::<String>::new());
+    assert_eq!(objects(), Vec::<String>::new());
+
+    // A writer dropped unfinished (a cancelled task) aborts in the background.
+    let mut w = ShardWriter::new(&loc, "dropped", 0, training_schema(), &options).unwrap();
+    fill(&mut w);
+    assert_eq!(moto.multipart_uploads("kiln-abort").len(), 1);
+    drop(w);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !moto.multipart_uploads("kiln-abort").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped writer's upload was not aborted: {:?}",
+            moto.multipart_uploads("kiln-abort")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // A stray object under the committing run's prefix (a killed attempt's complete file that
+    // no shard names) is removed by the commit; the committed shards stay.
+    let stray = loc.child("run-kept/part-00007-of-00009.tfrecord");
+    block_on(
+        stray
+            .store
+            .put(&stray.path, bytes::Bytes::from_static(b"junk").into()),
+    )
+    .unwrap();
+    let mut w =
+        DatasetWriter::new(loc.clone(), training_schema(), options, Some("kept".into())).unwrap();
+    w.write_blocking(&training_batch(0, 100, 3)).unwrap();
+    let m = w.finish_blocking(json!({})).unwrap();
+    let mut want: Vec<String> = m
+        .shards
+        .iter()
+        .map(|s| loc.child(&s.path).path.to_string())
+        .collect();
+    want.extend(["_SUCCESS", "_manifest.json"].map(|f| loc.child(f).path.to_string()));
+    want.sort();
+    let mut got = objects();
+    got.sort();
+    assert_eq!(got, want);
 }

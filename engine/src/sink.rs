@@ -309,10 +309,37 @@ struct PartitionWriter {
 }
 
 impl PartitionWriter {
-    /// Streams one partition (grouped by shard, ordered by key) into shard files.
-    async fn write_all(self, mut input: SendableRecordBatchStream) -> DfResult<RecordBatch> {
-        let mut files: Vec<ShardFile> = Vec::new();
+    /// Streams one partition (grouped by shard, ordered by key) into shard files. On failure
+    /// the open shard's uploads are aborted before the error is returned.
+    async fn write_all(self, input: SendableRecordBatchStream) -> DfResult<RecordBatch> {
         let mut current: Option<(u32, ShardWriter)> = None;
+        let files = match self.write_shards(input, &mut current).await {
+            Ok(files) => files,
+            Err(e) => {
+                if let Some((_, w)) = current.take()
+                    && let Err(abort) = w.abort().await
+                {
+                    tracing::warn!("after a failed shard write: {abort}");
+                }
+                return Err(e);
+            }
+        };
+        let json: Vec<String> = files
+            .iter()
+            .map(|f| serde_json::to_string(f).expect("ShardFile serialises"))
+            .collect();
+        Ok(RecordBatch::try_new(
+            result_schema(),
+            vec![Arc::new(StringArray::from(json)) as ArrayRef],
+        )?)
+    }
+
+    async fn write_shards(
+        &self,
+        mut input: SendableRecordBatchStream,
+        current: &mut Option<(u32, ShardWriter)>,
+    ) -> DfResult<Vec<ShardFile>> {
+        let mut files: Vec<ShardFile> = Vec::new();
         let shard_col = self.data_schema.fields().len();
         while let Some(batch) = input.next().await {
             let batch = batch?;
@@ -349,7 +376,7 @@ impl PartitionWriter {
                         &self.options,
                     )
                     .map_err(io_error)?;
-                    current = Some((shard, w));
+                    *current = Some((shard, w));
                 }
                 let (_, w) = current.as_mut().expect("writer just opened");
                 w.write_batch(&data.slice(start, end - start))
@@ -361,14 +388,7 @@ impl PartitionWriter {
         if let Some((_, w)) = current.take() {
             files.extend(w.finish().await.map_err(io_error)?);
         }
-        let json: Vec<String> = files
-            .iter()
-            .map(|f| serde_json::to_string(f).expect("ShardFile serialises"))
-            .collect();
-        Ok(RecordBatch::try_new(
-            result_schema(),
-            vec![Arc::new(StringArray::from(json)) as ArrayRef],
-        )?)
+        Ok(files)
     }
 }
 

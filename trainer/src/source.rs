@@ -102,18 +102,32 @@ pub struct DatasetSource {
 impl DatasetSource {
     /// Opens the dataset at `url` (path, `file://` or `s3://`); fails if it is not committed.
     pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, false)
+    }
+
+    /// [`open`](Self::open); with `skip_corrupt`, corrupt TFRecord records are skipped and
+    /// reported by [`skipped`](Self::skipped) instead of failing the read.
+    pub fn open_with(url: &str, skip_corrupt: bool) -> Result<Self> {
         let dataset = kiln_connectors::dataset::Dataset::open_blocking(url, Default::default())
             .map_err(|e| Error::Dataset {
                 url: url.into(),
                 shard: None,
                 source: Box::new(e),
-            })?;
+            })?
+            .with_skip_corrupt(skip_corrupt);
         let manifest_sha256 = crate::config::sha256_hex(&dataset.manifest().to_json_bytes());
         Ok(Self {
             dataset,
             batch_rows: 4096,
             manifest_sha256,
         })
+    }
+}
+
+impl DatasetSource {
+    /// What `skip_corrupt` skipped so far (each read of a shard reports its own skips).
+    pub fn skipped(&self) -> Vec<kiln_connectors::dataset::SkippedInShard> {
+        self.dataset.skipped()
     }
 }
 

@@ -153,6 +153,8 @@ pub async fn commit_dataset(
     };
     if location.url.starts_with("file://") {
         remove_stray_local_files(location, run_id, &manifest);
+    } else {
+        remove_stray_objects(location, run_id, &manifest).await;
     }
     let replaced = put_manifest(location, &manifest).await?;
     let s = location.child(SUCCESS_FILE);
@@ -325,6 +327,39 @@ fn remove_stray_local_files(location: &Location, run_id: &str, manifest: &Manife
                 dir.display()
             );
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Object stores: deletes objects under this run's prefix that the manifest does not list
+/// (a shard a killed task attempt completed under a name no attempt committed). Incomplete
+/// multipart uploads of a killed process are not listable through `object_store`; see
+/// `docs/datasets.md` for the bucket lifecycle rule that removes them.
+async fn remove_stray_objects(location: &Location, run_id: &str, manifest: &Manifest) {
+    let run = location.child(&format!("run-{run_id}"));
+    let listed: std::collections::HashSet<String> = manifest
+        .shards
+        .iter()
+        .map(|s| location.child(&s.path).path.to_string())
+        .collect();
+    let objects: Vec<_> = run.store.list(Some(&run.path)).collect().await;
+    for o in objects {
+        let o = match o {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("listing {} for stray shard files: {e}", run.url);
+                return;
+            }
+        };
+        if listed.contains(o.location.as_ref()) {
+            continue;
+        }
+        tracing::warn!(
+            "removing {}: not a committed shard (left by an interrupted writer)",
+            o.location
+        );
+        if let Err(e) = run.store.delete(&o.location).await {
+            tracing::warn!("deleting stray {}: {e}", o.location);
         }
     }
 }

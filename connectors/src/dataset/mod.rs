@@ -31,7 +31,7 @@ pub mod writer;
 
 pub use commit::commit_dataset;
 pub use options::{ShardOptions, new_run_id};
-pub use reader::{Dataset, OpenOptions, ShardBatches};
+pub use reader::{Dataset, OpenOptions, ShardBatches, SkippedInShard};
 pub use shard_writer::{ShardWriter, write_empty_shard};
 pub use writer::{DatasetWriter, write_dataset_blocking};
 

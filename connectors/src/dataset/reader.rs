@@ -3,6 +3,7 @@
 //! on a background thread.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -15,7 +16,7 @@ use crate::codec::ExampleDecoder;
 use crate::error::{Error, Result};
 use crate::manifest::{MANIFEST_FILE, Manifest, ShardCompression, ShardFile, ShardFormat};
 use crate::store::{self, Location};
-use crate::tfrecord::TfRecordReader;
+use crate::tfrecord::{SkippedRecord, TfRecordReader};
 
 /// Options of [`Dataset::open`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,6 +31,21 @@ pub struct Dataset {
     location: Location,
     manifest: Manifest,
     schema: SchemaRef,
+    skip_corrupt: bool,
+    /// What `skip_corrupt` skipped so far, shared by clones and reader threads.
+    skipped: Arc<Mutex<Vec<SkippedInShard>>>,
+}
+
+/// What [`Dataset::with_skip_corrupt`] skipped in one TFRecord shard.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedInShard {
+    /// The shard's URL.
+    pub shard: String,
+    /// Each corrupt record, with its index, offset and reason.
+    pub records: Vec<SkippedRecord>,
+    /// Rows the manifest lists that were not read: the skipped records and, after a length
+    /// CRC mismatch or truncation (reading cannot resynchronise), every record after it.
+    pub rows_lost: u64,
 }
 
 impl Dataset {
@@ -122,7 +138,26 @@ impl Dataset {
             location,
             manifest,
             schema,
+            skip_corrupt: false,
+            skipped: Arc::default(),
         })
+    }
+
+    /// Skip corrupt TFRecord records (CRC mismatch, truncation) instead of failing, as
+    /// TensorFlow's `ignore_errors` does; [`skipped`](Self::skipped) reports each one and the
+    /// rows lost. Parquet shards carry their own checks and still fail.
+    pub fn with_skip_corrupt(mut self, skip: bool) -> Self {
+        self.skip_corrupt = skip;
+        self
+    }
+
+    /// What `skip_corrupt` skipped so far, one entry per shard read with corrupt records
+    /// (each time a shard is read).
+    pub fn skipped(&self) -> Vec<SkippedInShard> {
+        self.skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The manifest.
@@ -191,15 +226,21 @@ impl Dataset {
         let location = self.location.clone();
         let schema = self.schema.clone();
         let batch_size = batch_size.max(1);
+        let skipped = self.skip_corrupt.then(|| Arc::clone(&self.skipped));
         let handle = std::thread::Builder::new()
             .name("kiln-shard-reader".into())
             .spawn(move || {
                 for s in todo {
                     let loc = location.child(&s.path);
                     let r = match s.format {
-                        ShardFormat::TfRecord => {
-                            read_tfrecord_shard(&loc, &s, schema.clone(), batch_size, &tx)
-                        }
+                        ShardFormat::TfRecord => read_tfrecord_shard(
+                            &loc,
+                            &s,
+                            schema.clone(),
+                            batch_size,
+                            skipped.as_deref(),
+                            &tx,
+                        ),
                         ShardFormat::Parquet => {
                             read_parquet_shard(&loc, &s, schema.clone(), batch_size, &tx)
                         }
@@ -275,11 +316,14 @@ impl std::io::Read for ObjectRead {
 
 type Tx = SyncSender<Result<RecordBatch>>;
 
+/// Streams one TFRecord shard; with `skipped` (skip_corrupt), corrupt records are skipped
+/// and reported there.
 fn read_tfrecord_shard(
     loc: &Location,
     s: &ShardFile,
     schema: SchemaRef,
     batch_size: usize,
+    skipped: Option<&Mutex<Vec<SkippedInShard>>>,
     tx: &Tx,
 ) -> Result<bool> {
     let got = store::runtime()
@@ -305,7 +349,8 @@ fn read_tfrecord_shard(
             ),
         ));
     };
-    let mut reader = TfRecordReader::new(r, compression, loc.url.clone());
+    let mut reader =
+        TfRecordReader::new(r, compression, loc.url.clone()).with_skip_corrupt(skipped.is_some());
     let mut dec = ExampleDecoder::new(schema)?.with_source(loc.url.clone());
     let mut rows = 0u64;
     while let Some(rec) = reader.next_record()? {
@@ -317,6 +362,21 @@ fn read_tfrecord_shard(
     }
     if dec.buffered_rows() > 0 && tx.send(dec.finish_batch()).is_err() {
         return Ok(false);
+    }
+    let corrupt = reader.skipped();
+    if let Some(report) = skipped
+        && !corrupt.is_empty()
+        && rows < s.rows
+    {
+        report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(SkippedInShard {
+                shard: loc.url.clone(),
+                records: corrupt.to_vec(),
+                rows_lost: s.rows - rows,
+            });
+        return Ok(true);
     }
     if rows != s.rows {
         return Err(Error::dataset(

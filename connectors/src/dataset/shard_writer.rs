@@ -35,6 +35,8 @@ struct Sink {
     w: BufWriter,
     state: Arc<Mutex<HashState>>,
     url: String,
+    /// Completion or abort was attempted: the writer must not be touched again.
+    closed: bool,
 }
 
 impl Sink {
@@ -43,6 +45,7 @@ impl Sink {
             w: BufWriter::with_capacity(loc.store.clone(), loc.path.clone(), 16 << 20),
             state: Arc::default(),
             url: loc.url.clone(),
+            closed: false,
         }
     }
 
@@ -62,10 +65,23 @@ impl Sink {
     }
 
     async fn complete(&mut self) -> Result<()> {
+        self.closed = true;
         self.w
             .shutdown()
             .await
             .map_err(|e| Error::io(format!("completing {}", self.url), e))
+    }
+
+    /// Abandons the object: aborts its multipart upload (or drops the buffered bytes), so no
+    /// parts are left behind in the store.
+    async fn abort(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
+        self.w
+            .abort()
+            .await
+            .map_err(|e| Error::store(format!("aborting the upload of {}", self.url), e))
     }
 }
 
@@ -218,16 +234,35 @@ impl PqOut {
             .map_err(|e| Error::parquet(format!("writing shard {}", self.path), e))
     }
 
-    async fn close(mut self) -> Result<()> {
+    /// Writes the pending rows, the footer, and completes the upload.
+    async fn finish(&mut self) -> Result<()> {
         for b in std::mem::take(&mut self.pending) {
             self.write_now(&b).await?;
         }
-        let path = self.path.clone();
+        self.pending_rows = 0;
         self.w
-            .close()
+            .finish()
             .await
-            .map_err(|e| Error::parquet(format!("finishing shard {path}"), e))?;
+            .map_err(|e| Error::parquet(format!("finishing shard {}", self.path), e))?;
         Ok(())
+    }
+}
+
+impl TfOut {
+    /// Compresses what is left and completes the upload.
+    async fn finish(&mut self) -> Result<()> {
+        if !self.framed.is_empty() {
+            self.z
+                .write_all(&self.framed)
+                .map_err(|e| Error::io(format!("compressing {}", self.sink.url), e))?;
+            self.framed.clear();
+        }
+        let z = std::mem::replace(&mut self.z, CompressWriter::None(Vec::new()));
+        let rest = z
+            .finish()
+            .map_err(|e| Error::io(format!("compressing {}", self.sink.url), e))?;
+        self.sink.put(Bytes::from(rest)).await?;
+        self.sink.complete().await
     }
 }
 
@@ -381,51 +416,54 @@ impl ShardWriter {
         Ok(())
     }
 
+    /// Abandons the shard: aborts the upload of every format, so a failed writer leaves no
+    /// multipart parts (S3) or staging files (local) behind. Dropping an unfinished writer
+    /// does the same in the background (a cancelled task); call this to wait for it.
+    pub async fn abort(mut self) -> Result<()> {
+        abort_outputs(self.tf.take(), self.pq.take()).await
+    }
+
     /// Finish every format; returns one [`ShardFile`] per format (in `options.formats` order).
-    pub async fn finish(self) -> Result<Vec<ShardFile>> {
-        let (key_min, key_max) = self.keys.json();
-        let mut tf_file = None;
-        let mut pq_file = None;
-        if let Some(mut tf) = self.tf {
-            if !tf.framed.is_empty() {
-                tf.z.write_all(&tf.framed)
-                    .map_err(|e| Error::io(format!("compressing {}", tf.sink.url), e))?;
+    /// If any format fails, the uploads of every format of this shard are aborted.
+    pub async fn finish(mut self) -> Result<Vec<ShardFile>> {
+        if let Err(e) = self.complete_uploads().await {
+            if let Err(abort) = abort_outputs(self.tf.take(), self.pq.take()).await {
+                tracing::warn!("after a failed shard write: {abort}");
             }
-            let rest =
-                tf.z.finish()
-                    .map_err(|e| Error::io(format!("compressing {}", tf.sink.url), e))?;
-            tf.sink.put(Bytes::from(rest)).await?;
-            tf.sink.complete().await?;
-            let s = tf.sink.state.lock().unwrap_or_else(|p| p.into_inner());
-            tf_file = Some(ShardFile {
-                index: self.index,
-                format: ShardFormat::TfRecord,
-                path: tf.path.clone(),
-                compression: ShardCompression::TfRecord(self.options.tfrecord_compression),
-                rows: self.rows,
-                bytes: s.bytes,
-                sha256: hex::encode(s.hasher.clone().finalize()),
-                key_min: key_min.clone(),
-                key_max: key_max.clone(),
-            });
+            return Err(e);
         }
-        if let Some(pq) = self.pq {
-            let path = pq.path.clone();
-            let state = Arc::clone(&pq.state);
-            pq.close().await?;
+        let (tf, pq) = (self.tf.take(), self.pq.take());
+        let (key_min, key_max) = self.keys.json();
+        let file = |format, path: &str, compression, state: &Mutex<HashState>| {
             let s = state.lock().unwrap_or_else(|p| p.into_inner());
-            pq_file = Some(ShardFile {
+            ShardFile {
                 index: self.index,
-                format: ShardFormat::Parquet,
-                path,
-                compression: ShardCompression::Parquet(self.options.parquet_compression),
+                format,
+                path: path.to_string(),
+                compression,
                 rows: self.rows,
                 bytes: s.bytes,
                 sha256: hex::encode(s.hasher.clone().finalize()),
                 key_min: key_min.clone(),
                 key_max: key_max.clone(),
-            });
-        }
+            }
+        };
+        let mut tf_file = tf.map(|tf| {
+            file(
+                ShardFormat::TfRecord,
+                &tf.path,
+                ShardCompression::TfRecord(self.options.tfrecord_compression),
+                &tf.sink.state,
+            )
+        });
+        let mut pq_file = pq.map(|pq| {
+            file(
+                ShardFormat::Parquet,
+                &pq.path,
+                ShardCompression::Parquet(self.options.parquet_compression),
+                &pq.state,
+            )
+        });
         let mut out = Vec::new();
         for f in &self.options.formats {
             match f {
@@ -435,6 +473,49 @@ impl ShardWriter {
         }
         Ok(out)
     }
+
+    async fn complete_uploads(&mut self) -> Result<()> {
+        if let Some(tf) = &mut self.tf {
+            tf.finish().await?;
+        }
+        if let Some(pq) = &mut self.pq {
+            pq.finish().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ShardWriter {
+    /// An unfinished writer (its task failed or was cancelled) aborts its uploads in the
+    /// background on the crate's I/O runtime.
+    fn drop(&mut self) {
+        let (tf, pq) = (self.tf.take(), self.pq.take());
+        if tf.is_none() && pq.is_none() {
+            return;
+        }
+        let abort = async move {
+            if let Err(e) = abort_outputs(tf, pq).await {
+                tracing::warn!("abandoned shard writer: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn(abort)),
+            Err(_) => drop(crate::store::runtime().spawn(abort)),
+        }
+    }
+}
+
+/// Aborts the uploads of a shard's outputs; reports the first failure after trying all.
+async fn abort_outputs(tf: Option<TfOut>, pq: Option<PqOut>) -> Result<()> {
+    let tf = match tf {
+        Some(mut tf) => tf.sink.abort().await,
+        None => Ok(()),
+    };
+    let pq = match pq {
+        Some(pq) => pq.w.into_inner().0.abort().await,
+        None => Ok(()),
+    };
+    tf.and(pq)
 }
 
 /// Write shard `index` with no rows in every configured format (a hash partition may be empty).

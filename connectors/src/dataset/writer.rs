@@ -112,11 +112,36 @@ impl DatasetWriter {
         Ok(())
     }
 
-    /// Finish every shard and commit (manifest, `_SUCCESS`, cleanup of older runs).
+    /// Abandons the run: aborts every shard's uploads (no multipart parts or staging files
+    /// are left behind) and commits nothing.
+    pub async fn abort(self) -> Result<()> {
+        let mut first = Ok(());
+        for w in self.writers {
+            let r = w.abort().await;
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Finish every shard and commit (manifest, `_SUCCESS`, cleanup of older runs). If a
+    /// shard fails, the uploads of the shards not yet finished are aborted.
     pub async fn finish(self, lineage: Value) -> Result<Manifest> {
         let mut files = Vec::new();
-        for w in self.writers {
-            files.extend(w.finish().await?);
+        let mut writers = self.writers.into_iter();
+        while let Some(w) = writers.next() {
+            match w.finish().await {
+                Ok(f) => files.extend(f),
+                Err(e) => {
+                    for rest in writers {
+                        if let Err(abort) = rest.abort().await {
+                            tracing::warn!("after a failed shard write: {abort}");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
         commit_dataset(
             &self.location,
