@@ -21,6 +21,7 @@ pub mod spec;
 pub mod stores;
 pub mod template;
 pub mod text;
+mod ties;
 pub mod write;
 
 pub use job::{FeaturesReport, Mode, run_features, run_features_on};

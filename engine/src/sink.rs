@@ -46,6 +46,8 @@ use futures::StreamExt;
 use kiln_connectors::{Compression, Location, ShardFile, ShardFormat, ShardOptions, ShardWriter};
 use serde::{Deserialize, Serialize};
 
+use crate::ties::TieBreaker;
+
 /// Name of the shard-id column added before repartitioning.
 pub const SHARD_COLUMN: &str = "__kiln_shard";
 
@@ -202,7 +204,8 @@ impl ShardSinkExec {
     }
 }
 
-/// `[__kiln_shard ASC, key ASC]` (nulls first) over `schema`.
+/// `[__kiln_shard ASC, key ASC]` (nulls first) over `schema`; rows with equal keys are then
+/// ordered by all columns by the writer (see [`crate::ties`]).
 pub fn shard_key_ordering(schema: &SchemaRef, key: &str) -> DfResult<LexOrdering> {
     let sort_key = |name: &str| -> DfResult<PhysicalSortExpr> {
         let expr = datafusion::physical_expr::expressions::col(name, schema)?;
@@ -290,6 +293,7 @@ impl ExecutionPlan for ShardSinkExec {
         let writer = PartitionWriter {
             location: self.location.clone(),
             run_id: self.spec.run_id.clone(),
+            key: self.spec.key.clone(),
             data_schema: Arc::clone(&self.data_schema),
             options: self.options.clone(),
         };
@@ -304,6 +308,8 @@ impl ExecutionPlan for ShardSinkExec {
 struct PartitionWriter {
     location: Location,
     run_id: String,
+    /// The key column (rows arrive ordered by it within each shard).
+    key: String,
     data_schema: SchemaRef,
     options: ShardOptions,
 }
@@ -341,6 +347,8 @@ impl PartitionWriter {
     ) -> DfResult<Vec<ShardFile>> {
         let mut files: Vec<ShardFile> = Vec::new();
         let shard_col = self.data_schema.fields().len();
+        // Rows arrive ordered by (shard, key); rows with equal keys are put in one order.
+        let mut ties = TieBreaker::new(self.data_schema.index_of(&self.key)?);
         while let Some(batch) = input.next().await {
             let batch = batch?;
             if batch.num_rows() == 0 {
@@ -365,7 +373,10 @@ impl PartitionWriter {
                     end += 1;
                 }
                 if current.as_ref().map(|(s, _)| *s) != Some(shard) {
-                    if let Some((_, w)) = current.take() {
+                    if let Some((_, mut w)) = current.take() {
+                        if let Some(rest) = ties.finish()? {
+                            w.write_batch(&rest).await.map_err(io_error)?;
+                        }
                         files.extend(w.finish().await.map_err(io_error)?);
                     }
                     let w = ShardWriter::new(
@@ -379,13 +390,16 @@ impl PartitionWriter {
                     *current = Some((shard, w));
                 }
                 let (_, w) = current.as_mut().expect("writer just opened");
-                w.write_batch(&data.slice(start, end - start))
-                    .await
-                    .map_err(io_error)?;
+                for ready in ties.push(data.slice(start, end - start))? {
+                    w.write_batch(&ready).await.map_err(io_error)?;
+                }
                 start = end;
             }
         }
-        if let Some((_, w)) = current.take() {
+        if let Some((_, mut w)) = current.take() {
+            if let Some(rest) = ties.finish()? {
+                w.write_batch(&rest).await.map_err(io_error)?;
+            }
             files.extend(w.finish().await.map_err(io_error)?);
         }
         Ok(files)

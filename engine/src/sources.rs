@@ -23,7 +23,7 @@ use object_store::path::Path as StorePath;
 use serde::Serialize;
 
 use crate::schema::{SchemaError, parse_schema};
-use crate::spec::{RenderedJob, SourceFormat, SourceSpec};
+use crate::spec::{PARTITION_DATE_FORMAT, RenderedJob, SourceFormat, SourceSpec};
 use crate::text::{TextFileStream, TextFormat};
 use crate::{EngineError, Result};
 
@@ -89,7 +89,7 @@ fn selected_partitions(source: &SourceSpec, date: NaiveDate) -> Vec<(String, Str
         // only in theory (±3660 days of a real run date never is).
         (Some(col), Some([from, to])) => (from..=to)
             .filter_map(|d| date.checked_add_signed(Duration::try_days(d)?))
-            .map(|day| (col.clone(), day.format("%Y-%m-%d").to_string()))
+            .map(|day| (col.clone(), day.format(PARTITION_DATE_FORMAT).to_string()))
             .collect(),
         _ => Vec::new(),
     }

@@ -166,6 +166,25 @@ pub struct SourceSpec {
     pub csv: CsvOptions,
 }
 
+/// How a day partition's value is written in its directory name, `<partition_column>=VALUE`
+/// (`dt=2026-11-21`): the layout `days` reads and a pipeline sensor on a source waits for.
+pub const PARTITION_DATE_FORMAT: &str = "%Y-%m-%d";
+
+impl SourceSpec {
+    /// The directory of the day partition `date + offset` of this source, as `days` reads it:
+    /// `<url>/<partition_column>=YYYY-MM-DD/` (on a rendered source, an absolute URL). `None`
+    /// when the source has no `partition_column` or the day is outside the calendar.
+    pub fn day_partition_url(&self, date: NaiveDate, offset: i64) -> Option<String> {
+        let column = self.partition_column.as_ref()?;
+        let day = date.checked_add_signed(chrono::Duration::try_days(offset)?)?;
+        Some(format!(
+            "{}/{column}={}/",
+            self.url.trim_end_matches('/'),
+            day.format(PARTITION_DATE_FORMAT)
+        ))
+    }
+}
+
 /// CSV format options.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -658,6 +677,12 @@ formats = ["tfrecord", "parquet"]
         let r = spec.render(date, &o).unwrap();
         assert_eq!(r.sources[0].url, "s3://b/ev/");
         assert_eq!(r.outputs[0].location, "file:///tmp/o/x/");
+        let day = |offset| r.sources[0].day_partition_url(date, offset);
+        assert_eq!(day(1).as_deref(), Some("s3://b/ev/dt=2026-11-22/"));
+        assert_eq!(day(-21).as_deref(), Some("s3://b/ev/dt=2026-10-31/"));
+        let mut unpartitioned = r.sources[0].clone();
+        unpartitioned.partition_column = None;
+        assert_eq!(unpartitioned.day_partition_url(date, 0), None);
     }
 
     #[test]

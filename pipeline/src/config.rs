@@ -164,14 +164,27 @@ pub struct TaskPolicyConfig {
     pub timeout_seconds: Option<f64>,
 }
 
-/// `[[pipeline.sensors]]`: wait until an input exists.
+/// `[[pipeline.sensors]]`: wait until an input exists. It names what it waits on with exactly
+/// one of `path` (a literal path or URL) and `source` (a source of the feature spec, with a
+/// day `partition`); [`Pipeline::from_spec`] checks that and resolves it to a
+/// [`SensorTarget`].
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorConfig {
     /// Task name suffix: the task is `sensor:<name>`.
     pub name: String,
     /// Path or URL (templated with the run date, relative to the spec directory).
-    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A source of the feature spec, as it is rendered for the run (`--source NAME=URL`
+    /// overrides applied): the sensor waits for its day partition `partition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// With `source`: the day partition to wait for, as an offset from the run date (`1`:
+    /// `dt=D+1`). Default: the last day the source reads (the end of its `days`), or `0` (the
+    /// run date) when it has no `days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i64>,
     /// `prefix`: any object/file under the path; `manifest`: a committed `_manifest.json`.
     #[serde(default = "default_sensor_kind")]
     pub kind: SensorKind,
@@ -181,6 +194,103 @@ pub struct SensorConfig {
     /// Give up after this many seconds.
     #[serde(default = "default_sensor_timeout")]
     pub timeout_seconds: f64,
+}
+
+/// Where a sensor looks, checked against the spec. An enum so that inputs that are not
+/// locations (a Kafka source: end offsets of every partition past the day's end, an open
+/// issue) can be added as variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SensorTarget {
+    /// A literal path or URL (`path`), templated with the run date; relative paths resolve
+    /// against the spec directory.
+    Path(String),
+    /// A source of the feature spec (`source`), rendered for the run with its overrides.
+    Source {
+        /// The source's name.
+        source: String,
+        /// The day partition to wait for, as an offset from the run date; `None` for a
+        /// source without `partition_column`, whose whole (rendered) URL is waited for.
+        partition: Option<i64>,
+    },
+}
+
+impl SensorTarget {
+    /// Checks a sensor's `path` / `source` / `partition` against `spec`; the error names the
+    /// sensor and the key.
+    fn of(spec: &JobSpec, s: &SensorConfig) -> Result<Self, String> {
+        let key = |k: &str| format!("[[pipeline.sensors]] `{}` {k}", s.name);
+        match (&s.path, &s.source) {
+            (Some(_), Some(_)) => Err(format!(
+                "[[pipeline.sensors]] `{}`: set one of `path` (a literal path or URL) and \
+                 `source` (a source of the spec), not both",
+                s.name
+            )),
+            (None, None) => Err(format!(
+                "[[pipeline.sensors]] `{}`: needs `path` (a literal path or URL) or `source` \
+                 (a source of the spec, e.g. source = \"events\", partition = 1)",
+                s.name
+            )),
+            (Some(path), None) => match s.partition {
+                Some(p) => Err(format!(
+                    "[[pipeline.sensors]] `{}`: `partition` needs `source`; a `path` is \
+                     literal (template it, e.g. dt={{{{ ds | add_days({p}) }}}})",
+                    s.name
+                )),
+                None => Ok(SensorTarget::Path(path.clone())),
+            },
+            (None, Some(name)) => {
+                let Some(source) = spec.sources.iter().find(|src| &src.name == name) else {
+                    return Err(format!(
+                        "{}: unknown source `{name}` (sources: {})",
+                        key("source"),
+                        if spec.sources.is_empty() {
+                            "none".to_string()
+                        } else {
+                            spec.sources
+                                .iter()
+                                .map(|src| src.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ));
+                };
+                let partition = match (&source.partition_column, s.partition) {
+                    (None, None) => None,
+                    (None, Some(p)) => {
+                        return Err(format!(
+                            "{} = {p}: source `{name}` has no `partition_column`, so the \
+                             sensor waits for its whole URL (remove `partition`)",
+                            key("partition")
+                        ));
+                    }
+                    (Some(_), Some(p)) => Some(p),
+                    (Some(_), None) => Some(source.days.map_or(0, |[_, last]| last)),
+                };
+                if let Some(p) = partition
+                    && p.abs() > kiln_engine::spec::MAX_DAY_OFFSET
+                {
+                    return Err(format!(
+                        "{} = {p}: must be within ±{} days of the run date",
+                        key("partition"),
+                        kiln_engine::spec::MAX_DAY_OFFSET
+                    ));
+                }
+                Ok(SensorTarget::Source {
+                    source: name.clone(),
+                    partition,
+                })
+            }
+        }
+    }
+}
+
+/// A sensor checked against the spec: as written, and what it waits on.
+#[derive(Debug, Clone)]
+pub struct Sensor {
+    /// As written (defaults filled in).
+    pub config: SensorConfig,
+    /// What it waits on.
+    pub target: SensorTarget,
 }
 
 fn default_sensor_kind() -> SensorKind {
@@ -265,6 +375,8 @@ pub struct Pipeline {
     pub work_dir: PathBuf,
     /// Parsed gate rules.
     pub gate: Vec<Rule>,
+    /// The sensors, in spec order, checked against the spec's sources.
+    pub sensors: Vec<Sensor>,
 }
 
 impl Pipeline {
@@ -303,6 +415,7 @@ impl Pipeline {
         }
         Self::check_durations(&config).map_err(|e| spec.error(e))?;
         let mut seen = std::collections::BTreeSet::new();
+        let mut sensors = Vec::new();
         for s in &config.sensors {
             if !seen.insert(s.name.clone()) {
                 return Err(spec
@@ -312,6 +425,10 @@ impl Pipeline {
                     ))
                     .into());
             }
+            sensors.push(Sensor {
+                config: s.clone(),
+                target: SensorTarget::of(spec, s).map_err(|e| spec.error(e))?,
+            });
         }
         let gate = config
             .gate
@@ -338,6 +455,7 @@ impl Pipeline {
             model_name,
             metastore,
             gate,
+            sensors,
             config,
         })
     }
@@ -439,23 +557,141 @@ mod tests {
         assert_eq!(p.policy(TaskKind::Features).retries, 1);
         assert_eq!(p.policy(TaskKind::Features).timeout_seconds, None);
         assert_eq!(p.config.sensors[0].kind, SensorKind::Prefix);
+        assert_eq!(
+            p.sensors[0].target,
+            SensorTarget::Source {
+                source: "events".into(),
+                partition: Some(1)
+            }
+        );
         assert!(p.config.schedule.as_ref().unwrap().catch_up);
     }
 
-    /// Loads the example spec with `from` replaced by `to`; the error names the spec file and
-    /// contains `want`.
-    fn check_example_edit(from: &str, to: &str, want: &str) {
-        let dir = tempfile::tempdir().unwrap();
-        let example = std::fs::read_to_string(
+    /// Loads the example spec with each `from` replaced by its `to` (once), from a copy in
+    /// `dir`; returns the copy's path and the outcome.
+    fn load_example_edited(
+        dir: &Path,
+        edits: &[(&str, &str)],
+    ) -> (PathBuf, anyhow::Result<(JobSpec, Pipeline)>) {
+        let mut text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml"),
         )
         .unwrap();
-        let p = dir.path().join("job.toml");
-        assert!(example.contains(from), "{from}");
-        std::fs::write(&p, example.replacen(from, to, 1)).unwrap();
-        let e = format!("{:#}", load(&p).err().unwrap());
+        for (from, to) in edits {
+            assert!(text.contains(from), "{from}");
+            text = text.replacen(from, to, 1);
+        }
+        let p = dir.join("job.toml");
+        std::fs::write(&p, text).unwrap();
+        let loaded = load(&p);
+        (p, loaded)
+    }
+
+    /// Loads the example spec with `edits` applied; the error names the spec file and
+    /// contains `want`.
+    fn check_example_edits(edits: &[(&str, &str)], want: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, loaded) = load_example_edited(dir.path(), edits);
+        let e = format!("{:#}", loaded.err().unwrap());
         assert!(e.starts_with(&p.display().to_string()), "{e}");
         assert!(e.contains(want), "{e}");
+    }
+
+    /// [`check_example_edits`] with one edit.
+    fn check_example_edit(from: &str, to: &str, want: &str) {
+        check_example_edits(&[(from, to)], want);
+    }
+
+    /// The example's sensor lines, edited below.
+    const SENSOR_SOURCE: &str = "source = \"events\"\n";
+    const SENSOR_PARTITION: &str = "partition = 1                      # dt = run date + 1\n";
+    /// The example source's partitioning.
+    const SOURCE_PARTITIONS: &str = "partition_column = \"dt\"\n";
+    const SOURCE_DAYS: &str = "days = [-7, 1]\n";
+
+    #[test]
+    fn a_sensor_names_one_path_or_one_known_source() {
+        let check = check_example_edits;
+        check(
+            &[(SENSOR_SOURCE, "source = \"events\"\npath = \"data/x/\"\n")],
+            "[[pipeline.sensors]] `events_next_day`: set one of `path` (a literal path or URL) \
+             and `source` (a source of the spec), not both",
+        );
+        check(
+            &[(SENSOR_SOURCE, ""), (SENSOR_PARTITION, "")],
+            "[[pipeline.sensors]] `events_next_day`: needs `path` (a literal path or URL) or \
+             `source`",
+        );
+        check(
+            &[(SENSOR_SOURCE, "path = \"data/events/\"\n")],
+            "[[pipeline.sensors]] `events_next_day`: `partition` needs `source`; a `path` is \
+             literal (template it, e.g. dt={{ ds | add_days(1) }})",
+        );
+        check(
+            &[(SENSOR_SOURCE, "source = \"evnts\"\n")],
+            "[[pipeline.sensors]] `events_next_day` source: unknown source `evnts` (sources: \
+             events)",
+        );
+        check(
+            &[(SENSOR_PARTITION, "partition = -4000\n")],
+            "[[pipeline.sensors]] `events_next_day` partition = -4000: must be within ±3660 \
+             days of the run date",
+        );
+        check(
+            &[(SOURCE_PARTITIONS, ""), (SOURCE_DAYS, "")],
+            "[[pipeline.sensors]] `events_next_day` partition = 1: source `events` has no \
+             `partition_column`, so the sensor waits for its whole URL (remove `partition`)",
+        );
+        check(
+            &[(SENSOR_SOURCE, "source = 7\n")],
+            "[pipeline]: invalid type: integer `7`, expected a string",
+        );
+    }
+
+    #[test]
+    fn a_source_sensor_defaults_to_the_last_day_the_source_reads() {
+        let target = |edits: &[(&str, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            let (_, loaded) = load_example_edited(dir.path(), edits);
+            let (_, p) = loaded.unwrap();
+            p.sensors[0].target.clone()
+        };
+        let source = |partition| SensorTarget::Source {
+            source: "events".into(),
+            partition,
+        };
+        // days = [-7, 1]: the newest partition the features read is D+1.
+        assert_eq!(target(&[(SENSOR_PARTITION, "")]), source(Some(1)));
+        assert_eq!(
+            target(&[(SENSOR_PARTITION, ""), (SOURCE_DAYS, "days = [-7, 0]\n")]),
+            source(Some(0))
+        );
+        // No `days` (every partition is read): the run date.
+        assert_eq!(
+            target(&[(SENSOR_PARTITION, ""), (SOURCE_DAYS, "")]),
+            source(Some(0))
+        );
+        assert_eq!(
+            target(&[(SENSOR_PARTITION, "partition = -2\n")]),
+            source(Some(-2))
+        );
+        // Not partitioned: the source's whole URL.
+        assert_eq!(
+            target(&[
+                (SENSOR_PARTITION, ""),
+                (SOURCE_PARTITIONS, ""),
+                (SOURCE_DAYS, "")
+            ]),
+            source(None)
+        );
+        // A literal path stays possible.
+        assert_eq!(
+            target(&[
+                (SENSOR_PARTITION, ""),
+                (SENSOR_SOURCE, "path = \"data/events/dt={{ ds }}/\"\n")
+            ]),
+            SensorTarget::Path("data/events/dt={{ ds }}/".into())
+        );
     }
 
     #[test]

@@ -42,22 +42,19 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
     }
     let date = req.date.to_string();
     // Spec and override mistakes surface before anything runs.
-    spec.render(
+    let rendered = spec.render(
         req.date,
         &Overrides {
             sources: req.sources.clone(),
             out: req.out.clone(),
         },
     )?;
-    let mut sensors = Vec::new();
-    for s in &pipeline.config.sensors {
-        let rendered = kiln_engine::template::render(&s.path, req.date)
-            .map_err(|e| spec.error(format!("[[pipeline.sensors]] `{}` path: {e}", s.name)))?;
-        let url = spec
-            .absolute_url(&rendered)
-            .map_err(|e| spec.error_caused(format!("[[pipeline.sensors]] `{}` path", s.name), e))?;
-        sensors.push((s.clone(), url));
-    }
+    // Sensors on a source wait where this run reads it (overrides applied).
+    let sensors = pipeline
+        .sensors
+        .iter()
+        .map(|s| Ok((s.clone(), super::sensor::resolve(&spec, &rendered, s)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let mut store = Store::open(&pipeline.metastore)?;
     let owner = LockOwner::this_process();
@@ -167,8 +164,8 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
     });
     let mut tasks: Vec<Box<dyn Task<TaskId>>> = Vec::new();
     let mut sensor_names = Vec::new();
-    for (cfg, url) in sensors {
-        let t = SensorTask { cfg, url };
+    for (sensor, url) in sensors {
+        let t = SensorTask { sensor, url };
         sensor_names.push(t.name());
         tasks.push(Box::new(t));
     }

@@ -1,22 +1,62 @@
-//! `sensor:<name>`: waits until a path (prefix or committed manifest) exists.
+//! `sensor:<name>`: waits until its input (a prefix or a committed manifest) exists: a
+//! literal path, or a day partition of one of the spec's sources as rendered for the run
+//! (`--source` overrides applied), on the store the connectors resolve for its URL.
 
 use std::time::Instant;
 
 use anyhow::bail;
+use kiln_engine::spec::{JobSpec, RenderedJob, SpecError};
 use serde_json::{Value as Json, json};
 
 use super::ctx::{Upstream, sha};
 use super::objects::{manifest_sha256, prefix_exists};
-use crate::config::{SensorConfig, SensorKind};
+use crate::config::{Sensor, SensorKind, SensorTarget};
 use crate::dag::{Attempt, Task};
 use crate::task::{TaskId, TaskPolicy};
 
 /// `sensor:<name>`: polls every `poke_seconds` until its input appears or its timeout.
 pub(super) struct SensorTask {
-    /// The sensor as written.
-    pub cfg: SensorConfig,
-    /// Its path, rendered for the run date and made absolute.
+    /// The sensor, checked against the spec.
+    pub sensor: Sensor,
+    /// The absolute URL it waits on, resolved for the run ([`resolve`]).
     pub url: String,
+}
+
+/// The absolute URL `sensor` waits on in the run `job` (the spec rendered for the run date
+/// with the run's overrides): its `path` rendered and made absolute, or its source's day
+/// partition `<source url>/<partition_column>=<D+partition>/` (the source's whole URL when it
+/// is not partitioned). Errors name the spec and the sensor.
+pub(super) fn resolve(
+    spec: &JobSpec,
+    job: &RenderedJob,
+    sensor: &Sensor,
+) -> Result<String, SpecError> {
+    let name = &sensor.config.name;
+    match &sensor.target {
+        SensorTarget::Path(path) => {
+            let rendered = kiln_engine::template::render(path, job.date)
+                .map_err(|e| spec.error(format!("[[pipeline.sensors]] `{name}` path: {e}")))?;
+            spec.absolute_url(&rendered)
+                .map_err(|e| spec.error_caused(format!("[[pipeline.sensors]] `{name}` path"), e))
+        }
+        SensorTarget::Source { source, partition } => {
+            let Some(src) = job.sources.iter().find(|s| &s.name == source) else {
+                return Err(spec.error(format!(
+                    "[[pipeline.sensors]] `{name}` source: unknown source `{source}`"
+                )));
+            };
+            match partition {
+                None => Ok(src.url.clone()),
+                Some(p) => src.day_partition_url(job.date, *p).ok_or_else(|| {
+                    spec.error(format!(
+                        "[[pipeline.sensors]] `{name}` partition = {p}: day {} {p:+} is \
+                         outside the calendar",
+                        job.date
+                    ))
+                }),
+            }
+        }
+    }
 }
 
 /// The kind as earlier versions spelled it in the fingerprint (`Prefix`, `Manifest`): kept
@@ -30,7 +70,7 @@ fn fingerprint_kind(kind: SensorKind) -> &'static str {
 
 impl SensorTask {
     fn present(&self) -> anyhow::Result<bool> {
-        match self.cfg.kind {
+        match self.sensor.config.kind {
             SensorKind::Prefix => prefix_exists(&self.url),
             SensorKind::Manifest => Ok(manifest_sha256(&self.url)?.is_some()),
         }
@@ -39,7 +79,7 @@ impl SensorTask {
 
 impl Task<TaskId> for SensorTask {
     fn name(&self) -> TaskId {
-        TaskId::Sensor(self.cfg.name.clone())
+        TaskId::Sensor(self.sensor.config.name.clone())
     }
     fn deps(&self) -> Vec<TaskId> {
         Vec::new()
@@ -49,50 +89,233 @@ impl Task<TaskId> for SensorTask {
         TaskPolicy {
             retries: 0,
             backoff_seconds: 0.0,
-            timeout_seconds: Some(self.cfg.timeout_seconds),
+            timeout_seconds: Some(self.sensor.config.timeout_seconds),
         }
     }
     fn fingerprint(&self, _: &Upstream) -> anyhow::Result<String> {
-        Ok(sha(&["sensor", &self.url, fingerprint_kind(self.cfg.kind)]))
+        Ok(sha(&[
+            "sensor",
+            &self.url,
+            fingerprint_kind(self.sensor.config.kind),
+        ]))
     }
     fn still_valid(&self, _: &Json) -> bool {
         self.present().unwrap_or(false)
     }
     fn run(&mut self, _: &Attempt, _: &Upstream) -> anyhow::Result<Json> {
+        let cfg = &self.sensor.config;
         let start = Instant::now();
         let mut pokes = 0u64;
         loop {
             pokes += 1;
             if self.present()? {
-                return Ok(json!({
+                let mut out = json!({
                     "path": self.url,
-                    "kind": self.cfg.kind,
+                    "kind": cfg.kind,
                     "waited_seconds": start.elapsed().as_secs_f64(),
                     "pokes": pokes,
-                }));
+                });
+                if let SensorTarget::Source { source, partition } = &self.sensor.target {
+                    out["source"] = json!(source);
+                    out["partition"] = json!(partition);
+                }
+                return Ok(out);
             }
-            if start.elapsed().as_secs_f64() >= self.cfg.timeout_seconds {
+            if start.elapsed().as_secs_f64() >= cfg.timeout_seconds {
                 bail!(
-                    "sensor `{}`: {} {} did not appear within {:.0} s ({pokes} checks every {} s)",
-                    self.cfg.name,
-                    match self.cfg.kind {
+                    "sensor `{}`: {} {}{} did not appear within {:.0} s ({pokes} checks every {} s)",
+                    cfg.name,
+                    match cfg.kind {
                         SensorKind::Prefix => "input",
                         SensorKind::Manifest => "the committed manifest of",
                     },
                     self.url,
-                    self.cfg.timeout_seconds,
-                    self.cfg.poke_seconds
+                    describe(&self.sensor.target),
+                    cfg.timeout_seconds,
+                    cfg.poke_seconds
                 );
             }
-            let left = self.cfg.timeout_seconds - start.elapsed().as_secs_f64();
-            std::thread::sleep(crate::dag::seconds(self.cfg.poke_seconds.min(left)));
+            let left = cfg.timeout_seconds - start.elapsed().as_secs_f64();
+            std::thread::sleep(crate::dag::seconds(cfg.poke_seconds.min(left)));
         }
+    }
+}
+
+/// Where a resolved URL came from, for messages: ` (source `events`, partition D+1)`.
+fn describe(target: &SensorTarget) -> String {
+    match target {
+        SensorTarget::Path(_) => String::new(),
+        SensorTarget::Source {
+            source,
+            partition: None,
+        } => format!(" (source `{source}`)"),
+        SensorTarget::Source {
+            source,
+            partition: Some(0),
+        } => format!(" (source `{source}`, partition D)"),
+        SensorTarget::Source {
+            source,
+            partition: Some(p),
+        } => format!(" (source `{source}`, partition D{p:+})"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::NaiveDate;
+    use kiln_engine::Overrides;
+
+    /// A spec with a partitioned and an unpartitioned source and one sensor per target.
+    const SPEC: &str = r#"
+name = "t"
+[[sources]]
+name = "events"
+url = "data/events"
+format = "parquet"
+partition_column = "dt"
+days = [-7, 1]
+[[sources]]
+name = "items"
+url = "data/items/{{ ds }}/"
+format = "parquet"
+[[features]]
+name = "x"
+sql = "SELECT * FROM events"
+[[outputs]]
+statement = "x"
+location = "out/x/dt={{ ds }}/"
+key = "event_id"
+shards = 1
+formats = ["parquet"]
+[[pipeline.sensors]]
+name = "next_day"
+source = "events"
+partition = 1
+[[pipeline.sensors]]
+name = "day_before"
+source = "events"
+partition = -1
+kind = "manifest"
+[[pipeline.sensors]]
+name = "last_read"
+source = "events"
+[[pipeline.sensors]]
+name = "items"
+source = "items"
+[[pipeline.sensors]]
+name = "literal"
+path = "data/events/dt={{ ds | add_days(1) }}/"
+"#;
+
+    /// The URL of every sensor of [`SPEC`] for 2026-11-20 with `--source` overrides.
+    fn urls(overrides: &[(&str, &str)]) -> (std::path::PathBuf, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, SPEC).unwrap();
+        let (spec, pipeline) = crate::config::load(&path).unwrap();
+        let date = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+        let overrides = Overrides {
+            sources: overrides
+                .iter()
+                .map(|(n, u)| (n.to_string(), u.to_string()))
+                .collect(),
+            out: None,
+        };
+        let job = spec.render(date, &overrides).unwrap();
+        let urls = pipeline
+            .sensors
+            .iter()
+            .map(|s| resolve(&spec, &job, s).unwrap())
+            .collect();
+        (spec.base_dir(), urls)
+    }
+
+    #[test]
+    fn a_source_sensor_waits_where_the_run_reads_the_source() {
+        let (base, got) = urls(&[]);
+        let base = base.display();
+        assert_eq!(
+            got,
+            [
+                format!("file://{base}/data/events/dt=2026-11-21/"),
+                format!("file://{base}/data/events/dt=2026-11-19/"),
+                format!("file://{base}/data/events/dt=2026-11-21/"),
+                format!("file://{base}/data/items/2026-11-20/"),
+                format!("file://{base}/data/events/dt=2026-11-21/"),
+            ]
+        );
+        // Overrides move the source sensors, never the literal path.
+        let (base, got) = urls(&[
+            ("events", "s3://other/raw/events/"),
+            ("items", "/elsewhere/items/dt={{ ds_nodash }}"),
+        ]);
+        assert_eq!(
+            got,
+            [
+                "s3://other/raw/events/dt=2026-11-21/".to_string(),
+                "s3://other/raw/events/dt=2026-11-19/".to_string(),
+                "s3://other/raw/events/dt=2026-11-21/".to_string(),
+                "file:///elsewhere/items/dt=20261120".to_string(),
+                format!("file://{}/data/events/dt=2026-11-21/", base.display()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_timeout_names_the_resolved_url_and_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(
+            &path,
+            SPEC.replace(
+                "partition = 1\n",
+                "partition = 1\npoke_seconds = 0.01\ntimeout_seconds = 0.05\n",
+            ),
+        )
+        .unwrap();
+        let (spec, pipeline) = crate::config::load(&path).unwrap();
+        let date = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+        let other = dir.path().join("other");
+        let job = spec
+            .render(
+                date,
+                &Overrides {
+                    sources: vec![("events".into(), other.display().to_string())],
+                    out: None,
+                },
+            )
+            .unwrap();
+        let sensor = pipeline.sensors[0].clone();
+        let url = resolve(&spec, &job, &sensor).unwrap();
+        let mut task = SensorTask { sensor, url };
+        let want = format!("file://{}/dt=2026-11-21/", other.display());
+        assert_eq!(task.url, want);
+        let attempt = Attempt {
+            number: 1,
+            of: 1,
+            log_base: dir.path().join("sensor.attempt-1"),
+            timeout: None,
+            force: false,
+        };
+        let e = task
+            .run(&attempt, &Upstream::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "sensor `next_day`: input {want} (source `events`, partition D+1) did not appear"
+            )),
+            "{e}"
+        );
+        std::fs::create_dir_all(other.join("dt=2026-11-21")).unwrap();
+        std::fs::write(other.join("dt=2026-11-21/part-0.parquet"), b"x").unwrap();
+        let out = task.run(&attempt, &Upstream::new()).unwrap();
+        assert_eq!(out["path"], want.as_str());
+        assert_eq!(out["source"], "events");
+        assert_eq!(out["partition"], 1);
+        assert!(task.still_valid(&out));
+    }
 
     /// Fingerprints recorded by earlier versions still match (a rerun skips the sensor).
     #[test]
