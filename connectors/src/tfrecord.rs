@@ -200,6 +200,15 @@ impl<W: Write> CompressWriter<W> {
         }
     }
 
+    /// The underlying writer, read-only.
+    pub fn get_ref(&self) -> &W {
+        match self {
+            CompressWriter::None(w) => w,
+            CompressWriter::Gzip(w) => w.get_ref(),
+            CompressWriter::Zlib(w) => w.get_ref(),
+        }
+    }
+
     /// Finish the compressed stream and return the underlying writer.
     pub fn finish(self) -> io::Result<W> {
         match self {

@@ -39,10 +39,53 @@ pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
 /// in all.
 pub const CLUSTER_JOB_ATTEMPTS: usize = 3;
 
-/// Whether a failed cluster job was cancelled by the scheduler (Ballista reports
-/// `Job <id> failed: Cancelled`), which Kiln's scheduler does when an executor is lost.
-pub fn is_cancelled_job(message: &str) -> bool {
-    message.contains("failed: Cancelled")
+/// How a cluster job failed, read from the error Ballista's client returns.
+///
+/// Ballista 55 has no typed cancellation on the wire: the scheduler marks a cancelled job
+/// `FailedJob { error: "Cancelled" }` and the client (`DistributedQueryExec`) turns any failed
+/// job into `DataFusionError::Execution("Job <id> failed: <error>")`. This is the one place
+/// that reads it: only that exact variant and shape, with the reason equal to the scheduler's
+/// constant, counts as a cancellation; a data error whose text merely mentions "Cancelled"
+/// does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterJobFailure {
+    /// The scheduler cancelled the job (Kiln's scheduler does when an executor is lost).
+    Cancelled {
+        /// Ballista's job id.
+        job_id: String,
+    },
+    /// The job failed for another reason (a task error, a lost stage, ...).
+    Failed {
+        /// Ballista's job id.
+        job_id: String,
+        /// The scheduler's reason.
+        reason: String,
+    },
+}
+
+/// The reason Ballista's scheduler gives a job it cancelled (`query_stage_scheduler.rs`).
+const BALLISTA_CANCELLED_REASON: &str = "Cancelled";
+
+impl ClusterJobFailure {
+    /// The failed-job report at the root of `e`, if it is one.
+    pub fn from_error(e: &datafusion::error::DataFusionError) -> Option<Self> {
+        let datafusion::error::DataFusionError::Execution(message) = e.find_root() else {
+            return None;
+        };
+        let (job_id, reason) = message.strip_prefix("Job ")?.split_once(" failed: ")?;
+        if job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let job_id = job_id.to_string();
+        Some(if reason == BALLISTA_CANCELLED_REASON {
+            ClusterJobFailure::Cancelled { job_id }
+        } else {
+            ClusterJobFailure::Failed {
+                job_id,
+                reason: reason.to_string(),
+            }
+        })
+    }
 }
 
 /// How tasks reach executors, on the scheduler and every executor alike: executors pull work
@@ -178,6 +221,41 @@ pub async fn client_context(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_schedulers_cancellation_counts_as_cancelled() {
+        use datafusion::error::DataFusionError as E;
+        let cancelled = E::Execution("Job aB3dE9x failed: Cancelled".into());
+        assert_eq!(
+            ClusterJobFailure::from_error(&cancelled),
+            Some(ClusterJobFailure::Cancelled {
+                job_id: "aB3dE9x".into()
+            })
+        );
+        // Wrapped in context, as the write path sees it.
+        let wrapped = E::Context("writing shards".into(), Box::new(cancelled));
+        assert!(matches!(
+            ClusterJobFailure::from_error(&wrapped),
+            Some(ClusterJobFailure::Cancelled { .. })
+        ));
+        // A task error whose text mentions "failed: Cancelled" is not a cancellation.
+        for not in [
+            E::Execution(
+                "Job aB3dE9x failed: Error in task: value 'order failed: Cancelled' is not int64"
+                    .into(),
+            ),
+            E::Execution("column note: Job x failed: Cancelled".into()),
+            E::Plan("Job aB3dE9x failed: Cancelled".into()),
+        ] {
+            assert!(
+                !matches!(
+                    ClusterJobFailure::from_error(&not),
+                    Some(ClusterJobFailure::Cancelled { .. })
+                ),
+                "{not}"
+            );
+        }
+    }
 
     #[test]
     fn parses_cluster_urls() {

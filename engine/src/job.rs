@@ -487,7 +487,9 @@ async fn write_shards(
     );
     let results = write.collect().await.map_err(|e| {
         let message = root_message(&e);
-        if crate::cluster::is_cancelled_job(&message) {
+        if let Some(crate::cluster::ClusterJobFailure::Cancelled { .. }) =
+            crate::cluster::ClusterJobFailure::from_error(&e)
+        {
             EngineError::ClusterJobCancelled {
                 statement: o.statement.clone(),
                 message,

@@ -28,6 +28,7 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt32
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -289,8 +290,15 @@ impl ExecutionPlan for ShardSinkExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
+        let input = self.input.execute(partition, Arc::clone(&context))?;
+        // The writers' buffers count against the session's memory pool, like the sort's.
+        let reservation = MemoryConsumer::new(format!(
+            "ShardWriter[{}, partition {partition}]",
+            self.spec.statement
+        ))
+        .register(context.memory_pool());
         let writer = PartitionWriter {
+            reservation,
             location: self.location.clone(),
             run_id: self.spec.run_id.clone(),
             key: self.spec.key.clone(),
@@ -306,6 +314,8 @@ impl ExecutionPlan for ShardSinkExec {
 }
 
 struct PartitionWriter {
+    /// Memory of the open shard writer's buffers, resized after every write.
+    reservation: MemoryReservation,
     location: Location,
     run_id: String,
     /// The key column (rows arrive ordered by it within each shard).
@@ -317,7 +327,7 @@ struct PartitionWriter {
 impl PartitionWriter {
     /// Streams one partition (grouped by shard, ordered by key) into shard files. On failure
     /// the open shard's uploads are aborted before the error is returned.
-    async fn write_all(self, input: SendableRecordBatchStream) -> DfResult<RecordBatch> {
+    async fn write_all(mut self, input: SendableRecordBatchStream) -> DfResult<RecordBatch> {
         let mut current: Option<(u32, ShardWriter)> = None;
         let files = match self.write_shards(input, &mut current).await {
             Ok(files) => files,
@@ -341,7 +351,7 @@ impl PartitionWriter {
     }
 
     async fn write_shards(
-        &self,
+        &mut self,
         mut input: SendableRecordBatchStream,
         current: &mut Option<(u32, ShardWriter)>,
     ) -> DfResult<Vec<ShardFile>> {
@@ -393,6 +403,7 @@ impl PartitionWriter {
                 for ready in ties.push(data.slice(start, end - start))? {
                     w.write_batch(&ready).await.map_err(io_error)?;
                 }
+                self.reservation.try_resize(w.buffered_bytes())?;
                 start = end;
             }
         }
@@ -441,4 +452,74 @@ pub fn shard_files_from_batches(batches: &[RecordBatch]) -> DfResult<Vec<ShardFi
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, StringArray, UInt32Array};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::physical_plan::collect;
+
+    use super::*;
+
+    /// Issue 12.12: the shard writers' buffers are reserved in the session's memory pool, so
+    /// a pool too small for them fails the write naming the writer instead of growing past
+    /// the limit unseen.
+    #[tokio::test]
+    async fn shard_writer_buffers_count_against_the_memory_pool() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, false),
+            Field::new(SHARD_COLUMN, DataType::UInt32, false),
+        ]));
+        let rows = 50_000;
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..rows)),
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| format!("row {i} {}", "x".repeat(60))),
+                )),
+                Arc::new(UInt32Array::from(vec![0; rows as usize])),
+            ],
+        )
+        .unwrap();
+        let write = |pool_bytes: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let batch = batch.clone();
+            let schema = Arc::clone(&schema);
+            async move {
+                let spec = SinkSpec {
+                    statement: "wide".into(),
+                    location: format!("file://{}/out/", dir.path().display()),
+                    run_id: "20261120T000000Z-test".into(),
+                    key: "id".into(),
+                    shards: 1,
+                    formats: vec![ShardFormat::Parquet],
+                    tfrecord_compression: Compression::None,
+                    parquet_compression: crate::spec::ParquetCodec::default(),
+                };
+                let input = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
+                let sink = Arc::new(ShardSinkExec::new(input, spec).unwrap());
+                let runtime = RuntimeEnvBuilder::new()
+                    .with_memory_pool(Arc::new(GreedyMemoryPool::new(pool_bytes)))
+                    .build_arc()
+                    .unwrap();
+                let ctx = Arc::new(TaskContext::default().with_runtime(runtime));
+                let r = collect(sink, ctx).await;
+                drop(dir);
+                r
+            }
+        };
+        let e = write(256 << 10).await.unwrap_err().to_string();
+        assert!(
+            e.contains("Resources exhausted") && e.contains("ShardWriter[wide, partition 0]"),
+            "{e}"
+        );
+        let files = shard_files_from_batches(&write(256 << 20).await.unwrap()).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].rows, rows as u64);
+    }
 }

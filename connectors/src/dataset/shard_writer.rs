@@ -375,6 +375,24 @@ impl ShardWriter {
         self.rows
     }
 
+    /// Bytes this writer holds in memory: the TFRecord encode/compress buffers and the
+    /// Parquet writer's pending rows and in-progress row group (what a memory pool should
+    /// account for; the upload buffers of `object_store`'s writer come on top, up to 16 MiB
+    /// per format).
+    pub fn buffered_bytes(&self) -> usize {
+        let tf = self.tf.as_ref().map_or(0, |tf| {
+            tf.framed.capacity() + tf.z.get_ref().capacity()
+        });
+        let pq = self.pq.as_ref().map_or(0, |pq| {
+            pq.w.memory_size()
+                + pq.pending
+                    .iter()
+                    .map(RecordBatch::get_array_memory_size)
+                    .sum::<usize>()
+        });
+        tf + pq
+    }
+
     /// Append a batch (must have the writer's schema).
     pub async fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.schema().fields() != self.schema.fields() {
