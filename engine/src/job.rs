@@ -10,7 +10,6 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use kiln_connectors::{EncodeOptions, ExampleEncoder, Manifest};
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 use serde_json::json;
 
@@ -553,14 +552,15 @@ fn root_message(e: &datafusion::error::DataFusionError) -> String {
     e.find_root().to_string()
 }
 
-/// Writes rejected rows as JSON lines to `<rejects_location>/rejects-<date>.jsonl`.
+/// Writes rejected rows as JSON lines to `<rejects_location>/rejects-<date>.jsonl`, streamed
+/// from the scans' spill files through a local temporary file and a (multipart) upload, so
+/// memory does not grow with the number of rejected rows.
 async fn write_rejects(
     ctx: &SessionContext,
     job: &RenderedJob,
     ledger: &BadRowLedger,
 ) -> Result<Option<String>> {
-    let rejected = ledger.rejected();
-    if rejected.is_empty() {
+    if ledger.counts().values().all(|c| c.rows_rejected == 0) {
         return Ok(None);
     }
     let base = job
@@ -569,15 +569,24 @@ async fn write_rejects(
         .expect("reject policy requires rejects_location (checked at load)");
     let url = format!("{}/rejects-{}.jsonl", base.trim_end_matches('/'), job.date);
     let (store, path) = crate::stores::store_for(ctx, &url)?;
-    let mut body = Vec::new();
-    for r in &rejected {
-        serde_json::to_writer(&mut body, r).expect("BadRow serialises");
-        body.push(b'\n');
+    let io = |e: std::io::Error| EngineError::url_failed(&url, "writing the rejects file", e);
+    let mut staged = tempfile::tempfile().map_err(io)?;
+    {
+        let mut w = std::io::BufWriter::new(&mut staged);
+        ledger.write_rejected(&mut w).map_err(io)?;
+        std::io::Write::flush(&mut w).map_err(io)?;
     }
-    store
-        .put(&path, body.into())
+    std::io::Seek::seek(&mut staged, std::io::SeekFrom::Start(0)).map_err(io)?;
+    let mut upload = object_store::buffered::BufWriter::new(store, path);
+    let mut file = tokio::fs::File::from_std(staged);
+    if let Err(e) = tokio::io::copy(&mut file, &mut upload).await {
+        // No part of a failed upload is left behind (a multipart upload is aborted).
+        let _ = upload.abort().await;
+        return Err(io(e));
+    }
+    tokio::io::AsyncWriteExt::shutdown(&mut upload)
         .await
-        .map_err(|e| EngineError::url_failed(&url, "writing the rejects file", e))?;
+        .map_err(io)?;
     Ok(Some(url))
 }
 

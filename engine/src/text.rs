@@ -19,7 +19,7 @@
 //! Records must not span lines (no newlines inside quoted CSV fields).
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io::{Cursor, Seek, Write};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -39,7 +39,7 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::{ObjectStore, ObjectStoreExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::spec::BadRowPolicy;
@@ -65,7 +65,7 @@ pub enum TextFormat {
 }
 
 /// A malformed input row.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BadRow {
     /// Source name.
     pub source: String,
@@ -98,11 +98,50 @@ impl RowCounts {
     }
 }
 
+/// Rejected rows kept in memory before they are spilled to a temporary file.
+const REJECTS_IN_MEMORY_BYTES: usize = 1 << 20;
+
+/// The rejected rows of one file scan, in line order: up to [`REJECTS_IN_MEMORY_BYTES`] in
+/// memory, then appended as JSON lines to an anonymous temporary file (deleted when dropped),
+/// so a file full of bad rows does not grow memory.
+#[derive(Debug, Default)]
+struct Rejected {
+    /// JSON lines of the rows not yet spilled (after those in `spill`).
+    buffer: Vec<u8>,
+    spill: Option<std::fs::File>,
+}
+
+impl Rejected {
+    fn push(&mut self, row: &BadRow) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.buffer, row).map_err(std::io::Error::other)?;
+        self.buffer.push(b'\n');
+        if self.buffer.len() >= REJECTS_IN_MEMORY_BYTES {
+            let file = match &mut self.spill {
+                Some(f) => f,
+                None => self.spill.insert(tempfile::tempfile()?),
+            };
+            file.write_all(&self.buffer)?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    /// Copies every row, as JSON lines in line order, to `out`.
+    fn copy_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        if let Some(f) = &self.spill {
+            let mut f = f.try_clone()?;
+            f.seek(std::io::SeekFrom::Start(0))?;
+            std::io::copy(&mut f, out)?;
+        }
+        out.write_all(&self.buffer)
+    }
+}
+
 /// What one scan of one file saw.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct FileTally {
     counts: RowCounts,
-    rejected: Vec<BadRow>,
+    rejected: Rejected,
     /// Whether the scan reached the end of the file.
     complete: bool,
 }
@@ -134,15 +173,27 @@ impl BadRowLedger {
         out
     }
 
-    /// Rejected rows, ordered by source, file and line.
-    pub fn rejected(&self) -> Vec<BadRow> {
+    /// Writes the rejected rows as JSON lines (one [`BadRow`] each), ordered by source, file
+    /// and line, to `out`; returns how many were written. Streams from the scans' spill files.
+    pub fn write_rejected(&self, out: &mut dyn Write) -> std::io::Result<u64> {
         let files = self.files.lock().expect("ledger lock");
-        let mut rows: Vec<BadRow> = files
-            .values()
-            .flat_map(|t| t.rejected.iter().cloned())
-            .collect();
-        rows.sort_by(|a, b| (&a.source, &a.file, a.line).cmp(&(&b.source, &b.file, b.line)));
-        rows
+        let mut rows = 0;
+        for tally in files.values() {
+            tally.rejected.copy_to(out)?;
+            rows += tally.counts.rows_rejected;
+        }
+        Ok(rows)
+    }
+
+    /// Rejected rows, ordered by source, file and line (reads every spill back into memory).
+    #[cfg(test)]
+    fn rejected(&self) -> Vec<BadRow> {
+        let mut out = Vec::new();
+        self.write_rejected(&mut out).expect("in-memory write");
+        out.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("a BadRow line"))
+            .collect()
     }
 
     /// Records one scan of a file. A complete scan replaces any earlier record of the file
@@ -581,13 +632,19 @@ impl TextFileParser {
             )));
         }
         let raw = &line[..line.len().min(MAX_RAW_BYTES)];
-        tally.rejected.push(BadRow {
+        let row = BadRow {
             source: self.source.clone(),
             file: self.url.clone(),
             line: line_no,
             error,
             raw: String::from_utf8_lossy(raw).into_owned(),
-        });
+        };
+        tally.rejected.push(&row).map_err(|e| {
+            DataFusionError::Execution(format!(
+                "{}: spilling rejected rows to a temporary file: {e}",
+                self.url
+            ))
+        })?;
         tally.counts.rows_rejected += 1;
         Ok(())
     }
@@ -773,6 +830,38 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::{Field, Int64Type, Schema};
+
+    /// Issue 12.12: rejected rows beyond a bound are spilled to a temporary file, not held in
+    /// memory, and come back complete and in line order.
+    #[test]
+    fn rejected_rows_spill_to_disk_and_come_back_in_order() {
+        let mut r = Rejected::default();
+        let rows = 20_000u64;
+        for line in 1..=rows {
+            r.push(&BadRow {
+                source: "clicks".into(),
+                file: "file:///in/part-0.csv".into(),
+                line,
+                error: "column amount: expected float64".into(),
+                raw: format!("{line},user-{line},oops"),
+            })
+            .unwrap();
+        }
+        assert!(r.spill.is_some(), "20k rows (~2 MiB) must spill");
+        assert!(r.buffer.len() < REJECTS_IN_MEMORY_BYTES);
+        let mut out = Vec::new();
+        r.copy_to(&mut out).unwrap();
+        let lines: Vec<u64> = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice::<BadRow>(l).unwrap().line)
+            .collect();
+        assert_eq!(lines, (1..=rows).collect::<Vec<_>>());
+        // A second copy reads the spill again from its start.
+        let mut again = Vec::new();
+        r.copy_to(&mut again).unwrap();
+        assert_eq!(again, out);
+    }
 
     fn parser_with(
         schema: Schema,
