@@ -227,3 +227,74 @@ fn resume_refuses_a_checkpoint_of_another_dataset() {
     let out = train(&a, &["--resume", "--json"]);
     assert_eq!(json_of(&out)["start_step"], 60);
 }
+
+/// Issue 12.6: `kiln train --skip-corrupt` trains past a record with a bad CRC and reports it
+/// (shard, record index, rows lost); without the flag the run fails naming the shard.
+#[test]
+fn skip_corrupt_trains_past_a_bad_record_and_reports_it() {
+    use kiln_connectors::dataset::{ShardFormat, ShardOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::training::write_dataset_with(
+        dir.path(),
+        4_000,
+        ShardOptions {
+            num_shards: 2,
+            formats: vec![ShardFormat::TfRecord],
+            tfrecord_compression: kiln_connectors::Compression::None,
+            key_column: Some("event_id".into()),
+            ..Default::default()
+        },
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("examples/_manifest.json")).unwrap())
+            .unwrap();
+    let shard = manifest["shards"][0]["path"].as_str().unwrap().to_string();
+    // Flip a byte inside record 3's payload: its data CRC no longer matches.
+    let path = dir.path().join("examples").join(&shard);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut start = 0usize;
+    for _ in 0..3 {
+        let len = u64::from_le_bytes(bytes[start..start + 8].try_into().unwrap()) as usize;
+        start += 12 + len + 4;
+    }
+    bytes[start + 12 + 5] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+
+    let cfg = write_config(dir.path(), 20, 10);
+    let train = |extra: &[&str], model: &str| {
+        Command::new(KILN)
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .args(["--data", &data, "--json", "--model-dir"])
+            .arg(dir.path().join(model))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = train(&[], "plain");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a corrupt record must fail a plain run"
+    );
+    assert!(
+        stderr.contains(&shard) && stderr.contains("CRC"),
+        "{stderr}"
+    );
+
+    let out = train(&["--skip-corrupt"], "skipping");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v = json_of(&out);
+    assert!(
+        stderr.contains("skipped corrupt record 3 at offset") && stderr.contains(&shard),
+        "{stderr}"
+    );
+    let skipped = v["skipped"].as_array().unwrap();
+    assert!(!skipped.is_empty(), "{v}");
+    for s in skipped {
+        assert_eq!(s["rows_lost"], 1, "{s}");
+        assert_eq!(s["records"][0]["index"], 3, "{s}");
+        assert_eq!(s["records"][0]["reason"], "data_crc_mismatch", "{s}");
+        assert!(s["shard"].as_str().unwrap().ends_with(&shard), "{s}");
+    }
+}

@@ -84,6 +84,88 @@ fn local_rank() -> usize {
         .unwrap_or(0)
 }
 
+/// The device to score a model on that was trained on `trained_on`: the same kind of device
+/// (`cuda` / `wgpu` at GPU `LOCAL_RANK`, else 0) when this build has its backend, else the CPU.
+/// Scoring where the model was trained keeps the held-out metrics comparable with the
+/// trainer's; [`Agreement::between`] says how closely they must agree.
+pub fn scoring_device(trained_on: ComputeDevice) -> ComputeDevice {
+    let same_kind = match trained_on {
+        ComputeDevice::Cpu => ComputeDevice::Cpu,
+        ComputeDevice::Cuda(_) => ComputeDevice::Cuda(local_rank()),
+        ComputeDevice::Wgpu(_) => ComputeDevice::Wgpu(local_rank()),
+    };
+    if backend_device(same_kind).is_ok() {
+        same_kind
+    } else {
+        ComputeDevice::Cpu
+    }
+}
+
+/// Largest difference allowed between two held-out metrics (AUC, log loss) of one model on
+/// the same rows when a GPU scored either side. GPU kernels sum in another order than the
+/// CPU (and may use fused multiply-adds or reduced-precision matrix units), so logits differ
+/// in their last bits; averaged over the held-out rows that moves a metric by well under
+/// 1e-5, while a different model or different rows move it by far more than 1e-4.
+pub const METRIC_TOLERANCE: f64 = 1e-4;
+
+/// Largest difference allowed between two logits of one model for the same row when a GPU
+/// scored either side, relative to `max(1, |logit|)`.
+pub const LOGIT_TOLERANCE: f32 = 1e-3;
+
+/// How two scorings of the same model on the same rows must agree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Agreement {
+    /// Bit for bit: both scored on the CPU, where Burn `flex` is deterministic.
+    Exact,
+    /// Within [`METRIC_TOLERANCE`] (metrics) and [`LOGIT_TOLERANCE`] (logits): a GPU scored
+    /// one side or both (GPU kernels may be chosen by autotuning, so even two runs on the same
+    /// GPU are not promised the same bits).
+    Tolerant,
+}
+
+impl Agreement {
+    /// How scores computed on `a` and on `b` must agree: [`Agreement::Exact`] when both are
+    /// the CPU, else [`Agreement::Tolerant`].
+    pub fn between(a: ComputeDevice, b: ComputeDevice) -> Self {
+        if a == ComputeDevice::Cpu && b == ComputeDevice::Cpu {
+            Agreement::Exact
+        } else {
+            Agreement::Tolerant
+        }
+    }
+
+    /// Whether two values of a held-out metric agree.
+    pub fn metric_agrees(self, a: f64, b: f64) -> bool {
+        match self {
+            Agreement::Exact => a.to_bits() == b.to_bits() || a == b,
+            Agreement::Tolerant => (a - b).abs() <= METRIC_TOLERANCE || a == b,
+        }
+    }
+
+    /// Whether two logits of the same row agree (two NaNs agree).
+    pub fn logit_agrees(self, a: f32, b: f32) -> bool {
+        if a.is_nan() || b.is_nan() {
+            return a.is_nan() && b.is_nan();
+        }
+        match self {
+            Agreement::Exact => a.to_bits() == b.to_bits(),
+            Agreement::Tolerant => (a - b).abs() <= LOGIT_TOLERANCE * a.abs().max(b.abs()).max(1.0),
+        }
+    }
+}
+
+impl std::fmt::Display for Agreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Agreement::Exact => write!(f, "bit for bit"),
+            Agreement::Tolerant => write!(
+                f,
+                "within {METRIC_TOLERANCE:e} per metric and {LOGIT_TOLERANCE:e} x max(1, |logit|) per logit"
+            ),
+        }
+    }
+}
+
 static SELECTED: OnceLock<ComputeDevice> = OnceLock::new();
 
 /// Chooses this process's device; fails if the binary was built without the backend, or if a
@@ -156,6 +238,54 @@ mod tests {
         assert!(e.contains("expected cpu, cuda"), "{e}");
         let e = "cuda:x".parse::<ComputeDevice>().unwrap_err().to_string();
         assert!(e.contains("`x` is not a device index"), "{e}");
+    }
+
+    #[test]
+    fn cpu_scores_agree_bit_for_bit_and_gpu_scores_within_the_tolerance() {
+        let (cpu, gpu) = (ComputeDevice::Cpu, ComputeDevice::Cuda(0));
+        assert_eq!(Agreement::between(cpu, cpu), Agreement::Exact);
+        assert_eq!(Agreement::between(gpu, cpu), Agreement::Tolerant);
+        assert_eq!(
+            Agreement::between(cpu, ComputeDevice::Wgpu(1)),
+            Agreement::Tolerant
+        );
+        assert_eq!(Agreement::between(gpu, gpu), Agreement::Tolerant);
+        let auc = 0.715_312_345_f64;
+        assert!(Agreement::Exact.metric_agrees(auc, auc));
+        assert!(!Agreement::Exact.metric_agrees(auc, auc + 1e-7));
+        assert!(Agreement::Tolerant.metric_agrees(auc, auc + 1e-7));
+        assert!(Agreement::Tolerant.metric_agrees(auc, auc - 0.9e-4));
+        assert!(!Agreement::Tolerant.metric_agrees(auc, auc + 2e-4));
+        let z = 2.5_f32;
+        let next = f32::from_bits(z.to_bits() + 1);
+        assert!(!Agreement::Exact.logit_agrees(z, next));
+        assert!(Agreement::Tolerant.logit_agrees(z, next));
+        assert!(Agreement::Tolerant.logit_agrees(20.0, 20.01));
+        assert!(!Agreement::Tolerant.logit_agrees(0.1, 0.1021));
+        assert!(Agreement::Exact.logit_agrees(f32::NAN, f32::NAN));
+        assert!(!Agreement::Tolerant.logit_agrees(f32::NAN, 0.0));
+        assert!(Agreement::Tolerant.to_string().contains("1e-4"));
+    }
+
+    #[test]
+    fn a_model_is_scored_on_the_kind_of_device_it_was_trained_on_when_built_in() {
+        assert_eq!(scoring_device(ComputeDevice::Cpu), ComputeDevice::Cpu);
+        let gpu = scoring_device(ComputeDevice::Cuda(3));
+        if cfg!(feature = "cuda") {
+            assert!(matches!(gpu, ComputeDevice::Cuda(_)), "{gpu}");
+        } else {
+            assert_eq!(
+                gpu,
+                ComputeDevice::Cpu,
+                "a CPU-only build scores on the CPU"
+            );
+        }
+        let gpu = scoring_device(ComputeDevice::Wgpu(0));
+        if cfg!(feature = "wgpu") {
+            assert!(matches!(gpu, ComputeDevice::Wgpu(_)), "{gpu}");
+        } else {
+            assert_eq!(gpu, ComputeDevice::Cpu);
+        }
     }
 
     #[cfg(not(feature = "cuda"))]

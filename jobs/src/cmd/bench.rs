@@ -14,8 +14,9 @@ pub enum BenchCommand {
     /// The example feature job on generated events: wall time, input rows/s, peak RSS,
     /// for Parquet-only output and for the full example (TFRecord gzip + Parquet).
     Features(BenchFeaturesArgs),
-    /// Training throughput (examples/s) of the example-shaped wide & deep model with 1 and 2
-    /// workers (threads with their own TCP ring), batch 1024, Adam.
+    /// Training throughput (examples/s) with 1 and 2 workers: of the example-shaped wide & deep
+    /// on synthetic rows (ranks as threads), or with `--data` of the example job's model on a
+    /// committed dataset (`kiln train` runs, dense and lazy Adam), next to Keras with `--keras`.
     Train(BenchTrainArgs),
     /// All-reduce bus bandwidth for 1, 16 and 64 MiB buffers across 2 and 4 local worker
     /// processes (the ranks `kiln train` uses), next to a plain TCP copy on loopback measured
@@ -30,13 +31,34 @@ pub enum BenchCommand {
 /// Arguments of `kiln bench train`.
 #[derive(clap::Args)]
 pub struct BenchTrainArgs {
-    /// Steps to time per worker count.
-    #[arg(long, default_value_t = 300)]
-    pub steps: u64,
-    /// Synthetic rows to train on.
+    /// Steps to time per run (synthetic rows: 300; `--data`: the `[train]` table's, which is
+    /// one epoch for the example job).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Synthetic rows to train on (without `--data`).
     #[arg(long, default_value_t = 400_000)]
     pub rows: usize,
-    /// Print JSON lines.
+    /// Train the `[train]` model of `--spec` on this committed dataset (path or URL) with
+    /// `kiln train --workers N` for each of `--workers`, with Adam dense (`lazy = false`) and
+    /// lazy (`lazy = true`), and print each run's examples/s.
+    #[arg(long, value_name = "DATASET_URL")]
+    pub data: Option<String>,
+    /// Job spec (or `--config`-style TOML) whose `[train]` table `--data` trains. Default: the
+    /// example job, examples/daily_ctr/job.toml.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Worker counts to run with `--data`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub workers: Vec<usize>,
+    /// A Python with TensorFlow: with `--data` (a local dataset), also run the Keras reference
+    /// (bench/keras_ctr.py) on the same shards, model and steps, and print Kiln's speed as a
+    /// multiple of Keras's.
+    #[arg(long, value_name = "PYTHON")]
+    pub keras: Option<PathBuf>,
+    /// The Keras reference script. Default: bench/keras_ctr.py of this source tree.
+    #[arg(long, value_name = "FILE")]
+    pub keras_script: Option<PathBuf>,
+    /// Print JSON (synthetic rows: one line per run; `--data`: one object).
     #[arg(long)]
     pub json: bool,
 }
@@ -84,9 +106,13 @@ pub struct BenchFeaturesArgs {
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Features(a) => bench_features(a),
+        BenchCommand::Train(a) if a.data.is_some() => bench_train_data(a),
         BenchCommand::Train(a) => {
+            if a.keras.is_some() {
+                bail!("--keras needs --data DATASET (a committed dataset of the example job)");
+            }
             for workers in [1, 2] {
-                let r = kiln_trainer::bench::bench_train(workers, a.steps, a.rows)?;
+                let r = kiln_trainer::bench::bench_train(workers, a.steps.unwrap_or(300), a.rows)?;
                 if a.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -331,4 +357,312 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One `kiln train` run of `kiln bench train --data`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct DataRun {
+    /// `dense` (`lazy = false`), `lazy` (`lazy = true`), or the configured optimizer's kind.
+    optimizer: String,
+    /// Worker processes.
+    workers: usize,
+    /// Steps trained.
+    steps: u64,
+    /// Global batch.
+    batch_size: u64,
+    /// Training examples per second (the step loop, as `kiln train --json` reports it).
+    examples_per_sec: f64,
+    /// Held-out AUC.
+    auc: Option<f64>,
+    /// Wall time of the whole `kiln train` process (statistics pass, training, evaluation,
+    /// export), seconds.
+    process_seconds: f64,
+}
+
+/// The optimizer variants `kiln bench train --data` runs: Adam dense and lazy, or the one
+/// configured optimizer when it is not Adam. Each is (name, `[train]` table).
+fn optimizer_variants(train: &toml::Table) -> Vec<(String, toml::Table)> {
+    let opt = train.get("optimizer").and_then(toml::Value::as_table);
+    let kind = opt
+        .and_then(|o| o.get("kind"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or("adam");
+    if kind != "adam" {
+        return vec![(kind.to_string(), train.clone())];
+    }
+    [("dense", false), ("lazy", true)]
+        .into_iter()
+        .map(|(name, lazy)| {
+            let mut t = train.clone();
+            let mut o = opt.cloned().unwrap_or_default();
+            o.insert("kind".into(), "adam".into());
+            o.insert("lazy".into(), lazy.into());
+            t.insert("optimizer".into(), toml::Value::Table(o));
+            (name.to_string(), t)
+        })
+        .collect()
+}
+
+/// How a run's optimizer variant is printed: `Adam dense`, `Adam lazy`, or the kind.
+fn optimizer_label(name: &str) -> String {
+    match name {
+        "dense" | "lazy" => format!("Adam {name}"),
+        other => other.to_string(),
+    }
+}
+
+/// The local directory of a dataset given as a path or `file://` URL (the Keras script reads
+/// files).
+fn local_dataset_dir(data: &str) -> anyhow::Result<PathBuf> {
+    let path = match data.strip_prefix("file://") {
+        Some(p) => p,
+        None if data.contains("://") => {
+            bail!("--keras reads the shards from local files; {data} is not a local dataset")
+        }
+        None => data,
+    };
+    Ok(std::path::absolute(path)?)
+}
+
+/// `kiln bench train --data DATASET [--keras PYTHON]`.
+fn bench_train_data(a: BenchTrainArgs) -> anyhow::Result<()> {
+    let data = a.data.clone().context("--data")?;
+    let exe = std::env::current_exe()?;
+    let spec = a.spec.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml")
+    });
+    let text =
+        std::fs::read_to_string(&spec).with_context(|| format!("reading {}", spec.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", spec.display()))?;
+    let train = match doc.get("train") {
+        Some(toml::Value::Table(t)) => t.clone(),
+        _ => bail!("{}: no [train] table", spec.display()),
+    };
+    let keras_dir = a
+        .keras
+        .as_ref()
+        .map(|_| local_dataset_dir(&data))
+        .transpose()?;
+    if a.workers.is_empty() || a.workers.contains(&0) {
+        bail!("--workers: give worker counts of 1 or more");
+    }
+    let work = std::env::temp_dir().join(format!("kiln-bench-train-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = run_data_bench(&a, &exe, &data, &train, keras_dir.as_deref(), &work);
+    let _ = std::fs::remove_dir_all(&work);
+    let (runs, keras) = result?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let keras_shards = keras
+        .as_ref()
+        .and_then(|k| k["from_shards"]["examples_per_sec"].as_f64());
+    if a.json {
+        let ratios: Vec<serde_json::Value> = runs
+            .iter()
+            .filter_map(|r| {
+                let k = keras_shards?;
+                Some(serde_json::json!({
+                    "optimizer": r.optimizer, "workers": r.workers,
+                    "kiln_over_keras_from_shards": r.examples_per_sec / k,
+                }))
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "data": data, "spec": spec.display().to_string(), "cores": cores,
+                "kiln": runs, "keras": keras, "ratios": ratios,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "kiln train on {data} ([train] of {}), {cores} cores:",
+        spec.display()
+    );
+    for r in &runs {
+        println!(
+            "  {:<10} {} worker(s): {} steps of {}: {:>9.0} examples/s  (held-out AUC {}, \
+             process {:.1} s)",
+            optimizer_label(&r.optimizer),
+            r.workers,
+            r.steps,
+            r.batch_size,
+            r.examples_per_sec,
+            r.auc.map_or("-".into(), |a| format!("{a:.4}")),
+            r.process_seconds
+        );
+    }
+    if let Some(k) = &keras {
+        let f = |key: &str| k[key]["examples_per_sec"].as_f64().unwrap_or(0.0);
+        println!(
+            "keras ({}), the same model, shards and steps:",
+            k["framework"].as_str().unwrap_or("?")
+        );
+        println!(
+            "  fed from the shards:        {:>9.0} examples/s",
+            f("from_shards")
+        );
+        println!(
+            "  input pipeline alone:       {:>9.0} examples/s",
+            f("input_only")
+        );
+        println!(
+            "  model step, batches in RAM: {:>9.0} examples/s",
+            f("model_step")
+        );
+        println!(
+            "  input pipeline: {}",
+            k["input_pipeline"].as_str().unwrap_or("?")
+        );
+        for r in &runs {
+            println!(
+                "  Kiln {} {} worker(s) / Keras from the shards: {:.2}x",
+                optimizer_label(&r.optimizer),
+                r.workers,
+                r.examples_per_sec / f("from_shards")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The `kiln train` runs (and the Keras run) of [`bench_train_data`], in `work`.
+fn run_data_bench(
+    a: &BenchTrainArgs,
+    exe: &std::path::Path,
+    data: &str,
+    train: &toml::Table,
+    keras_dir: Option<&std::path::Path>,
+    work: &std::path::Path,
+) -> anyhow::Result<(Vec<DataRun>, Option<serde_json::Value>)> {
+    let batch_size = toml::Value::Table(train.clone())
+        .try_into::<kiln_trainer::TrainConfig>()
+        .context("[train]")?
+        .batch_size;
+    let mut runs = Vec::new();
+    let mut keras_config = None;
+    for (name, table) in optimizer_variants(train) {
+        let mut doc = toml::Table::new();
+        doc.insert("train".into(), toml::Value::Table(table));
+        let cfg = work.join(format!("train-{name}.toml"));
+        std::fs::write(&cfg, toml::to_string(&doc)?)?;
+        keras_config.get_or_insert_with(|| cfg.clone());
+        for &workers in &a.workers {
+            let mut cmd = Command::new(exe);
+            cmd.arg("train")
+                .arg("--config")
+                .arg(&cfg)
+                .args(["--data", data, "--json", "--workers"])
+                .arg(workers.to_string())
+                .arg("--model-dir")
+                .arg(work.join(format!("model-{name}-{workers}")))
+                .env("RUST_LOG", "warn");
+            if let Some(s) = a.steps {
+                cmd.args(["--steps", &s.to_string()]);
+            }
+            eprintln!(
+                "kiln bench train: {}, {workers} worker(s)...",
+                optimizer_label(&name)
+            );
+            let t0 = std::time::Instant::now();
+            let out = cmd.output()?;
+            let process_seconds = t0.elapsed().as_secs_f64();
+            if !out.status.success() {
+                bail!(
+                    "kiln train ({name}, {workers} workers) failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("kiln train ({name}, {workers} workers): its --json"))?;
+            runs.push(DataRun {
+                optimizer: name.clone(),
+                workers,
+                steps: v["steps"].as_u64().unwrap_or(0),
+                batch_size: batch_size as u64,
+                examples_per_sec: v["examples_per_sec"].as_f64().unwrap_or(0.0),
+                auc: v["metrics"]["auc"].as_f64(),
+                process_seconds,
+            });
+        }
+    }
+    let keras = match (&a.keras, keras_dir, keras_config) {
+        (Some(python), Some(dir), Some(cfg)) => {
+            let script = a.keras_script.clone().unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/keras_ctr.py")
+            });
+            let steps = runs.first().map_or(0, |r| r.steps);
+            eprintln!(
+                "kiln bench train: Keras ({}), {steps} steps...",
+                python.display()
+            );
+            let out = Command::new(python)
+                .arg(&script)
+                .arg(dir)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["--steps", &steps.to_string()])
+                .env("TF_CPP_MIN_LOG_LEVEL", "2")
+                .output()
+                .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "{} failed: {}",
+                    script.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .with_context(|| format!("{} printed no JSON", script.display()))?;
+            Some(
+                serde_json::from_str(line)
+                    .with_context(|| format!("{}: its JSON", script.display()))?,
+            )
+        }
+        _ => None,
+    };
+    Ok((runs, keras))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_bench_runs_adam_dense_and_lazy() {
+        let train: toml::Table = toml::from_str(
+            "batch_size = 1024\noptimizer = { kind = \"adam\", lr = 0.002, lazy = false }",
+        )
+        .unwrap();
+        let v = optimizer_variants(&train);
+        let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["dense", "lazy"]);
+        for (name, t) in &v {
+            let o = t["optimizer"].as_table().unwrap();
+            assert_eq!(o["lazy"].as_bool(), Some(name == "lazy"));
+            assert_eq!(o["lr"].as_float(), Some(0.002), "other settings are kept");
+        }
+        let sgd: toml::Table = toml::from_str("optimizer = { kind = \"sgd\", lr = 0.05 }").unwrap();
+        assert_eq!(optimizer_variants(&sgd)[0].0, "sgd");
+        let none = optimizer_variants(&toml::Table::new());
+        assert_eq!(none.len(), 2, "Adam is the default optimizer");
+    }
+
+    #[test]
+    fn keras_reads_local_datasets_only() {
+        assert_eq!(
+            local_dataset_dir("file:///data/examples").unwrap(),
+            PathBuf::from("/data/examples")
+        );
+        assert!(local_dataset_dir("relative/ex").unwrap().is_absolute());
+        let e = local_dataset_dir("s3://b/examples")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a local dataset"), "{e}");
+    }
 }

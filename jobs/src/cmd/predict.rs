@@ -27,12 +27,28 @@ pub struct PredictArgs {
     /// Print one JSON object (row count, metrics when labels are present) to stdout.
     #[arg(long)]
     pub json: bool,
+    /// Where to score: cpu, cuda[:N] or wgpu[:N]. Default: the kind of device the model was
+    /// trained on (`model.json`), when this build has it, else the CPU.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<kiln_trainer::device::ComputeDevice>,
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let mut model_dir = ModelDir::resolve(&args.model_dir)?;
     model_dir.fetch()?;
     let model = kiln_trainer::export::load(&model_dir.local)?;
+    let trained_on = model.file.config.device;
+    let device = args
+        .device
+        .unwrap_or_else(|| kiln_trainer::device::scoring_device(trained_on));
+    if args.device.is_none() && device != trained_on {
+        eprintln!(
+            "kiln predict: the model was trained on {trained_on}; scoring on {device} \
+             (metrics agree with training {})",
+            kiln_trainer::device::Agreement::between(trained_on, device)
+        );
+    }
+    kiln_trainer::device::select_device(device)?;
     let source: Arc<dyn ShardSource> = Arc::new(DatasetSource::open(&args.input)?);
     let filter = if args.eval_split {
         RowFilter::Eval
@@ -61,7 +77,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"rows": metrics.rows, "metrics": metrics, "model_dir": args.model_dir, "input": args.input, "output": args.output})
+            serde_json::json!({"rows": metrics.rows, "metrics": metrics, "model_dir": args.model_dir, "input": args.input, "output": args.output, "device": device.to_string(), "train_device": trained_on.to_string()})
         );
     }
     Ok(())

@@ -53,6 +53,11 @@ pub struct TrainArgs {
     /// keepalive, which finds a host lost without FIN/RST while no data is moving).
     #[arg(long, default_value_t = 30)]
     pub peer_timeout: u64,
+    /// Skip corrupt TFRecord records (CRC mismatch, truncation) instead of failing; each
+    /// rank prints every skipped record (shard, index, offset, reason) and the rows lost, and
+    /// `--json` lists them under `skipped`.
+    #[arg(long)]
+    pub skip_corrupt: bool,
     /// Seconds to wait for all workers to join.
     #[arg(long, default_value_t = 120)]
     pub rendezvous_timeout: u64,
@@ -139,6 +144,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         return launch(&args);
     }
     let (config, data, model_dir) = resolve(&args)?;
+    // Before anything is read or any peer waited for: a rank whose device this build lacks
+    // fails at once, naming it (`cuda:1`: the GPU of `LOCAL_RANK` 1).
+    kiln_trainer::device::select_device(config.device)
+        .with_context(|| format!("rank {}", env.as_ref().map_or(0, |e| e.rank)))?;
     let model_dir = ModelDir::resolve(&model_dir)?;
     let env = env.unwrap_or(WorldEnv {
         rank: 0,
@@ -149,10 +158,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if env.rank == 0 {
         model_dir.prepare_for_training(args.resume)?;
     }
-    let source = Arc::new(DatasetSource::open(&data)?);
+    let source = Arc::new(DatasetSource::open_with(&data, args.skip_corrupt)?);
     let mut comm = Comm::connect(&env, Duration::from_secs(args.rendezvous_timeout))
         .with_context(|| format!("rank {} of {}", env.rank, env.world))?;
-    let mut opts = TrainOptions::new(config, source, model_dir.local.clone());
+    let mut opts = TrainOptions::new(config, source.clone(), model_dir.local.clone());
     opts.resume = args.resume;
     opts.progress = true;
     opts.step_timeout = Duration::from_secs(args.peer_timeout);
@@ -162,6 +171,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let report =
         kiln_trainer::train(&opts, &mut comm).with_context(|| format!("rank {}", env.rank))?;
     comm.shutdown();
+    let skipped = source.skipped();
+    for s in &skipped {
+        for r in &s.records {
+            eprintln!(
+                "kiln train: rank {}: skipped corrupt record {} at offset {} of {} ({:?})",
+                env.rank, r.index, r.offset, s.shard, r.reason
+            );
+        }
+        eprintln!(
+            "kiln train: rank {}: {} rows of {} were not read (--skip-corrupt)",
+            env.rank, s.rows_lost, s.shard
+        );
+    }
     if env.rank == 0 {
         model_dir.publish()?;
     }
@@ -169,9 +191,37 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let mut v = serde_json::to_value(&report)?;
         v["data"] = serde_json::Value::String(data);
         v["model_dir"] = serde_json::Value::String(model_dir.display());
+        v["skipped"] = serde_json::to_value(&skipped)?;
+        v["device"] =
+            serde_json::Value::String(kiln_trainer::device::selected_device().to_string());
         println!("{v}");
     }
     Ok(())
+}
+
+/// The command of local worker `rank` of `workers` started by `kiln train --workers N`: this
+/// binary with the launcher's arguments (less `--workers`) and the rank's environment:
+/// `RANK`, `WORLD_SIZE`, `MASTER_ADDR=127.0.0.1`, `MASTER_PORT`, and `LOCAL_RANK` (= `RANK`:
+/// all ranks are on this host) with `LOCAL_WORLD_SIZE`, so that `--device cuda` (or
+/// `[train] device = "cuda"`) puts each rank on its own GPU. Workers started by another
+/// launcher (torchrun, a Kubernetes indexed Job, by hand on several hosts) read the
+/// `LOCAL_RANK` that launcher sets, or use GPU 0 without it.
+fn worker_command(
+    exe: &std::path::Path,
+    child_args: &[String],
+    rank: usize,
+    workers: usize,
+    port: u16,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(child_args)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", workers.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("LOCAL_WORLD_SIZE", workers.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string());
+    cmd
 }
 
 /// `--workers N`: start N copies of this binary as ranks 0..N-1 on this machine and wait.
@@ -191,12 +241,7 @@ fn launch(args: &TrainArgs) -> anyhow::Result<()> {
     }
     let mut children = Vec::new();
     for rank in 0..args.workers {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(&child_args)
-            .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", args.workers.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string());
+        let mut cmd = worker_command(&exe, &child_args, rank, args.workers, port);
         // A worker dies with its launcher (e.g. `kill -9` of `kiln run` or of the launcher):
         // no orphan keeps writing checkpoints that a resumed run is reading.
         kiln_pipeline::proc::die_with_parent(&mut cmd);
@@ -241,4 +286,33 @@ fn launch(args: &TrainArgs) -> anyhow::Result<()> {
         bail!("training failed: {}", list.join("; "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_local_worker_gets_its_own_local_rank() {
+        let args = vec!["train".to_string(), "--device".into(), "cuda".into()];
+        let envs: Vec<std::collections::HashMap<String, String>> = (0..3)
+            .map(|rank| {
+                worker_command(std::path::Path::new("/bin/kiln"), &args, rank, 3, 4242)
+                    .get_envs()
+                    .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+                    .collect()
+            })
+            .collect();
+        for (rank, env) in envs.iter().enumerate() {
+            assert_eq!(env["RANK"], rank.to_string());
+            assert_eq!(env["LOCAL_RANK"], rank.to_string(), "rank {rank}: {env:?}");
+            assert_eq!(env["LOCAL_WORLD_SIZE"], "3");
+            assert_eq!(env["WORLD_SIZE"], "3");
+            assert_eq!(env["MASTER_ADDR"], "127.0.0.1");
+            assert_eq!(env["MASTER_PORT"], "4242");
+        }
+        let cmd = worker_command(std::path::Path::new("/bin/kiln"), &args, 1, 3, 4242);
+        let got: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
+        assert_eq!(got, ["train", "--device", "cuda"]);
+    }
 }

@@ -6,15 +6,24 @@ use kiln_connectors::dataset::{DatasetWriter, ShardOptions};
 
 /// Writes a committed dataset of `rows` synthetic clicks (4 shards) under `dir`; returns its URL.
 pub fn write_dataset(dir: &Path, rows: usize) -> String {
+    write_dataset_with(
+        dir,
+        rows,
+        ShardOptions {
+            num_shards: 4,
+            key_column: Some("event_id".into()),
+            ..Default::default()
+        },
+    )
+}
+
+/// [`write_dataset`] with explicit shard options; returns the dataset's URL.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn write_dataset_with(dir: &Path, rows: usize, options: ShardOptions) -> String {
     let data = kiln_trainer::fixtures::synthetic_ctr(rows, 4, 11);
     let url = format!("file://{}/examples/", dir.display());
     let schema = data.source.clone();
     let schema = kiln_trainer::ShardSource::schema(&schema);
-    let options = ShardOptions {
-        num_shards: 4,
-        key_column: Some("event_id".into()),
-        ..Default::default()
-    };
     let mut w = DatasetWriter::create(&url, schema, options, None).unwrap();
     for b in data.shards.iter().flatten() {
         w.write_blocking(b).unwrap();

@@ -55,8 +55,15 @@ impl kiln_trainer::ShardSource for FirstShard {
 }
 
 /// Loads the assembled version and scores up to `n` held-out rows; each logit must equal
-/// what evaluation saw for that row, bit for bit.
-fn verify_model(dir: &Path, data: &str, predictions: &Path, n: usize) -> anyhow::Result<usize> {
+/// what evaluation saw for that row as `agreement` says (bit for bit when evaluation scored
+/// on the CPU like this process; within a tolerance when it scored on a GPU).
+fn verify_model(
+    dir: &Path,
+    data: &str,
+    predictions: &Path,
+    n: usize,
+    agreement: kiln_trainer::device::Agreement,
+) -> anyhow::Result<usize> {
     let model = kiln_trainer::export::load(dir)?;
     let source: Arc<dyn kiln_trainer::ShardSource> =
         Arc::new(FirstShard(kiln_trainer::source::DatasetSource::open(data)?));
@@ -75,9 +82,10 @@ fn verify_model(dir: &Path, data: &str, predictions: &Path, n: usize) -> anyhow:
                 predictions.display()
             )
         })?;
-        if z.to_bits() != want.to_bits() && !(z.is_nan() && want.is_nan()) {
+        if !agreement.logit_agrees(*z, *want) {
             bail!(
-                "shard {} row {}: the published copy predicts logit {z:?}, evaluation saw {want:?}",
+                "shard {} row {}: the published copy predicts logit {z:?}, evaluation saw \
+                 {want:?} (they must agree {agreement})",
                 key.0,
                 key.1
             );
@@ -142,6 +150,17 @@ fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel, lock: &LockCheck) -> anyho
         .context("train output without model_sha256")?;
     let data = features["examples"].as_str().unwrap_or_default();
     let predictions = PathBuf::from(evaluate["predictions"].as_str().unwrap_or_default());
+    // Evaluation scored where the model was trained; this process scores on the CPU.
+    let evaluated_on = match evaluate["device"].as_str() {
+        Some(d) => d
+            .parse()
+            .with_context(|| format!("evaluate output: device `{d}`"))?,
+        None => kiln_trainer::device::ComputeDevice::Cpu,
+    };
+    let agreement = kiln_trainer::device::Agreement::between(
+        kiln_trainer::device::selected_device(),
+        evaluated_on,
+    );
     // One key per (job, date, model): a rerun after a crash between the rename and the
     // record finds its version instead of publishing a second copy.
     let publish_key = sha(&[&ctx.spec.name, &ctx.date(), model_sha]);
@@ -177,7 +196,7 @@ fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel, lock: &LockCheck) -> anyho
             let n = ctx.pipeline.config.verify_rows;
             let mut rows = 0;
             let v = repo.publish(&ctx.model_dir(), &lineage, |tmp| {
-                rows = verify_model(tmp, data, &predictions, n)?;
+                rows = verify_model(tmp, data, &predictions, n, agreement)?;
                 cancel.check()?;
                 // Last check before the version is renamed in.
                 lock.check()?;
