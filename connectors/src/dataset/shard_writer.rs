@@ -380,9 +380,10 @@ impl ShardWriter {
     /// account for; the upload buffers of `object_store`'s writer come on top, up to 16 MiB
     /// per format).
     pub fn buffered_bytes(&self) -> usize {
-        let tf = self.tf.as_ref().map_or(0, |tf| {
-            tf.framed.capacity() + tf.z.get_ref().capacity()
-        });
+        let tf = self
+            .tf
+            .as_ref()
+            .map_or(0, |tf| tf.framed.capacity() + tf.z.get_ref().capacity());
         let pq = self.pq.as_ref().map_or(0, |pq| {
             pq.w.memory_size()
                 + pq.pending
