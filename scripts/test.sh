@@ -15,6 +15,8 @@ Runs Kiln's whole test suite, installing what it needs on the way:
                      changes; its bin/ goes first on PATH
   postgresql         Debian's postgresql (apt-get, if missing) and a throwaway server on
                      127.0.0.1 on a free port for the run-metadata-store tests
+  promtool           Debian's prometheus (apt-get, if promtool is missing): promtool checks
+                     the --metrics-textfile output (TensorBoard, in the venv, the event files)
   build              cargo test --workspace --locked --no-run
                      cargo build --workspace --locked --examples
   unit tests         cargo test --workspace --locked --no-fail-fast --lib --bins
@@ -22,6 +24,9 @@ Runs Kiln's whole test suite, installing what it needs on the way:
   doc tests          cargo test --workspace --locked --no-fail-fast --doc
   tensorflow compat  the write_compat example's TFRecord and Parquet shards read back by
                      TensorFlow and pyarrow (scripts/peers/tf_compat.py)
+  deploy checks      kubectl kustomize on every deploy/k8s overlay and `kiln k8s train`
+                     (4 GPU workers) through kubernetes-validate --strict, checkov
+                     (deploy/k8s/.checkov.yaml) and hadolint on deploy/docker/Dockerfile
 Every server it starts is stopped and its temporary files removed on exit, on failure and on
 Ctrl-C. Prints each phase's time, a table of them, and as the last line "N passed, N failed"
 summed over the test groups and peer checks; exits non-zero if anything failed.
@@ -178,9 +183,9 @@ pip_install() {
 verify_venv() {
   # TensorFlow logs to stderr on import; shown only when the import fails.
   TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/python" -c '
-import moto, tensorflow, pyarrow
+import moto, tensorflow, pyarrow, tensorboard
 print("imports OK: moto", moto.__version__, "/ tensorflow", tensorflow.__version__,
-      "/ pyarrow", pyarrow.__version__)' 2>"$tmp/venv-import.log" \
+      "/ pyarrow", pyarrow.__version__, "/ tensorboard", tensorboard.__version__)' 2>"$tmp/venv-import.log" \
     || { cat "$tmp/venv-import.log" >&2; return 1; }
   "$venv/bin/moto_server" --help >/dev/null || { echo "moto_server --help failed" >&2; return 1; }
 }
@@ -269,6 +274,28 @@ tf_compat() {
   "$venv/bin/python" scripts/peers/tf_compat.py "$out"
 }
 
+# The Kubernetes manifests and the image, checked offline (deploy/k8s/README.md): every
+# overlay rendered by kubectl kustomize and a 4-worker GPU `kiln k8s train` Job validated
+# against Kubernetes 1.32's schemas (strict), checkov's policies, hadolint.
+# shellcheck disable=SC2317 # invoked through peer
+deploy_checks() {
+  local bin=$CARGO_TARGET_DIR/debug/kiln out=$tmp/deploy rc=0 o
+  mkdir -p "$out"
+  for o in deploy/k8s/overlays/*/; do
+    o=$(basename "$o")
+    echo "kubectl kustomize deploy/k8s/overlays/$o"
+    kubectl kustomize "deploy/k8s/overlays/$o" >"$out/$o.yaml" || { rc=1; continue; }
+  done
+  "$bin" k8s train examples/daily_ctr/job.toml --date 2026-11-20 --workers 4 \
+    --gpus-per-worker 1 >"$out/train-gpu-4.yaml" || rc=1
+  local files=("$out"/*.yaml)
+  kubernetes-validate --strict --quiet -k 1.32.0 "${files[@]}" || rc=1
+  checkov --config-file deploy/k8s/.checkov.yaml -d "$out" || rc=1
+  hadolint deploy/docker/Dockerfile || rc=1
+  [ "$rc" = 0 ] && echo "deploy checks: ${#files[@]} rendered files valid, checkov and hadolint clean"
+  return "$rc"
+}
+
 # --- the run ---------------------------------------------------------------------------------
 
 need cargo "install the Rust toolchain (https://rustup.rs)"
@@ -294,6 +321,16 @@ else
     2) missing postgresql "no apt-get, or not root and no passwordless sudo" ;;
     *) abort "PostgreSQL did not start" ;;
   esac
+
+  # promtool checks the --metrics-textfile files (jobs/tests/observability.rs).
+  phase "promtool"
+  rc=0
+  command -v promtool >/dev/null || kiln_apt_install prometheus || rc=$?
+  case $rc in
+    0) phase_done "$(promtool --version 2>&1 | head -n 1)" ;;
+    2) missing promtool "no apt-get, or not root and no passwordless sudo" ;;
+    *) abort "apt-get install prometheus failed" ;;
+  esac
 fi
 
 phase "build"
@@ -307,6 +344,15 @@ group "doc tests" --doc
 
 if [ "$fast" = 0 ]; then
   peer "tensorflow compat" tf_compat
+fi
+
+if [ "$fast" = 0 ]; then
+  if command -v kubectl >/dev/null; then
+    peer "deploy checks" deploy_checks
+  else
+    phase "deploy checks"
+    missing kubectl "not on PATH (kubectl 1.32+ renders the kustomize overlays)"
+  fi
 fi
 
 finish

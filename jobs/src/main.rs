@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod metrics;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,6 +29,8 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Apply an exported model (and its saved feature transform) to a dataset.
     Predict(cmd::predict::PredictArgs),
+    /// Serve the model repository with TF Serving's REST API (hot reload, metrics).
+    Serve(cmd::serve::ServeArgs),
     /// Run a Ballista scheduler for `kiln features --cluster` (Kiln's codecs and planner).
     Scheduler(cmd::scheduler::SchedulerArgs),
     /// Run a Ballista executor that runs Kiln's sources and sharded writers.
@@ -50,6 +53,9 @@ enum Command {
     /// Benchmarks that print figures (`kiln bench features|train|allreduce`).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Kubernetes manifests for a multi-node training run (`kiln k8s train`).
+    #[command(subcommand)]
+    K8s(cmd::k8s::K8sCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Predict(a) => cmd::predict::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Scheduler(a) => cmd::scheduler::run(a),
         Command::Executor(a) => cmd::executor::run(a),
         Command::Cluster(c) => cmd::cluster::run(c),
@@ -70,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Backfill(a) => cmd::backfill::run(a),
         Command::Schedule(a) => cmd::schedule::run(a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::K8s(c) => cmd::k8s::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -72,6 +72,13 @@ fn model_dir_on_s3_trains_uploads_and_predicts() {
             "{expected} missing from {names:?}"
         );
     }
+    // The TensorBoard event file goes with the model (docs/observability.md).
+    let event_files: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("logs/events.out.tfevents."))
+        .collect();
+    assert_eq!(event_files.len(), 1, "{names:?}");
+    let event_file = object_store::path::Path::from(format!("models/ctr/{}", event_files[0]));
     // Remote checkpoints are pruned like local ones: the two newest stay.
     let ckpts: Vec<&String> = names
         .iter()
@@ -136,6 +143,13 @@ fn model_dir_on_s3_trains_uploads_and_predicts() {
             Err(object_store::Error::NotFound { .. })
         ),
         "checkpoints/latest is still in the bucket after a fresh run"
+    );
+    assert!(
+        matches!(
+            rt.block_on(store.head(&event_file)),
+            Err(object_store::Error::NotFound { .. })
+        ),
+        "an earlier run's event file is still in the bucket after a fresh run"
     );
     // `kiln predict` removed its download of the model; only training's staging is left.
     let left: Vec<_> = std::fs::read_dir(dir.path().join("kiln-models"))

@@ -26,6 +26,7 @@ pub mod comm;
 pub mod config;
 pub mod device;
 pub mod eval;
+pub mod events;
 pub mod export;
 #[cfg(feature = "test-support")]
 pub mod fixtures;

@@ -18,6 +18,7 @@ use crate::checkpoint::{
 use crate::comm::Comm;
 use crate::config::{EvalSplit, TrainConfig};
 use crate::eval::{Metrics, metrics};
+use crate::events::{self, EventWriter};
 use crate::export::{self, ModelFile};
 use crate::loader::{Loader, LoaderConfig, LoaderState, assign_shards};
 use crate::model::{ModelSpec, Params, SparseGrad, forward_backward};
@@ -179,6 +180,8 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     } else {
         if rank == 0 {
             checkpoint::clear_latest(&opts.model_dir)?;
+            // A fresh run's TensorBoard curves do not mix with an earlier run's.
+            events::clear(&opts.model_dir.join(events::LOGS_DIR))?;
         }
         None
     };
@@ -304,6 +307,13 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
         },
     };
 
+    // TensorBoard event file of this run (rank 0): `<model dir>/logs/events.out.tfevents.*`.
+    let mut event_log = if rank == 0 {
+        Some(EventWriter::create(&opts.model_dir.join(events::LOGS_DIR))?)
+    } else {
+        None
+    };
+
     let scale = 1.0 / cfg.batch_size as f32;
     let width = spec.row_width();
     let mut dense_buf = vec![0.0f32; params.dense.len() + 1];
@@ -344,12 +354,21 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
         }
         if cfg.log_every > 0 && (step.is_multiple_of(cfg.log_every) || step == total_steps) {
             last_loss = window.0 / window.1.max(1) as f64;
+            let window_eps = window.1 as f64 / window.2.elapsed().as_secs_f64().max(1e-9);
             if opts.progress && rank == 0 {
-                let dt = window.2.elapsed().as_secs_f64();
                 eprintln!(
-                    "step {step}/{total_steps}  loss {last_loss:.5}  {:.0} examples/s  lr {lr:.2e}",
-                    window.1 as f64 / dt.max(1e-9)
+                    "step {step}/{total_steps}  loss {last_loss:.5}  {window_eps:.0} examples/s  lr {lr:.2e}"
                 );
+            }
+            if let Some(ev) = event_log.as_mut() {
+                ev.scalars(
+                    step,
+                    &[
+                        (events::tags::TRAIN_LOSS, last_loss),
+                        (events::tags::LEARNING_RATE, lr),
+                        (events::tags::EXAMPLES_PER_SEC, window_eps),
+                    ],
+                )?;
             }
             window = (0.0, 0, Instant::now());
         }
@@ -407,8 +426,23 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
                     m.mean_label
                 );
             }
+            if let Some(ev) = event_log.as_mut() {
+                let mut scalars = vec![
+                    (events::tags::EVAL_LOG_LOSS, m.logloss),
+                    (events::tags::EVAL_ACCURACY, m.accuracy),
+                ];
+                if let Some(auc) = m.auc {
+                    scalars.insert(0, (events::tags::EVAL_AUC, auc));
+                }
+                ev.scalars(step, &scalars)?;
+            }
             report.metrics = Some(m);
             report.eval_logits = logits;
+        }
+        // The event file is complete (and synced) before the export moves `logs/` into the
+        // new model directory.
+        if let Some(ev) = event_log.take() {
+            ev.finish()?;
         }
         let file = ModelFile {
             format: "kiln-model-v1".into(),

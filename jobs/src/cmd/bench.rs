@@ -26,6 +26,9 @@ pub enum BenchCommand {
     /// MASTER_PORT; rank 0 prints the timings as JSON).
     #[command(hide = true)]
     AllreduceRank(AllreduceRankArgs),
+    /// `kiln serve` on loopback: requests/s, p50/p99 latency for 1- and 64-instance requests,
+    /// and while a new version is published and swapped in.
+    Serve(super::serve::BenchServeArgs),
 }
 
 /// Arguments of `kiln bench train`.
@@ -129,6 +132,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
         BenchCommand::AllreduceRank(a) => allreduce_rank(a),
+        BenchCommand::Serve(a) => super::serve::bench(a),
         BenchCommand::Allreduce(a) => {
             let r = kiln_trainer::bench::bench_allreduce(
                 &ALLREDUCE_SIZES,

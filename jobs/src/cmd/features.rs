@@ -23,6 +23,65 @@ pub struct FeaturesArgs {
     /// Print one JSON object instead of a human summary.
     #[arg(long)]
     pub json: bool,
+    /// At the end, write Prometheus metrics (duration, outcome, rows in/out/rejected, rows
+    /// and bytes written) to PATH for node-exporter's textfile collector (written to
+    /// PATH.tmp, then renamed). See `docs/observability.md`.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
+}
+
+/// Adds a feature run's metrics to `m`.
+fn add_report_metrics(m: &mut crate::metrics::Exposition, r: &kiln_engine::FeaturesReport) {
+    let job = r.job.as_str();
+    for (source, c) in &r.bad_rows {
+        let l: &[(&str, &str)] = &[("kiln_job", job), ("source", source)];
+        m.counter(
+            "kiln_features_source_rows_in_total",
+            "Rows read from a validated text source.",
+            l,
+            c.rows_in as f64,
+        );
+        m.counter(
+            "kiln_features_source_rows_out_total",
+            "Rows of a validated text source passed on to the query.",
+            l,
+            c.rows_out as f64,
+        );
+        m.counter(
+            "kiln_features_source_rows_rejected_total",
+            "Rows of a validated text source rejected.",
+            l,
+            c.rows_rejected as f64,
+        );
+    }
+    for o in &r.outputs {
+        let l: &[(&str, &str)] = &[("kiln_job", job), ("output", &o.statement)];
+        m.counter(
+            "kiln_features_output_rows_total",
+            "Rows written to an output dataset.",
+            l,
+            o.rows as f64,
+        );
+        m.counter(
+            "kiln_features_output_bytes_total",
+            "Bytes of shards written to an output dataset.",
+            l,
+            o.bytes as f64,
+        );
+        m.gauge(
+            "kiln_features_output_shards",
+            "Shards per format of an output dataset.",
+            l,
+            f64::from(o.shards),
+        );
+    }
+    let files: usize = r.inputs.iter().map(|s| s.files.len()).sum();
+    m.gauge(
+        "kiln_features_input_files",
+        "Input files read.",
+        &[("kiln_job", job)],
+        files as f64,
+    );
 }
 
 /// Where a run reads and writes instead of the spec's locations (`--source`, `--out`): shared
@@ -46,7 +105,36 @@ pub fn parse_source_override(s: &str) -> Result<(String, String), String> {
 }
 
 pub fn run(args: FeaturesArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let path = args.metrics_textfile.clone();
+    let stem = args
+        .spec
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let mut m = crate::metrics::Exposition::new();
+    let mut job = None;
+    let result = run_features(args, &mut m, &mut job);
+    if path.is_some() {
+        crate::metrics::add_outcome(
+            &mut m,
+            "features",
+            &[("kiln_job", job.as_deref().unwrap_or(&stem))],
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        );
+        crate::metrics::write_if_asked(path.as_deref(), &m);
+    }
+    result
+}
+
+/// `kiln features`; adds the run's metrics to `m` and sets `job` to the spec's job name.
+fn run_features(
+    args: FeaturesArgs,
+    m: &mut crate::metrics::Exposition,
+    job: &mut Option<String>,
+) -> anyhow::Result<()> {
     let spec = JobSpec::load(&args.spec)?;
+    *job = Some(spec.name.clone());
     let overrides = Overrides {
         sources: args.overrides.sources,
         out: args.overrides.out,
@@ -61,6 +149,9 @@ pub fn run(args: FeaturesArgs) -> anyhow::Result<()> {
             &spec, args.date, &overrides, &mode,
         ))
         .with_context(|| format!("features for {} on {}", spec.name, args.date))?;
+    if args.metrics_textfile.is_some() {
+        add_report_metrics(m, &report);
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());

@@ -7,6 +7,7 @@ pub mod executor;
 pub mod features;
 pub mod r#gen;
 pub mod inspect;
+pub mod k8s;
 pub mod local_cluster;
 pub mod model_dir;
 pub mod models;
@@ -15,6 +16,7 @@ pub mod run;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;
+pub mod serve;
 pub mod train;
 
 /// Logs go to stderr (`RUST_LOG` to tune; default `info`), so stdout stays machine-readable.

@@ -77,6 +77,8 @@ impl ModelDir {
             }
             let latest = remote.child("checkpoints/latest");
             store::block_on(delete_if_present(&latest))?;
+            // An earlier run's TensorBoard event files (`logs/`) go too, as they do locally.
+            store::block_on(delete_under(&remote.child(kiln_trainer::events::LOGS_DIR)))?;
         } else if !local_ckpt.join("latest").exists() {
             let n = store::download_dir(&remote.child("checkpoints"), &local_ckpt)?;
             tracing::info!(files = n, from = %remote.url, "downloaded checkpoints");
@@ -190,6 +192,25 @@ async fn delete_if_present(loc: &Location) -> anyhow::Result<()> {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e).with_context(|| format!("deleting {}", loc.url)),
     }
+}
+
+/// Deletes every object under `dir`.
+async fn delete_under(dir: &Location) -> anyhow::Result<()> {
+    let objects: Vec<_> = dir
+        .store
+        .list(Some(&dir.path))
+        .try_collect()
+        .await
+        .with_context(|| format!("listing {}", dir.url))?;
+    for m in objects {
+        match dir.store.delete(&m.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("deleting {} from {}", m.location, dir.url));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes all but the newest [`KEEP_CHECKPOINTS`] checkpoint files under

@@ -26,6 +26,48 @@ pub struct ScheduleArgs {
     /// Print the dates due now and the next fire times, then exit.
     #[arg(long)]
     pub dry_run: bool,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics: runs started and failed, the
+    /// next run's time, and the last run's metrics (those of `kiln run --metrics-textfile`).
+    /// Port 0 picks a free port (printed on stderr). See `docs/observability.md`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_bind: Option<String>,
+}
+
+/// What `--metrics-bind` serves.
+#[derive(Default)]
+struct ScheduleMetrics {
+    started: u64,
+    failed: u64,
+    next: Option<chrono::DateTime<chrono::Utc>>,
+    last_run: Option<crate::metrics::Exposition>,
+}
+
+impl ScheduleMetrics {
+    fn exposition(&self, job: &str) -> crate::metrics::Exposition {
+        let mut m = self.last_run.clone().unwrap_or_default();
+        let l: &[(&str, &str)] = &[("kiln_job", job)];
+        m.counter(
+            "kiln_schedule_runs_started_total",
+            "Runs this scheduler started.",
+            l,
+            self.started as f64,
+        );
+        m.counter(
+            "kiln_schedule_runs_failed_total",
+            "Runs this scheduler started that failed (or could not start).",
+            l,
+            self.failed as f64,
+        );
+        if let Some(n) = self.next {
+            m.gauge(
+                "kiln_schedule_next_run_timestamp_seconds",
+                "When the scheduler starts its next run (Unix time).",
+                l,
+                n.timestamp() as f64,
+            );
+        }
+        m
+    }
 }
 
 /// The newest date this job completed (success or rejected), from the metadata store.
@@ -72,6 +114,21 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
         cfg.timezone,
         if sched.catch_up { "on" } else { "off" }
     );
+    let server = match &args.metrics_bind {
+        Some(bind) => {
+            let s = crate::metrics::MetricsServer::start(bind)?;
+            eprintln!("kiln schedule: metrics at http://{}/metrics", s.addr());
+            Some(s)
+        }
+        None => None,
+    };
+    let mut metrics = ScheduleMetrics::default();
+    let publish = |m: &ScheduleMetrics| {
+        if let Some(s) = &server {
+            s.set(&m.exposition(&spec.name));
+        }
+    };
+    publish(&metrics);
     let mut runs = 0usize;
     loop {
         let now = chrono::Utc::now();
@@ -89,15 +146,26 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
                 force: false,
                 trigger: Trigger::Schedule,
             });
+            metrics.started += 1;
             match r {
-                Ok(s) => eprintln!(
-                    "kiln schedule: run {} for {date}: {}{}",
-                    s.run_id,
-                    s.status,
-                    s.error.map(|e| format!(": {e}")).unwrap_or_default()
-                ),
-                Err(e) => eprintln!("kiln schedule: {date}: {e:#}"),
+                Ok(s) => {
+                    if s.status == kiln_pipeline::status::RunStatus::Failed {
+                        metrics.failed += 1;
+                    }
+                    metrics.last_run = Some(super::run::summary_metrics(&s));
+                    eprintln!(
+                        "kiln schedule: run {} for {date}: {}{}",
+                        s.run_id,
+                        s.status,
+                        s.error.map(|e| format!(": {e}")).unwrap_or_default()
+                    )
+                }
+                Err(e) => {
+                    metrics.failed += 1;
+                    eprintln!("kiln schedule: {date}: {e:#}")
+                }
             }
+            publish(&metrics);
             // A failed date is not retried by the scheduler (its alert went out); rerun it
             // with `kiln run` or `kiln backfill`.
             done = done.max(Some(date));
@@ -109,6 +177,8 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
             eprintln!("kiln schedule: the cron expression never fires again");
             return Ok(());
         };
+        metrics.next = Some(next);
+        publish(&metrics);
         eprintln!(
             "kiln schedule: next run at {} (date {})",
             next.to_rfc3339(),

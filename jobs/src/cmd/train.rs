@@ -61,6 +61,80 @@ pub struct TrainArgs {
     /// Seconds to wait for all workers to join.
     #[arg(long, default_value_t = 120)]
     pub rendezvous_timeout: u64,
+    /// At the end, write Prometheus metrics (duration, outcome, examples/s, final loss,
+    /// held-out AUC and log loss) to PATH for node-exporter's textfile collector (written to
+    /// PATH.tmp, then renamed; rank 0 only). See `docs/observability.md`.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
+}
+
+/// The `kiln_job` label of `kiln train`'s metrics: the spec's job name (or the `--config`
+/// file's stem).
+fn job_label(args: &TrainArgs) -> String {
+    let stem = |p: &std::path::Path| {
+        p.file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+    };
+    match (&args.config, &args.spec) {
+        (Some(c), _) => stem(c),
+        (None, Some(s)) => kiln_engine::spec::JobSpec::load(s).map_or_else(|_| stem(s), |j| j.name),
+        (None, None) => "model".into(),
+    }
+}
+
+/// Adds a finished run's metrics (rank 0's report) to `m`.
+fn add_report_metrics(
+    m: &mut crate::metrics::Exposition,
+    job: &str,
+    report: &kiln_trainer::TrainReport,
+) {
+    let l: &[(&str, &str)] = &[("kiln_job", job)];
+    m.gauge(
+        "kiln_train_examples_per_second",
+        "Training examples per second over all workers (step loop wall time).",
+        l,
+        report.examples_per_sec,
+    );
+    m.gauge(
+        "kiln_train_loss",
+        "Mean training loss over the last logging window.",
+        l,
+        report.train_loss,
+    );
+    m.gauge(
+        "kiln_train_steps",
+        "Steps of the run.",
+        l,
+        report.steps as f64,
+    );
+    m.gauge(
+        "kiln_train_workers",
+        "Workers of the run.",
+        l,
+        report.workers as f64,
+    );
+    if let Some(e) = &report.metrics {
+        m.gauge(
+            "kiln_train_eval_log_loss",
+            "Held-out log loss of the trained model.",
+            l,
+            e.logloss,
+        );
+        if let Some(auc) = e.auc {
+            m.gauge(
+                "kiln_train_eval_auc",
+                "Held-out ROC AUC of the trained model.",
+                l,
+                auc,
+            );
+        }
+        m.gauge(
+            "kiln_train_eval_rows",
+            "Held-out rows the model was evaluated on.",
+            l,
+            e.rows as f64,
+        );
+    }
 }
 
 /// Loads the `[train]` table and the data location.
@@ -139,11 +213,41 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<(TrainConfig, String, String)> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     let env = WorldEnv::from_env()?;
-    if env.is_none() && args.workers > 1 {
-        return launch(&args);
+    let rank = env.as_ref().map_or(0, |e| e.rank);
+    let launcher = env.is_none() && args.workers > 1;
+    let mut m = crate::metrics::Exposition::new();
+    let result = if launcher {
+        launch(&args)
+    } else {
+        run_rank(&args, env, &mut m)
+    };
+    // The launcher writes metrics only when a worker failed (rank 0 may not have); rank 0
+    // writes them after every run of its own.
+    if let Some(path) = &args.metrics_textfile
+        && (if launcher { result.is_err() } else { rank == 0 })
+    {
+        let job = job_label(&args);
+        crate::metrics::add_outcome(
+            &mut m,
+            "train",
+            &[("kiln_job", &job)],
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        );
+        crate::metrics::write_if_asked(Some(path), &m);
     }
-    let (config, data, model_dir) = resolve(&args)?;
+    result
+}
+
+/// One rank's training (the whole run with one worker); rank 0 adds the run's metrics to `m`.
+fn run_rank(
+    args: &TrainArgs,
+    env: Option<WorldEnv>,
+    m: &mut crate::metrics::Exposition,
+) -> anyhow::Result<()> {
+    let (config, data, model_dir) = resolve(args)?;
     // Before anything is read or any peer waited for: a rank whose device this build lacks
     // fails at once, naming it (`cuda:1`: the GPU of `LOCAL_RANK` 1).
     kiln_trainer::device::select_device(config.device)
@@ -186,6 +290,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     if env.rank == 0 {
         model_dir.publish()?;
+        if args.metrics_textfile.is_some() {
+            add_report_metrics(m, &job_label(args), &report);
+        }
     }
     if args.json && env.rank == 0 {
         let mut v = serde_json::to_value(&report)?;
