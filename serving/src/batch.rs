@@ -1,6 +1,6 @@
 //! Server-side batching (off by default): concurrent requests to one version are scored
 //! together by that version's batching thread. A row's logit depends on the row alone
-//! ([`crate::input::SCORE_ROWS`]), so batching never changes a prediction.
+//! ([`kiln_trainer::export::SCORE_CHUNK_ROWS`]), so batching never changes a prediction.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};

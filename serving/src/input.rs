@@ -291,33 +291,33 @@ fn kind_name(v: &Value) -> &'static str {
     }
 }
 
-/// Rows of every forward pass of the server. The CPU matrix multiply (gemm) picks its
-/// blocking by the number of rows, so a row's logit can differ in the last bits between a
-/// 1-row and a 400-row batch; scoring always `SCORE_ROWS` rows at a time (a short chunk padded
-/// by repeating its first row, whose extra results are dropped) makes a row's logit depend on
-/// the row alone, and equal to `kiln predict`'s, whose batches are in the same regime
-/// (measured: identical bits for batches of 300 to 1,600 rows, different below 300).
-pub const SCORE_ROWS: usize = 512;
-
-/// Logits of every row of `batch`: `Transform::prepare` on the rows, then
-/// `model::predict_logits`, exactly as `export::score` does per batch, in chunks of
-/// [`SCORE_ROWS`]. Errors name the feature and the instance (row).
+/// Logits of every row of `batch`, through the trainer's own scoring
+/// ([`kiln_trainer::export::score_rows`]: `Transform::prepare` and the forward pass in fixed,
+/// padded chunks), so a served logit equals `kiln predict`'s bit for bit whatever the request
+/// size. Errors name the feature and the instance (row).
 pub fn score(model: &Model, batch: &RecordBatch) -> Result<Vec<f32>> {
     let t = &model.transform;
-    let n = batch.num_rows();
-    let mut logits = Vec::with_capacity(n);
-    let mut prepared = Prepared::new(t.categorical.len(), t.dense_width());
-    for start in (0..n).step_by(SCORE_ROWS) {
-        let end = (start + SCORE_ROWS).min(n);
-        let mut rows: Vec<u32> = (start as u32..end as u32).collect();
-        rows.resize(SCORE_ROWS, start as u32);
-        prepared.clear();
-        t.prepare(batch, &rows, &mut prepared)
-            .map_err(|e| ServeError::InvalidArgument(format!("{e} (row = instance)")))?;
-        let z = kiln_trainer::model::predict_logits(&model.params, &prepared)
-            .map_err(|e| ServeError::Internal(format!("scoring: {e}")))?;
-        logits.extend_from_slice(&z[..end - start]);
-    }
+    let rows: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    let mut scratch = Prepared::new(t.categorical.len(), t.dense_width());
+    let (mut logits, mut labels) = (Vec::with_capacity(rows.len()), Vec::new());
+    kiln_trainer::export::score_rows(
+        &model.params,
+        t,
+        batch,
+        &rows,
+        &mut scratch,
+        &mut logits,
+        &mut labels,
+    )
+    .map_err(|e| match e {
+        // What the transform says about an instance's values.
+        kiln_trainer::Error::Column { .. }
+        | kiln_trainer::Error::Value { .. }
+        | kiln_trainer::Error::Data(_) => {
+            ServeError::InvalidArgument(format!("{e} (row = instance)"))
+        }
+        other => ServeError::Internal(format!("scoring: {other}")),
+    })?;
     Ok(logits)
 }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arrow::record_batch::RecordBatch;
 use burn::module::Module;
 use burn::store::ModuleRecord;
 use serde::{Deserialize, Serialize};
@@ -365,15 +366,54 @@ pub fn score(
             let batch = batch?;
             let at = |e: Error| e.in_shard(shard, start);
             let sel = transform.rows(&batch, filter).map_err(at)?;
-            rows.clear();
-            transform.prepare(&batch, &sel, &mut rows).map_err(at)?;
-            logits.extend(predict_logits(params, &rows)?);
-            labels.extend_from_slice(&rows.labels);
+            score_rows(
+                params,
+                transform,
+                &batch,
+                &sel,
+                &mut rows,
+                &mut logits,
+                &mut labels,
+            )
+            .map_err(at)?;
             where_.extend(sel.iter().map(|&r| (shard as u32, start + r as u64)));
             start += batch.num_rows() as u64;
         }
     }
     Ok((logits, labels, where_))
+}
+
+/// Rows of every scoring forward pass. The CPU matrix multiply picks its blocking (and a
+/// parallel path) by the number of rows, so a row's logit can differ in the last bits between
+/// a 1-row and a 400-row pass. Scoring always this many rows at a time (a short chunk padded
+/// by repeating its first row, whose results are dropped) makes a row's logit depend on the
+/// row alone: evaluation, `kiln predict` and `kiln serve` (any request size) agree bit for bit.
+pub const SCORE_CHUNK_ROWS: usize = 512;
+
+/// Logits and labels of `rows` of `batch`, appended to `logits` and `labels`, scored in
+/// padded chunks of [`SCORE_CHUNK_ROWS`] (`scratch` is reused between calls).
+#[allow(clippy::too_many_arguments)]
+pub fn score_rows(
+    params: &Params,
+    transform: &Transform,
+    batch: &RecordBatch,
+    rows: &[u32],
+    scratch: &mut Prepared,
+    logits: &mut Vec<f32>,
+    labels: &mut Vec<f32>,
+) -> Result<()> {
+    let mut padded = Vec::with_capacity(SCORE_CHUNK_ROWS);
+    for chunk in rows.chunks(SCORE_CHUNK_ROWS) {
+        padded.clear();
+        padded.extend_from_slice(chunk);
+        padded.resize(SCORE_CHUNK_ROWS, chunk[0]);
+        scratch.clear();
+        transform.prepare(batch, &padded, scratch)?;
+        let z = predict_logits(params, scratch)?;
+        logits.extend_from_slice(&z[..chunk.len()]);
+        labels.extend_from_slice(&scratch.labels[..chunk.len()]);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
