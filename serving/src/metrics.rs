@@ -3,9 +3,10 @@
 //! the lock is held for a map update).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use kiln_metrics::Exposition;
 
 use crate::manager::Loaded;
 
@@ -106,7 +107,7 @@ impl Metrics {
         self.with(|s| s.current.insert(model.to_string(), cur));
     }
 
-    /// Prometheus text.
+    /// Prometheus text (through `kiln-metrics`' [`Exposition`], which checks the names).
     pub fn render(&self) -> String {
         let s = self.with(|s| {
             (
@@ -118,25 +119,25 @@ impl Metrics {
             )
         });
         let (requests, latency, instances, events, current) = s;
-        let mut o = String::new();
-        let lbl = |x: &Series| {
-            format!(
-                "model=\"{}\",version=\"{}\",label=\"{}\",method=\"{}\"",
-                esc(&x.model),
-                x.version,
-                x.label,
-                x.method
-            )
+        let mut m = Exposition::new();
+        let lbl = |x: &Series| -> [(&'static str, String); 4] {
+            [
+                ("model", x.model.clone()),
+                ("version", x.version.clone()),
+                ("label", x.label.clone()),
+                ("method", x.method.clone()),
+            ]
         };
-        o.push_str("# HELP kiln_serving_requests_total Requests by model, version, label, method and HTTP status.\n# TYPE kiln_serving_requests_total counter\n");
         for ((x, code), n) in &requests {
-            let _ = writeln!(
-                o,
-                "kiln_serving_requests_total{{{},code=\"{code}\"}} {n}",
-                lbl(x)
+            let mut l = lbl(x).to_vec();
+            l.push(("code", code.to_string()));
+            m.counter(
+                "kiln_serving_requests_total",
+                "Requests by model, version, label, method and HTTP status.",
+                &borrow(&l),
+                *n as f64,
             );
         }
-        o.push_str("# HELP kiln_serving_request_errors_total Requests answered with an error status.\n# TYPE kiln_serving_request_errors_total counter\n");
         let mut errors: BTreeMap<&Series, u64> = BTreeMap::new();
         for ((x, code), n) in &requests {
             if *code >= 400 {
@@ -144,65 +145,65 @@ impl Metrics {
             }
         }
         for (x, n) in errors {
-            let _ = writeln!(o, "kiln_serving_request_errors_total{{{}}} {n}", lbl(x));
+            m.counter(
+                "kiln_serving_request_errors_total",
+                "Requests answered with an error status.",
+                &borrow(&lbl(x)),
+                n as f64,
+            );
         }
-        o.push_str("# HELP kiln_serving_instances_total Instances (rows) scored.\n# TYPE kiln_serving_instances_total counter\n");
         for (x, n) in &instances {
-            let _ = writeln!(o, "kiln_serving_instances_total{{{}}} {n}", lbl(x));
+            m.counter(
+                "kiln_serving_instances_total",
+                "Instances (rows) scored.",
+                &borrow(&lbl(x)),
+                *n as f64,
+            );
         }
-        o.push_str("# HELP kiln_serving_request_duration_seconds Request latency.\n# TYPE kiln_serving_request_duration_seconds histogram\n");
         for (x, h) in &latency {
-            let l = lbl(x);
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    o,
-                    "kiln_serving_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                o,
-                "kiln_serving_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                o,
-                "kiln_serving_request_duration_seconds_sum{{{l}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                o,
-                "kiln_serving_request_duration_seconds_count{{{l}}} {}",
-                h.count
+            let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().zip(h.counts).collect();
+            m.histogram(
+                "kiln_serving_request_duration_seconds",
+                "Request latency.",
+                &borrow(&lbl(x)),
+                &buckets,
+                h.sum,
+                h.count,
             );
         }
-        o.push_str("# HELP kiln_serving_version_events_total Version loads, unloads and load failures.\n# TYPE kiln_serving_version_events_total counter\n");
-        for ((m, v, kind), n) in &events {
-            let _ = writeln!(
-                o,
-                "kiln_serving_version_events_total{{model=\"{}\",version=\"{v}\",event=\"{kind}\"}} {n}",
-                esc(m)
+        for ((model, v, kind), n) in &events {
+            m.counter(
+                "kiln_serving_version_events_total",
+                "Version loads, unloads and load failures.",
+                &[
+                    ("model", model),
+                    ("version", &v.to_string()),
+                    ("event", kind),
+                ],
+                *n as f64,
             );
         }
-        o.push_str("# HELP kiln_serving_version_available Versions being served (1), with their labels.\n# TYPE kiln_serving_version_available gauge\n");
-        for (m, vs) in &current {
+        for (model, vs) in &current {
             for (v, labels) in vs {
-                let _ = writeln!(
-                    o,
-                    "kiln_serving_version_available{{model=\"{}\",version=\"{v}\",label=\"{}\"}} 1",
-                    esc(m),
-                    labels.join(",")
+                m.gauge(
+                    "kiln_serving_version_available",
+                    "Versions being served (1), with their labels.",
+                    &[
+                        ("model", model),
+                        ("version", &v.to_string()),
+                        ("label", &labels.join(",")),
+                    ],
+                    1.0,
                 );
             }
         }
-        o
+        m.render()
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// `(name, value)` pairs borrowed for [`Exposition`]'s methods.
+fn borrow<'a>(labels: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 #[cfg(test)]
