@@ -101,6 +101,11 @@ pub struct BenchFeaturesArgs {
     /// (`kiln scheduler`, `kiln executor`), to show the overhead of distribution.
     #[arg(long)]
     pub cluster: bool,
+    /// A Python with duckdb, polars and pyarrow: instead of the variants, run the example job
+    /// with Kiln (Parquet output), DuckDB and Polars (bench/peers/), check the peers' examples
+    /// equal to Kiln's row for row, then time them interleaved and print the ratios.
+    #[arg(long, value_name = "PYTHON", conflicts_with = "cluster")]
+    pub peers: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -263,6 +268,21 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
             "formats = [\"parquet\"]",
         ),
     )?;
+    if let Some(python) = &a.peers {
+        return super::bench_peers::PeerBench {
+            exe: &exe,
+            python,
+            scripts: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/peers"),
+            events: &events,
+            spec: &parquet_spec,
+            work: &work,
+            date: "2026-11-20",
+            rows: a.rows,
+            repeat: a.repeat,
+            json: a.json,
+        }
+        .run();
+    }
     let full_spec = work.join("job-full.toml");
     std::fs::write(&full_spec, &spec_text)?;
     let mut results = Vec::new();
