@@ -20,7 +20,7 @@ use kiln_trainer::export::Model;
 
 use crate::batch::{Batcher, Batching};
 use crate::input::{InputSpec, inputs};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, VersionEvent};
 use crate::{Result, ServeError};
 
 /// Which versions of a model are loaded (TF Serving's `model_version_policy`).
@@ -444,7 +444,7 @@ impl Manager {
             match load_version(&m.repo.version_dir(v), v, self.batching, &m.name) {
                 Ok(l) => {
                     tracing::info!(model = %m.name, version = v, ms = t0.elapsed().as_millis() as u64, "loaded");
-                    self.metrics.event(&m.name, v, "load");
+                    self.metrics.event(&m.name, v, VersionEvent::Load);
                     loaded.insert(v, Arc::new(l));
                     status.insert(
                         v,
@@ -456,7 +456,7 @@ impl Manager {
                 }
                 Err(e) => {
                     tracing::error!(model = %m.name, version = v, error = %e, "refused: the version failed to verify or load");
-                    self.metrics.event(&m.name, v, "load_failure");
+                    self.metrics.event(&m.name, v, VersionEvent::LoadFailure);
                     m.failed
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -500,7 +500,7 @@ impl Manager {
         }
         for v in old.loaded.keys().filter(|v| !loaded.contains_key(v)) {
             tracing::info!(model = %m.name, version = v, "unloaded");
-            self.metrics.event(&m.name, *v, "unload");
+            self.metrics.event(&m.name, *v, VersionEvent::Unload);
             status.insert(
                 *v,
                 VersionStatus {

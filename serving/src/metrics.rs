@@ -15,6 +15,28 @@ pub const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// What happened to a version (the `event` label of `kiln_serving_version_events_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VersionEvent {
+    /// Verified, loaded and swapped in.
+    Load,
+    /// Failed to verify or load; never served.
+    LoadFailure,
+    /// No longer served (the version policy dropped it).
+    Unload,
+}
+
+impl VersionEvent {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionEvent::Load => "load",
+            VersionEvent::LoadFailure => "load_failure",
+            VersionEvent::Unload => "unload",
+        }
+    }
+}
+
 /// Labels of one request series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Series {
@@ -40,7 +62,7 @@ struct State {
     requests: BTreeMap<(Series, u16), u64>,
     latency: BTreeMap<Series, Histogram>,
     instances: BTreeMap<Series, u64>,
-    events: BTreeMap<(String, u64, &'static str), u64>,
+    events: BTreeMap<(String, u64, VersionEvent), u64>,
     current: BTreeMap<String, Vec<(u64, Vec<&'static str>)>>,
 }
 
@@ -78,7 +100,7 @@ impl Metrics {
     }
 
     /// A load, unload or load failure of a version.
-    pub fn event(&self, model: &str, version: u64, kind: &'static str) {
+    pub fn event(&self, model: &str, version: u64, kind: VersionEvent) {
         self.with(|s| {
             *s.events
                 .entry((model.to_string(), version, kind))
@@ -178,7 +200,7 @@ impl Metrics {
                 &[
                     ("model", model),
                     ("version", &v.to_string()),
-                    ("event", kind),
+                    ("event", kind.as_str()),
                 ],
                 *n as f64,
             );
@@ -221,7 +243,7 @@ mod tests {
         };
         m.request(x.clone(), 200, Duration::from_micros(300), 64);
         m.request(x, 400, Duration::from_millis(20), 0);
-        m.event("ctr", 2, "load");
+        m.event("ctr", 2, VersionEvent::Load);
         let t = m.render();
         assert!(t.contains("kiln_serving_requests_total{model=\"ctr\",version=\"2\",label=\"stable\",method=\"predict\",code=\"200\"} 1"), "{t}");
         assert!(t.contains("kiln_serving_request_errors_total{model=\"ctr\",version=\"2\",label=\"stable\",method=\"predict\"} 1"), "{t}");
