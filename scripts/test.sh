@@ -15,6 +15,11 @@ Runs Kiln's whole test suite, installing what it needs on the way:
                      changes; its bin/ goes first on PATH
   postgresql         Debian's postgresql (apt-get, if missing) and a throwaway server on
                      127.0.0.1 on a free port for the run-metadata-store tests
+  kafka              a throwaway Apache Kafka 4.4 broker (KRaft, one node) on 127.0.0.1 on a
+                     free port for the Kafka tests (KILN_TEST_KAFKA); jars from Maven Central
+                     cached in $KILN_CACHE/maven, Java 17+ and Maven (apt-get, if missing)
+  hdfs               a throwaway HDFS 3.5 MiniDFSCluster (1 namenode, 1 datanode) on 127.0.0.1
+                     for the HDFS tests (KILN_TEST_HDFS), the same way
   promtool           Debian's prometheus (apt-get, if promtool is missing): promtool checks
                      the --metrics-textfile output (TensorBoard, in the venv, the event files)
   build              cargo test --workspace --locked --no-run
@@ -33,13 +38,14 @@ summed over the test groups and peer checks; exits non-zero if anything failed.
 
 Options:
   --fast      the inner loop: no external servers and no Python peers. Skips the venv,
-              PostgreSQL and the peer checks, and runs the same test groups with
+              PostgreSQL, Kafka, HDFS and the peer checks, and runs the same test groups with
               KILN_TEST_FAST=1 set, which skip the tests that need servers.
               The full command (no options) stays the one to run before pushing.
   -h, --help  this help
 
 Environment:
-  KILN_CACHE        caches kept outside the clone (default ~/.cache/kiln): venv/ and target/
+  KILN_CACHE        caches kept outside the clone (default ~/.cache/kiln): venv/, target/
+                    and maven/ (the Maven repository and the Kafka and HDFS jars)
   CARGO_TARGET_DIR  the build cache (default $KILN_CACHE/target, the same as .ci/run's)
   CI=true           a tool that is missing and cannot be installed is a failure, never a skip
 EOF
@@ -68,6 +74,12 @@ cd "$(dirname "$0")/.."
 source scripts/lib/apt.sh
 # shellcheck source=scripts/lib/postgres.sh
 source scripts/lib/postgres.sh
+# shellcheck source=scripts/lib/java.sh
+source scripts/lib/java.sh
+# shellcheck source=scripts/lib/kafka.sh
+source scripts/lib/kafka.sh
+# shellcheck source=scripts/lib/hdfs.sh
+source scripts/lib/hdfs.sh
 
 ci=false
 if [ "${CI:-}" = true ]; then ci=true; fi
@@ -95,6 +107,8 @@ cleanup() {
     echo "test.sh: stopped during phase '$cur_phase' (exit status $rc); cleaning up" >&2
   fi
   kiln_pg_stop
+  kiln_kafka_stop
+  kiln_hdfs_stop
   if [ -n "$tmp" ]; then rm -rf "$tmp"; fi
   exit "$rc"
 }
@@ -300,9 +314,9 @@ deploy_checks() {
 
 need cargo "install the Rust toolchain (https://rustup.rs)"
 if [ "$fast" = 1 ]; then
-  echo "test.sh --fast: no venv, no PostgreSQL, no peer checks; KILN_TEST_FAST=1"
+  echo "test.sh --fast: no venv, no PostgreSQL, Kafka or HDFS, no peer checks; KILN_TEST_FAST=1"
   export KILN_TEST_FAST=1
-  unset KILN_TEST_POSTGRES_URL
+  unset KILN_TEST_POSTGRES_URL KILN_TEST_KAFKA KILN_TEST_HDFS
 else
   unset KILN_TEST_FAST
   need python3 "install Python 3 (Debian: apt-get install python3 python3-venv)"
@@ -320,6 +334,24 @@ else
     0) phase_done ;;
     2) missing postgresql "no apt-get, or not root and no passwordless sudo" ;;
     *) abort "PostgreSQL did not start" ;;
+  esac
+
+  phase "kafka"
+  rc=0
+  kiln_kafka_start || rc=$?
+  case $rc in
+    0) phase_done ;;
+    2) missing kafka "no Java 17+ or Maven, and no apt-get, or not root and no passwordless sudo" ;;
+    *) abort "Kafka did not start" ;;
+  esac
+
+  phase "hdfs"
+  rc=0
+  kiln_hdfs_start || rc=$?
+  case $rc in
+    0) phase_done ;;
+    2) missing hdfs "no Java 17+ (javac) or Maven, and no apt-get, or not root and no passwordless sudo" ;;
+    *) abort "HDFS did not start" ;;
   esac
 
   # promtool checks the --metrics-textfile files (jobs/tests/observability.rs).

@@ -13,6 +13,8 @@
 //! * [`store`]: object stores by URL (`file://`, paths, `s3://`), lexical path
 //!   [`store::normalize`] and the durable [`store::write_atomic`].
 //! * [`inspect`]: what `kiln inspect` prints.
+//! * [`kafka`]: Kafka topics through librdkafka: offset ranges bounded by record timestamps,
+//!   range readers and a keyed producer.
 //! * `sample` and `testing` (cargo feature `test-support`, for tests and benchmarks only):
 //!   deterministic sample batches and the moto (S3) server launcher.
 //!
@@ -56,6 +58,7 @@ pub mod dataset;
 pub mod error;
 pub mod example;
 pub mod inspect;
+pub mod kafka;
 pub mod manifest;
 #[cfg(feature = "test-support")]
 pub mod sample;

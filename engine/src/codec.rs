@@ -1,13 +1,14 @@
 //! Kiln's extension codecs: how Kiln's plan nodes travel between a Ballista client, the
 //! scheduler and executors.
 //!
-//! - [`KilnLogicalCodec`]: the [`ShardWriteNode`] (client -> scheduler) and the
-//!   `kiln_shard` UDF; everything else goes to Ballista's own logical codec.
-//! - [`KilnPhysicalCodec`]: [`ShardSinkExec`], [`SourceIoExec`] (scheduler -> executors)
-//!   and `kiln_shard`;
+//! - [`KilnLogicalCodec`]: the [`ShardWriteNode`] and Kafka tables (client -> scheduler) and
+//!   the `kiln_shard` UDF; everything else goes to Ballista's own logical codec.
+//! - [`KilnPhysicalCodec`]: [`ShardSinkExec`], [`SourceIoExec`], Kafka scans (scheduler ->
+//!   executors) and `kiln_shard`;
 //!   everything else (shuffle readers/writers, ...) goes to Ballista's physical codec.
 //!
-//! A Kiln node is encoded as `KILN` + a one-byte tag + the JSON of its [`SinkSpec`]: a URL,
+//! A Kiln node is encoded as `KILN` + a one-byte tag + the JSON of its spec
+//! ([`crate::sink::SinkSpec`], [`crate::kafka::KafkaScanSpec`]): URLs, offsets,
 //! a run id and shard options. No credentials: each process resolves object stores from its
 //! own environment.
 
@@ -25,25 +26,42 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
+use crate::kafka::{KafkaScanExec, KafkaScanSpec, KafkaTable};
 use crate::retry::SourceIoExec;
-use crate::sink::{KilnShardUdf, ShardSinkExec, SinkSpec};
+use crate::sink::{KilnShardUdf, ShardSinkExec};
+use crate::text::BadRowLedger;
 use crate::write::ShardWriteNode;
 
 const MAGIC: &[u8] = b"KILN";
 const TAG_SHARD_WRITE: u8 = b'W';
 const TAG_SHARD_SINK: u8 = b'S';
 const TAG_SOURCE_IO: u8 = b'R';
+const TAG_KAFKA_TABLE: u8 = b'K';
+const TAG_KAFKA_SCAN: u8 = b'X';
 const KILN_SHARD: &str = "kiln_shard";
 
-fn encode_spec(tag: u8, spec: &SinkSpec, buf: &mut Vec<u8>) -> DfResult<()> {
+fn encode_spec<T: serde::Serialize>(tag: u8, spec: &T, buf: &mut Vec<u8>) -> DfResult<()> {
     buf.extend_from_slice(MAGIC);
     buf.push(tag);
     serde_json::to_writer(buf, spec)
-        .map_err(|e| DataFusionError::Internal(format!("encoding {}: {e}", spec.statement)))
+        .map_err(|e| DataFusionError::Internal(format!("encoding a Kiln plan node: {e}")))
+}
+
+/// A Kafka scan as it travels: what to read and which columns to keep.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KafkaScanNode {
+    spec: KafkaScanSpec,
+    projection: Option<Vec<usize>>,
+}
+
+/// A ledger for a Kafka table decoded in another process: bad records fail the task there
+/// (a cluster run refuses `reject` with Kafka sources before planning).
+fn remote_ledger(spec: &KafkaScanSpec) -> Arc<BadRowLedger> {
+    Arc::new(BadRowLedger::new(spec.on_bad_rows))
 }
 
 /// `Some(spec)` when `buf` is a Kiln node with `tag`.
-fn decode_spec(tag: u8, buf: &[u8]) -> DfResult<Option<SinkSpec>> {
+fn decode_spec<T: serde::de::DeserializeOwned>(tag: u8, buf: &[u8]) -> DfResult<Option<T>> {
     match buf.strip_prefix(MAGIC) {
         Some([t, json @ ..]) if *t == tag => serde_json::from_slice(json)
             .map(Some)
@@ -96,6 +114,12 @@ impl LogicalExtensionCodec for KilnLogicalCodec {
         schema: SchemaRef,
         ctx: &TaskContext,
     ) -> DfResult<Arc<dyn TableProvider>> {
+        if let Some(mut spec) = decode_spec::<KafkaScanSpec>(TAG_KAFKA_TABLE, buf)? {
+            // Decoded by a Ballista scheduler: see `KafkaScanSpec::one_partition`.
+            spec.one_partition = true;
+            let ledger = remote_ledger(&spec);
+            return Ok(Arc::new(KafkaTable::try_new(spec, ledger)?));
+        }
         self.inner
             .try_decode_table_provider(buf, table_ref, schema, ctx)
     }
@@ -106,6 +130,9 @@ impl LogicalExtensionCodec for KilnLogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> DfResult<()> {
+        if let Some(kafka) = node.downcast_ref::<KafkaTable>() {
+            return encode_spec(TAG_KAFKA_TABLE, kafka.spec(), buf);
+        }
         self.inner.try_encode_table_provider(table_ref, node, buf)
     }
 
@@ -155,6 +182,14 @@ impl PhysicalExtensionCodec for KilnPhysicalCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let Some(node) = decode_spec::<KafkaScanNode>(TAG_KAFKA_SCAN, buf)? {
+            let ledger = remote_ledger(&node.spec);
+            return Ok(Arc::new(KafkaScanExec::try_new(
+                node.spec,
+                node.projection,
+                ledger,
+            )?));
+        }
         if buf.strip_prefix(MAGIC) == Some(&[TAG_SOURCE_IO][..]) {
             let input = inputs.first().cloned().ok_or_else(|| {
                 DataFusionError::Internal("SourceIoExec arrived without its input".into())
@@ -183,6 +218,13 @@ impl PhysicalExtensionCodec for KilnPhysicalCodec {
             buf.push(TAG_SOURCE_IO);
             return Ok(());
         }
+        if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
+            let node = KafkaScanNode {
+                spec: scan.spec().clone(),
+                projection: scan.projection().cloned(),
+            };
+            return encode_spec(TAG_KAFKA_SCAN, &node, buf);
+        }
         match node.downcast_ref::<ShardSinkExec>() {
             Some(sink) => encode_spec(TAG_SHARD_SINK, sink.spec(), buf),
             None => self.inner.try_encode(node, buf, proto_converter),
@@ -208,6 +250,7 @@ impl PhysicalExtensionCodec for KilnPhysicalCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::SinkSpec;
     use kiln_connectors::ShardFormat;
 
     fn spec() -> SinkSpec {
@@ -228,8 +271,14 @@ mod tests {
         let mut buf = Vec::new();
         encode_spec(TAG_SHARD_SINK, &spec(), &mut buf).unwrap();
         assert_eq!(decode_spec(TAG_SHARD_SINK, &buf).unwrap(), Some(spec()));
-        assert_eq!(decode_spec(TAG_SHARD_WRITE, &buf).unwrap(), None);
-        assert_eq!(decode_spec(TAG_SHARD_SINK, b"\x0a\x02xy").unwrap(), None);
+        assert_eq!(
+            decode_spec::<SinkSpec>(TAG_SHARD_WRITE, &buf).unwrap(),
+            None
+        );
+        assert_eq!(
+            decode_spec::<SinkSpec>(TAG_SHARD_SINK, b"\x0a\x02xy").unwrap(),
+            None
+        );
         let text = String::from_utf8_lossy(&buf).to_lowercase();
         assert!(
             !text.contains("secret") && !text.contains("key_id"),

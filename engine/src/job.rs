@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::sink::{KilnShardUdf, SinkSpec, shard_files_from_batches};
 use crate::sources::{SourceLineage, register_sources};
-use crate::spec::{JobSpec, OutputSpec, Overrides, RenderedJob, SourceFormat};
+use crate::spec::{BadRowPolicy, JobSpec, OutputSpec, Overrides, RenderedJob, SourceFormat};
 use crate::stores::KilnObjectStoreRegistry;
 use crate::text::{BadRowLedger, RowCounts};
 use crate::write::{KilnQueryPlanner, ShardWriteNode};
@@ -285,6 +285,17 @@ pub async fn plan_job_on(
 /// What a cluster run cannot do yet, named before anything is read.
 fn check_cluster_support(spec: &JobSpec, job: &RenderedJob, url: &str) -> Result<()> {
     for source in &job.sources {
+        if source.format == SourceFormat::Kafka && spec.on_bad_rows == BadRowPolicy::Reject {
+            return Err(EngineError::source_invalid(
+                &source.name,
+                format!(
+                    "on_bad_rows = \"reject\" cannot run with a kafka source on the cluster \
+                     {url}: rejected records would stay on the executors. Use \"fail\" (a bad \
+                     record then fails the run naming topic, partition and offset), or run \
+                     without --cluster"
+                ),
+            ));
+        }
         if matches!(source.format, SourceFormat::Csv | SourceFormat::Jsonl) {
             return Err(EngineError::source_invalid(
                 &source.name,

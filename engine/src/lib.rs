@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod codec;
 pub mod job;
+pub mod kafka;
 pub mod retry;
 pub mod schema;
 pub mod sink;
@@ -51,6 +52,20 @@ pub enum EngineError {
         file: String,
         /// 1-based line.
         line: u64,
+        /// Reason.
+        message: String,
+    },
+    /// A Kafka record whose value does not fit the source under `on_bad_rows = "fail"`.
+    #[error("kafka {bootstrap} topic `{topic}` partition {partition} offset {offset}: {message}")]
+    BadMessage {
+        /// Bootstrap servers.
+        bootstrap: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Offset of the record.
+        offset: i64,
         /// Reason.
         message: String,
     },

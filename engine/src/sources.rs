@@ -52,6 +52,9 @@ pub struct SourceLineage {
     pub partitions: Vec<String>,
     /// Every file read, sorted by URL.
     pub files: Vec<InputFile>,
+    /// A Kafka source's window and offset ranges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<crate::kafka::KafkaLineage>,
 }
 
 /// Registers every source of `job` in `ctx` and returns their lineage.
@@ -62,14 +65,17 @@ pub async fn register_sources(
 ) -> Result<Vec<SourceLineage>> {
     let mut lineage = Vec::new();
     for source in &job.sources {
+        if source.format == SourceFormat::Kafka {
+            lineage.push(register_kafka(ctx, job, source, text_counters).await?);
+            continue;
+        }
         let (store, root) = crate::stores::store_for(ctx, &source.url)?;
         let partitions = selected_partitions(source, job.date);
         let files = list_input_files(source, &store, &root, &partitions).await?;
-        match source.format {
-            SourceFormat::Parquet => register_parquet(ctx, source, &partitions).await?,
-            SourceFormat::Csv | SourceFormat::Jsonl => {
-                register_text(ctx, source, &store, &files, text_counters)?
-            }
+        if source.format == SourceFormat::Parquet {
+            register_parquet(ctx, source, &partitions).await?;
+        } else {
+            register_text(ctx, source, &store, &files, text_counters)?;
         }
         lineage.push(SourceLineage {
             name: source.name.clone(),
@@ -77,6 +83,7 @@ pub async fn register_sources(
             format: source.format.as_str().to_string(),
             partitions: partitions.iter().map(|(_, v)| v.clone()).collect(),
             files,
+            kafka: None,
         });
     }
     Ok(lineage)
@@ -100,6 +107,7 @@ fn file_extension(format: SourceFormat) -> &'static str {
         SourceFormat::Parquet => ".parquet",
         SourceFormat::Csv => ".csv",
         SourceFormat::Jsonl => ".jsonl",
+        SourceFormat::Kafka => "",
     }
 }
 
@@ -305,6 +313,95 @@ fn register_text(
     ctx.register_table(source.name.as_str(), Arc::new(table))
         .map_err(|e| EngineError::source_failed(&source.name, "registering the table", e))?;
     Ok(())
+}
+
+/// Resolves a Kafka source's offsets (the day window by record timestamps, or the ranges of
+/// `--replay`) and registers it as a [`crate::kafka::KafkaTable`].
+async fn register_kafka(
+    ctx: &SessionContext,
+    job: &RenderedJob,
+    source: &SourceSpec,
+    ledger: &Arc<crate::text::BadRowLedger>,
+) -> Result<SourceLineage> {
+    use kiln_connectors::kafka::{KafkaAddress, KafkaClient};
+    let fail = |what: &str, e: crate::BoxError| EngineError::source_failed(&source.name, what, e);
+    let address = KafkaAddress::parse(&source.url).map_err(|e| fail("url", e.into()))?;
+    let [from, to] = source.days.unwrap_or([0, 0]);
+    let day_start = |offset: i64| {
+        job.date
+            .checked_add_signed(Duration::try_days(offset)?)?
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc())
+    };
+    let (Some(start), Some(end)) = (day_start(from), day_start(to + 1)) else {
+        return Err(EngineError::source_invalid(
+            &source.name,
+            "days are outside the calendar",
+        ));
+    };
+    let client = KafkaClient::new(
+        address.clone(),
+        &source.kafka.properties,
+        source
+            .kafka
+            .timeout_secs
+            .map(std::time::Duration::from_secs_f64),
+    )
+    .map_err(|e| fail("client settings", e.into()))?;
+    let replay = job.kafka_replay.get(&source.name).cloned();
+    if replay.is_none() && !job.kafka_replay.is_empty() {
+        return Err(EngineError::source_invalid(
+            &source.name,
+            "--replay: the manifest records no Kafka offsets for this source",
+        ));
+    }
+    let replayed = replay.is_some();
+    let ranges = tokio::task::spawn_blocking(move || match replay {
+        Some(ranges) => client.check_available(&ranges).map(|()| ranges),
+        None => client
+            .resolve_window(start.timestamp_millis(), end.timestamp_millis())
+            .map(|w| w.ranges),
+    })
+    .await
+    .map_err(|e| fail("resolving offsets", e.into()))?
+    .map_err(|e| fail("resolving offsets", e.into()))?;
+    let split = source
+        .kafka
+        .split_records
+        .unwrap_or(crate::kafka::DEFAULT_SPLIT_RECORDS);
+    let spec = crate::kafka::KafkaScanSpec {
+        source: source.name.clone(),
+        address: address.clone(),
+        properties: source.kafka.properties.clone(),
+        timeout_secs: source.kafka.timeout_secs,
+        value_format: source.kafka.value_format,
+        value_schema: source.schema.clone().unwrap_or_default(),
+        splits: ranges.iter().flat_map(|r| r.split(split)).collect(),
+        on_bad_rows: job.spec.on_bad_rows,
+        one_partition: false,
+    };
+    let table = crate::kafka::KafkaTable::try_new(spec, Arc::clone(ledger))
+        .map_err(|e| fail("building the table", e.into()))?;
+    ctx.register_table(source.name.as_str(), Arc::new(table))
+        .map_err(|e| fail("registering the table", e.into()))?;
+    let rfc =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Ok(SourceLineage {
+        name: source.name.clone(),
+        url: address.url(),
+        format: source.format.as_str().to_string(),
+        partitions: Vec::new(),
+        files: Vec::new(),
+        kafka: Some(crate::kafka::KafkaLineage {
+            bootstrap: address.bootstrap,
+            topic: address.topic,
+            window_start: rfc(start),
+            window_end: rfc(end),
+            replayed,
+            offsets: ranges.iter().map(|r| r.len()).sum(),
+            ranges,
+        }),
+    })
 }
 
 /// `.../dt=2026-11-21/part-0.csv` -> `2026-11-21` for column `dt`.

@@ -33,11 +33,16 @@ pub enum UrlError {
     /// `file://` followed by a relative path.
     #[error("`{0}`: file:// URLs must be absolute")]
     RelativeFileUrl(String),
-    /// `s3://` without a bucket.
-    #[error("`{0}`: expected s3://BUCKET/PREFIX")]
+    /// `s3://` without a bucket, `hdfs://` without a name node.
+    #[error("`{0}`: expected s3://BUCKET/PREFIX or hdfs://NAMENODE:PORT/PATH")]
     MissingBucket(String),
+    /// A `kafka://` URL that does not parse.
+    #[error("{0}")]
+    Kafka(String),
     /// A scheme Kiln cannot read or write.
-    #[error("`{url}`: unsupported scheme `{scheme}` (expected file:// or s3://)")]
+    #[error(
+        "`{url}`: unsupported scheme `{scheme}` (expected file://, s3://, hdfs:// or kafka://)"
+    )]
     UnsupportedScheme {
         /// The URL.
         url: String,
@@ -126,6 +131,9 @@ pub enum SourceFormat {
     Jsonl,
     /// Apache Parquet.
     Parquet,
+    /// An Apache Kafka topic (`kafka://HOST:PORT[,...]/TOPIC`), bounded by `days` through
+    /// record timestamps; options under `[sources.kafka]`.
+    Kafka,
 }
 
 impl SourceFormat {
@@ -135,6 +143,7 @@ impl SourceFormat {
             SourceFormat::Csv => "csv",
             SourceFormat::Jsonl => "jsonl",
             SourceFormat::Parquet => "parquet",
+            SourceFormat::Kafka => "kafka",
         }
     }
 }
@@ -164,6 +173,42 @@ pub struct SourceSpec {
     /// CSV options.
     #[serde(default)]
     pub csv: CsvOptions,
+    /// Kafka options (format `kafka`).
+    #[serde(default)]
+    pub kafka: KafkaOptions,
+}
+
+/// How a Kafka record's value is read.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    /// One JSON object per record, strictly checked against the declared `schema` (as JSON
+    /// lines are).
+    #[default]
+    Json,
+    /// The value's bytes as a binary column `_value`.
+    Raw,
+}
+
+/// Options of a Kafka source (`[sources.kafka]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaOptions {
+    /// How values are read (default `json`).
+    #[serde(default)]
+    pub value_format: ValueFormat,
+    /// librdkafka properties that are not secrets (`security.protocol`, `sasl.mechanism`,
+    /// `ssl.ca.location`, ...). Secrets come from `KILN_KAFKA_*` environment variables.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Bound on each request to the brokers, in seconds (default 30, or
+    /// `KILN_KAFKA_TIMEOUT_SECS`).
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// A partition's range is read as several table partitions of at most this many offsets
+    /// (default 1,000,000).
+    #[serde(default)]
+    pub split_records: Option<i64>,
 }
 
 /// How a day partition's value is written in its directory name, `<partition_column>=VALUE`
@@ -284,7 +329,7 @@ fn default_tfrecord_compression() -> kiln_connectors::Compression {
 }
 
 /// Malformed input row policy.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum BadRowPolicy {
     /// The job fails, naming the file and line.
@@ -302,6 +347,9 @@ pub struct Overrides {
     /// `--out URL`: base location replacing the directory part of every output location
     /// (outputs then go to `URL/<statement>/`).
     pub out: Option<String>,
+    /// `--replay MANIFEST`: per Kafka source, the offset ranges an earlier run read (read
+    /// again exactly, no timestamp lookup).
+    pub kafka_replay: std::collections::BTreeMap<String, Vec<kiln_connectors::kafka::OffsetRange>>,
 }
 
 /// A spec rendered for one date: templates expanded, URLs absolute, names checked.
@@ -319,6 +367,8 @@ pub struct RenderedJob {
     pub outputs: Vec<OutputSpec>,
     /// Rendered absolute rejects location (when the policy is `reject`).
     pub rejects_location: Option<String>,
+    /// `--replay`: recorded offset ranges per Kafka source.
+    pub kafka_replay: std::collections::BTreeMap<String, Vec<kiln_connectors::kafka::OffsetRange>>,
 }
 
 impl JobSpec {
@@ -377,7 +427,12 @@ impl JobSpec {
             if !names.insert(s.name.to_ascii_lowercase()) {
                 return Err(self.error(format!("source `{}` is defined twice", s.name)));
             }
-            if matches!(s.format, SourceFormat::Csv | SourceFormat::Jsonl) && s.schema.is_none() {
+            let needs_schema = match s.format {
+                SourceFormat::Csv | SourceFormat::Jsonl => true,
+                SourceFormat::Kafka => s.kafka.value_format == ValueFormat::Json,
+                SourceFormat::Parquet => false,
+            };
+            if needs_schema && s.schema.is_none() {
                 return Err(self.error(format!(
                     "source `{}`: format {} needs an explicit `schema`",
                     s.name,
@@ -409,7 +464,39 @@ impl JobSpec {
                     )));
                 }
             }
-            if s.days.is_some() && s.partition_column.is_none() {
+            if s.format == SourceFormat::Kafka {
+                if s.partition_column.is_some() {
+                    return Err(self.error(format!(
+                        "source `{}`: a kafka source has no `partition_column`: `days` selects \
+                         records by their Kafka timestamps",
+                        s.name
+                    )));
+                }
+                kiln_connectors::kafka::check_spec_properties(&s.kafka.properties)
+                    .map_err(|e| self.error(format!("source `{}`: {e}", s.name)))?;
+                if s.kafka
+                    .timeout_secs
+                    .is_some_and(|t| !(t > 0.0 && t.is_finite()))
+                {
+                    return Err(self.error(format!(
+                        "source `{}`: kafka.timeout_secs must be a positive number of seconds",
+                        s.name
+                    )));
+                }
+                if s.kafka.split_records.is_some_and(|n| n < 1) {
+                    return Err(self.error(format!(
+                        "source `{}`: kafka.split_records must be at least 1",
+                        s.name
+                    )));
+                }
+                if s.days.is_none() {
+                    return Err(self.error(format!(
+                        "source `{}`: a kafka source needs `days` (e.g. [0, 0] for the run \
+                         date): a daily job reads a bounded window of the topic",
+                        s.name
+                    )));
+                }
+            } else if s.days.is_some() && s.partition_column.is_none() {
                 return Err(self.error(format!(
                     "source `{}`: `days` needs `partition_column` (e.g. \"dt\")",
                     s.name
@@ -496,6 +583,27 @@ impl JobSpec {
             s.url = self
                 .absolute_url(&url)
                 .map_err(|e| self.error_caused(format!("source `{}` url", s.name), e))?;
+            let is_kafka_url = s.url.starts_with("kafka://");
+            if is_kafka_url != (s.format == SourceFormat::Kafka) {
+                if !is_kafka_url || s.schema.is_none() {
+                    return Err(self.error(format!(
+                        "source `{}`: url {} does not fit format {}{}",
+                        s.name,
+                        s.url,
+                        s.format.as_str(),
+                        if is_kafka_url {
+                            " and the source declares no `schema` for the JSON values"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                // `--source events=kafka://...`: the same table, read from a topic as JSON
+                // values with the declared schema, the day window from record timestamps.
+                s.format = SourceFormat::Kafka;
+                s.partition_column = None;
+                s.kafka.value_format = ValueFormat::Json;
+            }
             sources.push(s);
         }
         let mut features = Vec::new();
@@ -534,6 +642,7 @@ impl JobSpec {
             features,
             outputs,
             rejects_location,
+            kafka_replay: overrides.kafka_replay.clone(),
         })
     }
 
@@ -544,7 +653,8 @@ impl JobSpec {
 }
 
 /// Turns a path or URL into an absolute URL ending in `/` for directories given with one;
-/// relative paths resolve against `base`. Only `file` and `s3` schemes are supported.
+/// relative paths resolve against `base`. Supported schemes: `file`, `s3`, `hdfs` and (for
+/// sources) `kafka`.
 pub fn absolute_url(url: &str, base: &Path) -> Result<String, UrlError> {
     if let Some((scheme, rest)) = url.split_once("://") {
         return match scheme {
@@ -554,12 +664,15 @@ pub fn absolute_url(url: &str, base: &Path) -> Result<String, UrlError> {
                 }
                 Ok(url.to_string())
             }
-            "s3" => {
+            "s3" | "hdfs" => {
                 if rest.is_empty() || rest.starts_with('/') {
                     return Err(UrlError::MissingBucket(url.to_string()));
                 }
                 Ok(url.to_string())
             }
+            "kafka" => kiln_connectors::kafka::KafkaAddress::parse(url)
+                .map(|a| a.url())
+                .map_err(|e| UrlError::Kafka(e.to_string())),
             other => Err(UrlError::UnsupportedScheme {
                 url: url.to_string(),
                 scheme: other.to_string(),
@@ -673,6 +786,7 @@ formats = ["tfrecord", "parquet"]
         let o = Overrides {
             sources: vec![("events".into(), "s3://b/ev/".into())],
             out: Some("/tmp/o".into()),
+            ..Default::default()
         };
         let r = spec.render(date, &o).unwrap();
         assert_eq!(r.sources[0].url, "s3://b/ev/");
@@ -711,6 +825,7 @@ formats = ["tfrecord", "parquet"]
         let o = Overrides {
             sources: vec![("evnts".into(), "/x".into())],
             out: None,
+            ..Default::default()
         };
         let e = spec.render(date, &o).unwrap_err().to_string();
         assert!(e.contains("unknown source `evnts`"), "{e}");

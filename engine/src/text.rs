@@ -137,13 +137,22 @@ impl Rejected {
     }
 }
 
-/// What one scan of one file saw.
+/// What one scan of one file (or one Kafka offset range) saw.
 #[derive(Debug, Default)]
-struct FileTally {
-    counts: RowCounts,
+pub(crate) struct FileTally {
+    pub(crate) counts: RowCounts,
     rejected: Rejected,
     /// Whether the scan reached the end of the file.
-    complete: bool,
+    pub(crate) complete: bool,
+}
+
+impl FileTally {
+    /// Keeps a rejected row (spilling to a temporary file past 1 MiB) and counts it.
+    pub(crate) fn reject(&mut self, row: &BadRow) -> std::io::Result<()> {
+        self.rejected.push(row)?;
+        self.counts.rows_rejected += 1;
+        Ok(())
+    }
 }
 
 /// Bad rows and row counts shared by every text partition of a run.
@@ -161,6 +170,11 @@ impl BadRowLedger {
             policy,
             files: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The policy for bad rows.
+    pub(crate) fn policy(&self) -> BadRowPolicy {
+        self.policy
     }
 
     /// Row counts per text source, by source name.
@@ -199,7 +213,7 @@ impl BadRowLedger {
     /// Records one scan of a file. A complete scan replaces any earlier record of the file
     /// (a source read by several statements is counted once); a partial scan (the query
     /// stopped early) is kept only when nothing better is known.
-    fn record(&self, source: &str, file: &str, tally: FileTally) {
+    pub(crate) fn record(&self, source: &str, file: &str, tally: FileTally) {
         let mut files = self.files.lock().expect("ledger lock");
         let key = (source.to_string(), file.to_string());
         match files.get(&key) {
@@ -639,14 +653,12 @@ impl TextFileParser {
             error,
             raw: String::from_utf8_lossy(raw).into_owned(),
         };
-        tally.rejected.push(&row).map_err(|e| {
+        tally.reject(&row).map_err(|e| {
             DataFusionError::Execution(format!(
                 "{}: spilling rejected rows to a temporary file: {e}",
                 self.url
             ))
-        })?;
-        tally.counts.rows_rejected += 1;
-        Ok(())
+        })
     }
 
     fn decode_csv_line_by_line(
@@ -720,67 +732,11 @@ impl TextFileParser {
         chunk: &Chunk,
         tally: &mut FileTally,
     ) -> Result<RecordBatch, DataFusionError> {
-        let fields = self.file_schema.fields();
-        let mut builders = Vec::with_capacity(fields.len());
-        for f in fields.iter() {
-            builders.push(ColumnBuilder::new(f.data_type()).ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "source `{}`: column `{}` of type {} cannot be read from JSON lines",
-                    self.source,
-                    f.name(),
-                    f.data_type()
-                ))
-            })?);
-        }
-        let mut cells: Vec<Cell> = Vec::with_capacity(fields.len());
-        for (i, (line_no, _)) in chunk.lines.iter().enumerate() {
-            let line = chunk.line(i);
-            cells.clear();
-            match self.json_row(line, &mut cells) {
-                Ok(()) => {
-                    for (b, c) in builders.iter_mut().zip(cells.drain(..)) {
-                        b.append(c);
-                    }
-                }
-                Err(error) => self.bad_line(*line_no, line, error, tally)?,
-            }
-        }
-        let columns: Vec<ArrayRef> = builders.into_iter().map(ColumnBuilder::finish).collect();
-        Ok(RecordBatch::try_new(
-            Arc::clone(&self.file_schema),
-            columns,
-        )?)
-    }
-
-    /// Checks one JSON line against the schema; fills `cells` in column order.
-    fn json_row(&self, line: &[u8], cells: &mut Vec<Cell>) -> Result<(), String> {
-        let object: serde_json::Map<String, Value> = match serde_json::from_slice(line) {
-            Ok(Value::Object(o)) => o,
-            Ok(other) => return Err(format!("expected a JSON object, got {}", shown(&other))),
-            Err(e) => return Err(format!("not JSON: {e}")),
-        };
-        let schema = &self.file_schema;
-        if let Some(k) = object.keys().find(|k| schema.index_of(k).is_err()) {
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            return Err(format!(
-                "unknown column `{k}` (declared: {})",
-                names.join(", ")
-            ));
-        }
-        for f in schema.fields().iter() {
-            let cell = match object.get(f.name()) {
-                None | Some(Value::Null) if f.is_nullable() => Cell::Null,
-                None => return Err(format!("column {}: missing (declared not null)", f.name())),
-                Some(Value::Null) => {
-                    return Err(format!("column {}: null (declared not null)", f.name()));
-                }
-                Some(v) => {
-                    convert(v, f.data_type()).map_err(|e| format!("column {}: {e}", f.name()))?
-                }
-            };
-            cells.push(cell);
-        }
-        Ok(())
+        let rows = (0..chunk.lines.len()).map(|i| (chunk.lines[i].0, chunk.line(i)));
+        let (batch, _) = decode_json_rows(&self.source, &self.file_schema, rows, |n, line, e| {
+            self.bad_line(n, line, e, tally)
+        })?;
+        Ok(batch)
     }
 
     fn with_partition_column(&self, batch: RecordBatch) -> Result<RecordBatch, DataFusionError> {
@@ -797,6 +753,75 @@ impl TextFileParser {
             columns,
         )?)
     }
+}
+
+/// Decodes JSON objects `(id, bytes)` against `schema` (strictly: see the module docs) into
+/// one batch. A value that does not fit goes to `bad(id, bytes, reason)`, which fails the
+/// decode by returning an error or lets it continue. Returns the batch and the positions (in
+/// `rows`) of the decoded rows.
+pub(crate) fn decode_json_rows<'a>(
+    source: &str,
+    schema: &SchemaRef,
+    rows: impl Iterator<Item = (u64, &'a [u8])>,
+    mut bad: impl FnMut(u64, &[u8], String) -> Result<(), DataFusionError>,
+) -> Result<(RecordBatch, Vec<usize>), DataFusionError> {
+    let fields = schema.fields();
+    let mut builders = Vec::with_capacity(fields.len());
+    for f in fields.iter() {
+        builders.push(ColumnBuilder::new(f.data_type()).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "source `{source}`: column `{}` of type {} cannot be read from JSON",
+                f.name(),
+                f.data_type()
+            ))
+        })?);
+    }
+    let mut cells: Vec<Cell> = Vec::with_capacity(fields.len());
+    let mut kept = Vec::new();
+    for (pos, (id, line)) in rows.enumerate() {
+        cells.clear();
+        match json_row(schema, line, &mut cells) {
+            Ok(()) => {
+                for (b, c) in builders.iter_mut().zip(cells.drain(..)) {
+                    b.append(c);
+                }
+                kept.push(pos);
+            }
+            Err(error) => bad(id, line, error)?,
+        }
+    }
+    let columns: Vec<ArrayRef> = builders.into_iter().map(ColumnBuilder::finish).collect();
+    Ok((RecordBatch::try_new(Arc::clone(schema), columns)?, kept))
+}
+
+/// Checks one JSON object against the schema; fills `cells` in column order.
+fn json_row(schema: &SchemaRef, line: &[u8], cells: &mut Vec<Cell>) -> Result<(), String> {
+    let object: serde_json::Map<String, Value> = match serde_json::from_slice(line) {
+        Ok(Value::Object(o)) => o,
+        Ok(other) => return Err(format!("expected a JSON object, got {}", shown(&other))),
+        Err(e) => return Err(format!("not JSON: {e}")),
+    };
+    if let Some(k) = object.keys().find(|k| schema.index_of(k).is_err()) {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(format!(
+            "unknown column `{k}` (declared: {})",
+            names.join(", ")
+        ));
+    }
+    for f in schema.fields().iter() {
+        let cell = match object.get(f.name()) {
+            None | Some(Value::Null) if f.is_nullable() => Cell::Null,
+            None => return Err(format!("column {}: missing (declared not null)", f.name())),
+            Some(Value::Null) => {
+                return Err(format!("column {}: null (declared not null)", f.name()));
+            }
+            Some(v) => {
+                convert(v, f.data_type()).map_err(|e| format!("column {}: {e}", f.name()))?
+            }
+        };
+        cells.push(cell);
+    }
+    Ok(())
 }
 
 /// Arrow's messages count lines inside our chunk; drop that part, we name the real line.

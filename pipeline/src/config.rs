@@ -194,11 +194,15 @@ pub struct SensorConfig {
     /// Give up after this many seconds.
     #[serde(default = "default_sensor_timeout")]
     pub timeout_seconds: f64,
+    /// `kind = "kafka"`: seconds after the end of the source's window after which partitions
+    /// that have no record past the end (idle partitions) no longer hold the run back.
+    /// Default: wait for every partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_seconds: Option<f64>,
 }
 
-/// Where a sensor looks, checked against the spec. An enum so that inputs that are not
-/// locations (a Kafka source: end offsets of every partition past the day's end, an open
-/// issue) can be added as variants.
+/// Where a sensor looks, checked against the spec. A Kafka sensor (`kind = "kafka"`) is a
+/// `Source` target whose rendered source is a Kafka topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SensorTarget {
     /// A literal path or URL (`path`), templated with the run date; relative paths resolve
@@ -230,6 +234,11 @@ impl SensorTarget {
                  (a source of the spec, e.g. source = \"events\", partition = 1)",
                 s.name
             )),
+            (Some(_), None) if s.kind == SensorKind::Kafka => Err(format!(
+                "[[pipeline.sensors]] `{}`: kind = \"kafka\" needs `source` (a Kafka source \
+                 of the spec), not `path`",
+                s.name
+            )),
             (Some(path), None) => match s.partition {
                 Some(p) => Err(format!(
                     "[[pipeline.sensors]] `{}`: `partition` needs `source`; a `path` is \
@@ -254,6 +263,19 @@ impl SensorTarget {
                         }
                     ));
                 };
+                if s.kind == SensorKind::Kafka {
+                    if s.partition.is_some() {
+                        return Err(format!(
+                            "{}: a kafka sensor waits for the end of the source's whole `days` \
+                             window (remove `partition`)",
+                            key("partition")
+                        ));
+                    }
+                    return Ok(SensorTarget::Source {
+                        source: name.clone(),
+                        partition: None,
+                    });
+                }
                 let partition = match (&source.partition_column, s.partition) {
                     (None, None) => None,
                     (None, Some(p)) => {
@@ -311,6 +333,9 @@ pub enum SensorKind {
     Prefix,
     /// `<path>/_manifest.json` (a committed Kiln dataset).
     Manifest,
+    /// A Kafka source's day window is complete: every partition holds a record with a
+    /// timestamp at or after the window's end (or `grace_seconds` have passed since it).
+    Kafka,
 }
 
 /// `[pipeline.gate]`.

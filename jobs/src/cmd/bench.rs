@@ -29,6 +29,9 @@ pub enum BenchCommand {
     /// `kiln serve` on loopback: requests/s, p50/p99 latency for 1- and 64-instance requests,
     /// and while a new version is published and swapped in.
     Serve(super::serve::BenchServeArgs),
+    /// Events/s read from a Kafka topic on loopback (JSON values checked against the example
+    /// job's schema) next to the same events read as Parquet, in one run.
+    Kafka(super::bench_kafka::BenchKafkaArgs),
 }
 
 /// Arguments of `kiln bench train`.
@@ -138,6 +141,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::AllreduceRank(a) => allreduce_rank(a),
         BenchCommand::Serve(a) => super::serve::bench(a),
+        BenchCommand::Kafka(a) => super::bench_kafka::run(a),
         BenchCommand::Allreduce(a) => {
             let r = kiln_trainer::bench::bench_allreduce(
                 &ALLREDUCE_SIZES,

@@ -20,6 +20,11 @@ pub struct FeaturesArgs {
     /// shards are written by the executors and committed here once all succeeded.
     #[arg(long, value_name = "df://HOST:PORT")]
     pub cluster: Option<String>,
+    /// Read every Kafka source's exact offset ranges from this earlier run's manifest (a
+    /// dataset location or its `_manifest.json`) instead of looking the day window up by
+    /// timestamp: the rerun gives the same shards however far the topics have grown.
+    #[arg(long, value_name = "MANIFEST_URL")]
+    pub replay: Option<String>,
     /// Print one JSON object instead of a human summary.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +89,23 @@ fn add_report_metrics(m: &mut crate::metrics::Exposition, r: &kiln_engine::Featu
     );
 }
 
+/// The offset ranges `--replay URL`'s manifest recorded, by Kafka source.
+fn replay_ranges(
+    url: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<kiln_connectors::kafka::OffsetRange>>> {
+    let location = url
+        .trim_end_matches('/')
+        .trim_end_matches(kiln_connectors::manifest::MANIFEST_FILE);
+    let dataset =
+        kiln_connectors::Dataset::open_blocking(location, kiln_connectors::OpenOptions::default())
+            .with_context(|| format!("--replay {url}"))?;
+    let ranges = kiln_engine::kafka::replay_ranges(&dataset.manifest().lineage);
+    if ranges.is_empty() {
+        anyhow::bail!("--replay {url}: the manifest records no Kafka offsets (no Kafka source)");
+    }
+    Ok(ranges)
+}
+
 /// Where a run reads and writes instead of the spec's locations (`--source`, `--out`): shared
 /// by `kiln features`, `run`, `backfill` and `schedule`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -135,9 +157,14 @@ fn run_features(
 ) -> anyhow::Result<()> {
     let spec = JobSpec::load(&args.spec)?;
     *job = Some(spec.name.clone());
+    let kafka_replay = match &args.replay {
+        Some(url) => replay_ranges(url)?,
+        None => Default::default(),
+    };
     let overrides = Overrides {
         sources: args.overrides.sources,
         out: args.overrides.out,
+        kafka_replay,
     };
     let mode = match args.cluster {
         Some(url) => kiln_engine::Mode::Cluster(url),

@@ -43,9 +43,15 @@ pub struct EventsArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Output location: a local directory, file:///abs/dir or s3://bucket/prefix.
+    /// Output location: a local directory, file:///abs/dir, s3://bucket/prefix,
+    /// hdfs://namenode:port/path, or kafka://HOST:PORT[,...]/TOPIC (JSON messages keyed by
+    /// user_id, record timestamp = event time, produced day by day; --format is ignored).
     #[arg(long)]
     pub out: String,
+    /// Partitions of the topic when `--out kafka://...` creates it (an existing topic keeps
+    /// its own).
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
     /// File format.
     #[arg(long, value_enum, default_value = "parquet")]
     pub format: FormatArg,
@@ -102,9 +108,21 @@ fn events(a: EventsArgs) -> anyhow::Result<()> {
     cfg.keep_truth = a.truth.is_some();
     cfg.ceiling_date = a.ceiling_date;
 
-    let sink = open_sink(&a.out)?;
-    let report = generator::generate(&cfg, sink.as_ref())
-        .with_context(|| format!("kiln gen events --out {}", a.out))?;
+    let mut produced = None;
+    let report = if a.out.starts_with("kafka://") {
+        // Generated as JSON lines into a scratch directory, then produced file by file in day
+        // order, so every partition's timestamps advance day by day.
+        cfg.format = Format::Jsonl;
+        let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+        let report = generator::generate(&cfg, &LocalSink::new(scratch.path()))
+            .with_context(|| format!("kiln gen events --out {}", a.out))?;
+        produced = Some(produce_to_kafka(&a.out, a.partitions, scratch.path())?);
+        report
+    } else {
+        let sink = open_sink(&a.out)?;
+        generator::generate(&cfg, sink.as_ref())
+            .with_context(|| format!("kiln gen events --out {}", a.out))?
+    };
     let truth_bytes = match (&a.truth, &report.truth) {
         (Some(path), Some(truth)) => Some(generator::write_truth(path, truth)?),
         _ => None,
@@ -128,6 +146,7 @@ fn events(a: EventsArgs) -> anyhow::Result<()> {
             "ceiling": report.ceiling,
             "truth": a.truth.as_ref().map(|p| p.display().to_string()),
             "truth_bytes": truth_bytes,
+            "kafka_records": produced,
             "per_day": report.per_day,
         });
         println!("{obj}");
@@ -149,8 +168,59 @@ fn events(a: EventsArgs) -> anyhow::Result<()> {
             c.views,
             100.0 * c.positives as f64 / c.views.max(1) as f64,
         );
+        if let Some(n) = produced {
+            println!(
+                "kiln gen events: {n} records produced to {} (JSON values)",
+                a.out
+            );
+        }
     }
     Ok(())
+}
+
+/// Produces every `*.jsonl` file under `dir` (sorted by path: day by day) to the topic of
+/// `url`, one record per line: key = `user_id`, timestamp = `ts` (milliseconds). Creates the
+/// topic with `partitions` partitions if it does not exist. Returns the records delivered.
+fn produce_to_kafka(url: &str, partitions: i32, dir: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::BufRead;
+    let address = kiln_connectors::kafka::KafkaAddress::parse(url)?;
+    let client = kiln_connectors::kafka::KafkaClient::new(address, &Default::default(), None)?;
+    client.ensure_topic(partitions, 1)?;
+    let mut files = Vec::new();
+    for day in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let day = day?.path();
+        for f in std::fs::read_dir(&day).with_context(|| format!("listing {}", day.display()))? {
+            let f = f?.path();
+            if f.extension().is_some_and(|e| e == "jsonl") {
+                files.push(f);
+            }
+        }
+    }
+    files.sort();
+    let mut producer = client.producer()?;
+    for f in &files {
+        let reader = std::io::BufReader::new(
+            std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?,
+        );
+        for (i, line) in reader.lines().enumerate() {
+            let line = line.with_context(|| format!("{}:{}", f.display(), i + 1))?;
+            let event: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}", f.display(), i + 1))?;
+            let user = event["user_id"].as_i64();
+            let ts = event["ts"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            let (Some(user), Some(ts)) = (user, ts) else {
+                anyhow::bail!("{}:{}: no user_id or ts in {line}", f.display(), i + 1);
+            };
+            producer.send(
+                user.to_string().as_bytes(),
+                line.as_bytes(),
+                ts.timestamp_millis(),
+            )?;
+        }
+    }
+    Ok(producer.finish()?)
 }
 
 /// The sink for `--out`: local paths and `file://` URLs on the filesystem (written with

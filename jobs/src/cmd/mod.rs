@@ -2,6 +2,7 @@
 
 pub mod backfill;
 pub mod bench;
+pub mod bench_kafka;
 pub mod bench_peers;
 pub mod cluster;
 pub mod executor;

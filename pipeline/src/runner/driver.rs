@@ -47,13 +47,20 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
         &Overrides {
             sources: req.sources.clone(),
             out: req.out.clone(),
+            ..Default::default()
         },
     )?;
     // Sensors on a source wait where this run reads it (overrides applied).
     let sensors = pipeline
         .sensors
         .iter()
-        .map(|s| Ok((s.clone(), super::sensor::resolve(&spec, &rendered, s)?)))
+        .map(|s| {
+            Ok((
+                s.clone(),
+                super::sensor::resolve(&spec, &rendered, s)?,
+                super::sensor::kafka_wait(&spec, &rendered, s)?,
+            ))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let mut store = Store::open(&pipeline.metastore)?;
@@ -164,8 +171,8 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
     });
     let mut tasks: Vec<Box<dyn Task<TaskId>>> = Vec::new();
     let mut sensor_names = Vec::new();
-    for (sensor, url) in sensors {
-        let t = SensorTask { sensor, url };
+    for (sensor, url, kafka) in sensors {
+        let t = SensorTask { sensor, url, kafka };
         sensor_names.push(t.name());
         tasks.push(Box::new(t));
     }

@@ -20,6 +20,76 @@ pub(super) struct SensorTask {
     pub sensor: Sensor,
     /// The absolute URL it waits on, resolved for the run ([`resolve`]).
     pub url: String,
+    /// `kind = "kafka"`: the topic and the end of the window ([`kafka_wait`]).
+    pub kafka: Option<KafkaWait>,
+}
+
+/// What a Kafka sensor waits for: every partition of the topic past `window_end_ms`.
+pub(super) struct KafkaWait {
+    client: kiln_connectors::kafka::KafkaClient,
+    /// End of the source's `days` window (exclusive), ms since the epoch.
+    window_end_ms: i64,
+    /// Seconds after the window's end after which lagging partitions are let through.
+    grace_seconds: Option<f64>,
+}
+
+/// The Kafka wait of a `kind = "kafka"` sensor in the run `job` (`None` for other kinds).
+pub(super) fn kafka_wait(
+    spec: &JobSpec,
+    job: &RenderedJob,
+    sensor: &Sensor,
+) -> anyhow::Result<Option<KafkaWait>> {
+    let SensorTarget::Source { source, .. } = &sensor.target else {
+        return Ok(None);
+    };
+    if sensor.config.kind != SensorKind::Kafka {
+        return Ok(None);
+    }
+    let name = &sensor.config.name;
+    let src = job
+        .sources
+        .iter()
+        .find(|s| &s.name == source)
+        .ok_or_else(|| spec.error(format!("[[pipeline.sensors]] `{name}`: unknown source")))?;
+    let address = kiln_connectors::kafka::KafkaAddress::parse(&src.url)?;
+    let client = kiln_connectors::kafka::KafkaClient::new(
+        address,
+        &src.kafka.properties,
+        src.kafka
+            .timeout_secs
+            .map(std::time::Duration::from_secs_f64),
+    )?;
+    let last = src.days.map_or(0, |[_, last]| last);
+    let end = job
+        .date
+        .checked_add_signed(chrono::Duration::days(last + 1))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .ok_or_else(|| anyhow::anyhow!("sensor `{name}`: window end outside the calendar"))?;
+    Ok(Some(KafkaWait {
+        client,
+        window_end_ms: end.and_utc().timestamp_millis(),
+        grace_seconds: sensor.config.grace_seconds,
+    }))
+}
+
+impl KafkaWait {
+    /// Whether the window is complete; the partitions' progress for the task's output.
+    fn check(&self) -> anyhow::Result<(bool, Json)> {
+        let progress = self.client.window_closed(self.window_end_ms)?;
+        let all = progress.iter().all(|p| p.closed);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let graced = self
+            .grace_seconds
+            .is_some_and(|g| now_ms as f64 >= self.window_end_ms as f64 + g * 1000.0);
+        Ok((
+            all || graced,
+            json!({
+                "window_end_ms": self.window_end_ms,
+                "partitions": progress,
+                "released_by_grace": !all && graced,
+            }),
+        ))
+    }
 }
 
 /// The absolute URL `sensor` waits on in the run `job` (the spec rendered for the run date
@@ -45,6 +115,19 @@ pub(super) fn resolve(
                     "[[pipeline.sensors]] `{name}` source: unknown source `{source}`"
                 )));
             };
+            let is_kafka = src.format == kiln_engine::spec::SourceFormat::Kafka;
+            if is_kafka != (sensor.config.kind == SensorKind::Kafka) {
+                return Err(spec.error(format!(
+                    "[[pipeline.sensors]] `{name}`: source `{source}` is read from {} in this \
+                     run; use kind = \"{}\"",
+                    src.url,
+                    if is_kafka {
+                        "kafka"
+                    } else {
+                        "prefix\" or \"manifest"
+                    }
+                )));
+            }
             match partition {
                 None => Ok(src.url.clone()),
                 Some(p) => src.day_partition_url(job.date, *p).ok_or_else(|| {
@@ -65,14 +148,28 @@ fn fingerprint_kind(kind: SensorKind) -> &'static str {
     match kind {
         SensorKind::Prefix => "Prefix",
         SensorKind::Manifest => "Manifest",
+        SensorKind::Kafka => "Kafka",
     }
 }
 
 impl SensorTask {
     fn present(&self) -> anyhow::Result<bool> {
-        match self.sensor.config.kind {
-            SensorKind::Prefix => prefix_exists(&self.url),
-            SensorKind::Manifest => Ok(manifest_sha256(&self.url)?.is_some()),
+        Ok(self.check()?.0)
+    }
+
+    /// Whether the input is there, and what the sensor saw (Kafka: each partition).
+    fn check(&self) -> anyhow::Result<(bool, Option<Json>)> {
+        match (self.sensor.config.kind, &self.kafka) {
+            (SensorKind::Prefix, _) => Ok((prefix_exists(&self.url)?, None)),
+            (SensorKind::Manifest, _) => Ok((manifest_sha256(&self.url)?.is_some(), None)),
+            (SensorKind::Kafka, Some(wait)) => {
+                let (done, seen) = wait.check()?;
+                Ok((done, Some(seen)))
+            }
+            (SensorKind::Kafka, None) => bail!(
+                "sensor `{}`: kind = \"kafka\" without a resolved topic",
+                self.sensor.config.name
+            ),
         }
     }
 }
@@ -108,7 +205,8 @@ impl Task<TaskId> for SensorTask {
         let mut pokes = 0u64;
         loop {
             pokes += 1;
-            if self.present()? {
+            let (present, seen) = self.check()?;
+            if present {
                 let mut out = json!({
                     "path": self.url,
                     "kind": cfg.kind,
@@ -119,6 +217,9 @@ impl Task<TaskId> for SensorTask {
                     out["source"] = json!(source);
                     out["partition"] = json!(partition);
                 }
+                if let Some(seen) = seen {
+                    out["kafka"] = seen;
+                }
                 return Ok(out);
             }
             if start.elapsed().as_secs_f64() >= cfg.timeout_seconds {
@@ -128,6 +229,7 @@ impl Task<TaskId> for SensorTask {
                     match cfg.kind {
                         SensorKind::Prefix => "input",
                         SensorKind::Manifest => "the committed manifest of",
+                        SensorKind::Kafka => "records past the window's end in every partition of",
                     },
                     self.url,
                     describe(&self.sensor.target),
@@ -221,6 +323,7 @@ path = "data/events/dt={{ ds | add_days(1) }}/"
                 .map(|(n, u)| (n.to_string(), u.to_string()))
                 .collect(),
             out: None,
+            ..Default::default()
         };
         let job = spec.render(date, &overrides).unwrap();
         let urls = pipeline
@@ -283,12 +386,17 @@ path = "data/events/dt={{ ds | add_days(1) }}/"
                 &Overrides {
                     sources: vec![("events".into(), other.display().to_string())],
                     out: None,
+                    ..Default::default()
                 },
             )
             .unwrap();
         let sensor = pipeline.sensors[0].clone();
         let url = resolve(&spec, &job, &sensor).unwrap();
-        let mut task = SensorTask { sensor, url };
+        let mut task = SensorTask {
+            sensor,
+            url,
+            kafka: None,
+        };
         let want = format!("file://{}/dt=2026-11-21/", other.display());
         assert_eq!(task.url, want);
         let attempt = Attempt {
