@@ -720,6 +720,37 @@ mod tests {
     }
 
     #[test]
+    fn a_kafka_sensor_waits_on_a_whole_source_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let kafka = "kind = \"kafka\"\n";
+        let (_, loaded) = load_example_edited(
+            dir.path(),
+            &[(SENSOR_PARTITION, ""), ("kind = \"prefix\"\n", kafka)],
+        );
+        let (_, p) = loaded.unwrap();
+        assert_eq!(p.sensors[0].config.kind, SensorKind::Kafka);
+        assert_eq!(
+            p.sensors[0].target,
+            SensorTarget::Source {
+                source: "events".into(),
+                partition: None
+            }
+        );
+        check_example_edits(
+            &[("kind = \"prefix\"\n", kafka)],
+            "a kafka sensor waits for the end of the source's whole `days` window",
+        );
+        check_example_edits(
+            &[
+                (SENSOR_PARTITION, ""),
+                ("kind = \"prefix\"\n", kafka),
+                (SENSOR_SOURCE, "path = \"data/x\"\n"),
+            ],
+            "kind = \"kafka\" needs `source`",
+        );
+    }
+
+    #[test]
     fn mistakes_name_the_spec_and_the_key() {
         let check = check_example_edit;
         check(

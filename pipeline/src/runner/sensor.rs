@@ -335,6 +335,73 @@ path = "data/events/dt={{ ds | add_days(1) }}/"
     }
 
     #[test]
+    fn a_kafka_sensor_waits_for_the_end_of_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        let spec_text = r#"
+name = "t"
+[[sources]]
+name = "events"
+url = "kafka://127.0.0.1:9/events"
+format = "kafka"
+days = [-7, 1]
+schema = ["event_id int64"]
+[[sources]]
+name = "files"
+url = "data/files"
+format = "parquet"
+partition_column = "dt"
+days = [0, 0]
+schema = ["event_id int64"]
+[[features]]
+name = "x"
+sql = "SELECT event_id FROM events"
+[[outputs]]
+statement = "x"
+location = "out/x/"
+key = "event_id"
+shards = 1
+formats = ["parquet"]
+[[pipeline.sensors]]
+name = "topic"
+source = "events"
+kind = "kafka"
+grace_seconds = 600
+[[pipeline.sensors]]
+name = "files"
+source = "files"
+"#;
+        std::fs::write(&path, spec_text).unwrap();
+        let (spec, pipeline) = crate::config::load(&path).unwrap();
+        let date = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+        let job = spec.render(date, &Overrides::default()).unwrap();
+        let topic = &pipeline.sensors[0];
+        assert_eq!(
+            resolve(&spec, &job, topic).unwrap(),
+            "kafka://127.0.0.1:9/events"
+        );
+        let wait = kafka_wait(&spec, &job, topic).unwrap().unwrap();
+        // days = [-7, 1]: the window ends at the start of D+2.
+        assert_eq!(wait.window_end_ms, 1_795_305_600_000); // 2026-11-22T00:00:00Z
+        assert_eq!(wait.grace_seconds, Some(600.0));
+        assert!(
+            kafka_wait(&spec, &job, &pipeline.sensors[1])
+                .unwrap()
+                .is_none()
+        );
+        // The file source read from a topic in this run: a prefix sensor cannot wait on it.
+        let overridden = Overrides {
+            sources: vec![("files".into(), "kafka://127.0.0.1:9/files".into())],
+            ..Default::default()
+        };
+        let job = spec.render(date, &overridden).unwrap();
+        let e = resolve(&spec, &job, &pipeline.sensors[1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use kind = \"kafka\""), "{e}");
+    }
+
+    #[test]
     fn a_source_sensor_waits_where_the_run_reads_the_source() {
         let (base, got) = urls(&[]);
         let base = base.display();
