@@ -368,28 +368,31 @@ impl RangeReader {
 
     fn run(self, tx: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>) {
         let mut tally = FileTally::default();
-        let result = self.read(tx, &mut tally);
-        if let Err(e) = result {
+        match self.read(tx, &mut tally) {
             // The receiver may be gone (the query stopped); nothing else to tell.
-            let _ = tx.blocking_send(Err(e));
-        } else {
-            tally.complete = true;
+            Err(e) => drop(tx.blocking_send(Err(e))),
+            Ok(finished) => tally.complete = finished,
         }
         self.ledger.record(&self.spec.source, &self.unit(), tally);
     }
 
+    /// Reads the split into `tx`; `Ok(false)` when the query stopped reading first.
     fn read(
         &self,
         tx: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>,
         tally: &mut FileTally,
-    ) -> DfResult<()> {
+    ) -> DfResult<bool> {
         let client = self.spec.client()?;
         let mut failure: Option<DataFusionError> = None;
+        let mut stopped = false;
         client
             .read_range(self.range, READ_BATCH, |records| {
                 tally.counts.rows_in += records.len() as u64;
                 match self.to_batch(&records, tally) {
-                    Ok(Some(batch)) => tx.blocking_send(Ok(batch)).is_ok(),
+                    Ok(Some(batch)) => {
+                        stopped = tx.blocking_send(Ok(batch)).is_err();
+                        !stopped
+                    }
                     Ok(None) => true,
                     Err(e) => {
                         failure = Some(e);
@@ -400,7 +403,7 @@ impl RangeReader {
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         match failure {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(!stopped),
         }
     }
 

@@ -306,3 +306,105 @@ fn the_window_closes_when_every_partition_passes_its_end() {
     p.finish().unwrap();
     assert!(c.window_closed(end).unwrap().iter().all(|p| p.closed));
 }
+
+#[test]
+fn rejected_messages_are_counted_and_written_with_their_offsets() {
+    let Some(broker) = broker() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique_topic("reject");
+    let c = client(&broker, &topic);
+    c.ensure_topic(1, 1).unwrap();
+    let ts = chrono::DateTime::parse_from_rfc3339("2026-11-20T10:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let mut p = c.producer().unwrap();
+    for (i, value) in [
+        r#"{"event_id": 1, "user_id": 7}"#,
+        r#"{"event_id": "two", "user_id": 7}"#,
+        r#"{"event_id": 3, "user_id": 7, "extra": true}"#,
+        r#"not json"#,
+        r#"{"event_id": 5, "user_id": null}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        p.send(b"7", value.as_bytes(), ts + i as i64).unwrap();
+    }
+    assert_eq!(p.finish().unwrap(), 5);
+    let spec = dir.path().join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+name = "rejects"
+on_bad_rows = "reject"
+rejects_location = "rejects/"
+[[sources]]
+name = "events"
+url = "kafka://{broker}/{topic}"
+format = "kafka"
+days = [0, 0]
+schema = ["event_id int64 not null", "user_id int64"]
+[[features]]
+name = "ids"
+sql = "SELECT event_id, user_id, _partition, _offset, _timestamp, _key FROM events"
+[[outputs]]
+statement = "ids"
+location = "out/ids/"
+key = "event_id"
+shards = 1
+formats = ["parquet"]
+"#
+        ),
+    )
+    .unwrap();
+    let out = common::kiln(&["features", spec.to_str().unwrap(), "--date", DATE, "--json"]);
+    let report = ok(&out, "");
+    let counts = &report["bad_rows"]["events"];
+    assert_eq!(counts["rows_in"], 5, "{report}");
+    assert_eq!(counts["rows_out"], 2, "{report}");
+    assert_eq!(counts["rows_rejected"], 3, "{report}");
+    let rejects =
+        std::fs::read_to_string(dir.path().join("rejects/rejects-2026-11-20.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = rejects
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["line"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "{rejects}"
+    );
+    let file = format!("kafka://{broker}/{topic}/0");
+    assert!(rows.iter().all(|r| r["file"] == file.as_str()), "{rejects}");
+    assert!(
+        rows[0]["error"].as_str().unwrap().contains("event_id"),
+        "{rejects}"
+    );
+    assert!(
+        rows[2]["error"].as_str().unwrap().contains("not JSON"),
+        "{rejects}"
+    );
+    // The kept rows carry their Kafka metadata.
+    let batches = common::read_dataset(
+        &dir.path().join("out/ids/").display().to_string(),
+        kiln_connectors::dataset::ShardFormat::Parquet,
+    );
+    let b = &batches[0];
+    let offsets = b
+        .column_by_name("_offset")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap();
+    assert_eq!(offsets.values().to_vec(), vec![0, 4]);
+    let keys = b
+        .column_by_name("_key")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::BinaryArray>()
+        .unwrap();
+    assert_eq!(keys.value(0), b"7");
+}
