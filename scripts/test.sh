@@ -22,7 +22,8 @@ Runs Kiln's whole test suite, installing what it needs on the way:
                      for the HDFS tests (KILN_TEST_HDFS), the same way
   promtool           Debian's prometheus (apt-get, if promtool is missing): promtool checks
                      the --metrics-textfile output (TensorBoard, in the venv, the event files)
-  build              cargo test --workspace --locked --no-run
+  build              pkg-config and libssl-dev (apt-get) if OpenSSL's headers are missing
+                     (librdkafka's TLS), then cargo test --workspace --locked --no-run
                      cargo build --workspace --locked --examples
   unit tests         cargo test --workspace --locked --no-fail-fast --lib --bins
   integration tests  cargo test --workspace --locked --no-fail-fast --test '*'
@@ -72,6 +73,8 @@ case $CARGO_TARGET_DIR in /*) ;; *) CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR ;; e
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/apt.sh
 source scripts/lib/apt.sh
+# shellcheck source=scripts/lib/build_deps.sh
+source scripts/lib/build_deps.sh
 # shellcheck source=scripts/lib/postgres.sh
 source scripts/lib/postgres.sh
 # shellcheck source=scripts/lib/java.sh
@@ -366,6 +369,13 @@ else
 fi
 
 phase "build"
+rc=0
+kiln_build_deps || rc=$?
+case $rc in
+  0) ;;
+  2) abort "OpenSSL's development files (libssl-dev, pkg-config) are missing and cannot be installed here (no apt-get, or not root and no passwordless sudo)" ;;
+  *) abort "apt-get install pkg-config libssl-dev failed" ;;
+esac
 cargo test --workspace --locked --no-run || abort "cargo test --no-run failed"
 cargo build --workspace --locked --examples || abort "cargo build --examples failed"
 phase_done

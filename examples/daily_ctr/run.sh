@@ -6,6 +6,12 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 date="${1:-2026-11-20}"
+# librdkafka (Kafka sources) links the system OpenSSL: its headers are installed if missing.
+# shellcheck source=../../scripts/lib/apt.sh
+source "$root/scripts/lib/apt.sh"
+# shellcheck source=../../scripts/lib/build_deps.sh
+source "$root/scripts/lib/build_deps.sh"
+kiln_build_deps
 kiln() { cargo run --manifest-path "$root/Cargo.toml" --release -q -p kiln-jobs --bin kiln -- "$@"; }
 
 if [ ! -d "$here/data/events" ]; then
