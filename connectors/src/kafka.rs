@@ -2,16 +2,16 @@
 //! record timestamps, range readers and a keyed producer. No DataFusion here; the engine turns
 //! offset ranges into table partitions.
 //!
-//! * [`KafkaAddress`]: `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`.
+//! * [`KafkaAddress`] is a topic URL, `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`.
 //! * [`KafkaClient`]: one topic's client settings. Properties come from the spec (non-secret
 //!   ones: `security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...) and from the
 //!   environment: every `KILN_KAFKA_<NAME>` variable sets the librdkafka property `<name>`
 //!   with `_` read as `.` (`KILN_KAFKA_SASL_PASSWORD` -> `sasl.password`). Secrets belong in
 //!   the environment; [`KafkaClient`]'s `Debug` shows property names only, and nothing here
 //!   writes a value anywhere.
-//! * [`KafkaClient::resolve_window`]: per partition, the offsets `[first record with timestamp
-//!   >= start, first record with timestamp >= end)` (Kafka's ListOffsets by timestamp), checked
-//!   against the partition's retained offsets.
+//! * [`KafkaClient::resolve_window`]: per partition, the offsets from the first record with a
+//!   timestamp at or after the start to the first at or after the end (Kafka's ListOffsets by
+//!   timestamp), checked against the partition's retained offsets.
 //! * [`KafkaClient::read_range`]: the records of one partition's offset range, in offset
 //!   order, in batches.
 //! * [`KafkaClient::producer`]: a producer that keys records (`murmur2_random`, the Java
@@ -669,10 +669,8 @@ impl KafkaClient {
                     });
                     read += 1;
                     let done = m.offset() + 1 >= range.end;
-                    if buf.len() >= batch || done {
-                        if !sink(std::mem::take(&mut buf)) {
-                            return Ok(read);
-                        }
+                    if (buf.len() >= batch || done) && !sink(std::mem::take(&mut buf)) {
+                        return Ok(read);
                     }
                     if done {
                         break;

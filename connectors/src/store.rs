@@ -1,4 +1,4 @@
-//! Object stores by URL: bare paths, `file://`, `s3://` and `memory://`.
+//! Object stores by URL: bare paths, `file://`, `s3://`, `hdfs://` and `memory://`.
 //!
 //! * A bare path (absolute or relative to the current directory, `..` resolved lexically) and
 //!   `file:///abs/path` use the local filesystem. Parent directories are created on write.
@@ -7,10 +7,19 @@
 //!   `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT` for S3-compatible servers,
 //!   `AWS_ALLOW_HTTP=true` for plain-HTTP endpoints, `AWS_VIRTUAL_HOSTED_STYLE_REQUEST`, ...).
 //!   If an endpoint is set and path style was not chosen, path-style requests are used.
+//! * `hdfs://namenode:port/path` (or `hdfs://nameservice/path` for an HA name service defined
+//!   in the Hadoop configuration) uses the native HDFS client (`hdfs-native`, no JVM): the
+//!   store path is the URL's absolute path. The client reads `core-site.xml` and
+//!   `hdfs-site.xml` from `$HADOOP_CONF_DIR` (else `$HADOOP_HOME/etc/hadoop`), acts as the
+//!   user `$HADOOP_USER_NAME` (else the login user; `$HADOOP_PROXY_USER` to impersonate) with
+//!   simple authentication, or with Kerberos when a ticket cache is present. Its I/O runs on
+//!   this crate's [`runtime`], so the cached store outlives any caller's runtime. Puts write a
+//!   hidden `.<name>.tmp.<n>` file next to the target and rename it into place; HDFS keeps
+//!   empty directories, which is why the dataset commit removes emptied run directories itself.
 //! * `memory://name/prefix`: a process-wide in-memory store per `name` (tests).
 //!
-//! Stores are cached per (scheme, bucket) for the life of the process; environment changes
-//! after the first use of a bucket are not seen.
+//! Stores are cached per (scheme, bucket or `host:port`) for the life of the process;
+//! environment changes after the first use of a bucket or name node are not seen.
 //!
 //! Local-file helpers shared by every crate: [`normalize`] (lexical path normalization) and
 //! [`write_atomic`] (a file replaced durably and atomically).
@@ -23,6 +32,7 @@ use std::path::{Component, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use hdfs_native_object_store::HdfsObjectStoreBuilder;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -267,6 +277,39 @@ pub fn resolve(url_or_path: &str) -> Result<Location> {
                 url: s.trim_end_matches('/').to_string(),
             })
         }
+        "hdfs" => {
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(bad(
+                    "user information is not supported in hdfs:// URLs (set HADOOP_USER_NAME)"
+                        .into(),
+                ));
+            }
+            let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+                bad(
+                    "missing name node (hdfs://namenode:port/path or hdfs://nameservice/path)"
+                        .into(),
+                )
+            })?;
+            let authority = match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            };
+            let base = format!("hdfs://{authority}");
+            let store = cached(base.clone(), || {
+                let store = HdfsObjectStoreBuilder::new()
+                    .with_url(&base)
+                    .with_io_runtime(runtime().handle().clone())
+                    .build()
+                    .map_err(|e| Error::store(format!("configuring HDFS for {s}"), e))?;
+                Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+            })?;
+            let path = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+            Ok(Location {
+                store,
+                path,
+                url: s.trim_end_matches('/').to_string(),
+            })
+        }
         "memory" => {
             let name = url.host_str().unwrap_or("").to_string();
             let store = cached(format!("memory://{name}"), || Ok(Arc::new(InMemory::new())))?;
@@ -278,7 +321,7 @@ pub fn resolve(url_or_path: &str) -> Result<Location> {
             })
         }
         other => Err(bad(format!(
-            "unsupported scheme '{other}' (supported: file://, s3://, memory://, or a plain path)"
+            "unsupported scheme '{other}' (supported: file://, s3://, hdfs://, memory://, or a plain path)"
         ))),
     }
 }
@@ -417,6 +460,23 @@ mod tests {
                 .contains("ftp://x/y")
         );
         assert!(resolve("s3:///nobucket").is_err());
+        // HDFS: one store per name node host:port (no connection until first use), the
+        // store path is the URL's path, and errors name the URL.
+        let h = resolve("hdfs://127.0.0.1:9/kiln/ds/").unwrap();
+        assert_eq!(h.path.as_ref(), "kiln/ds");
+        assert_eq!(h.url, "hdfs://127.0.0.1:9/kiln/ds");
+        assert_eq!(
+            h.child("_manifest.json").path.as_ref(),
+            "kiln/ds/_manifest.json"
+        );
+        let same = resolve("hdfs://127.0.0.1:9/other").unwrap();
+        assert!(Arc::ptr_eq(&h.store, &same.store));
+        let other_port = resolve("hdfs://127.0.0.1:10/kiln").unwrap();
+        assert!(!Arc::ptr_eq(&h.store, &other_port.store));
+        for bad in ["hdfs:///no-namenode", "hdfs://me@127.0.0.1:9/x"] {
+            let e = resolve(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
         let m = resolve("memory://t1/a/b").unwrap();
         assert_eq!(m.path.as_ref(), "a/b");
         assert_eq!(m.child("c/d").path.as_ref(), "a/b/c/d");

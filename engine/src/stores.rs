@@ -83,8 +83,13 @@ impl ObjectStoreRegistry for KilnObjectStoreRegistry {
         if let Ok(store) = self.registered.get_store(url) {
             return Ok(store);
         }
-        // Scheme and bucket only: never echo user info a URL might carry.
-        let base = format!("{}://{}/", url.scheme(), url.host_str().unwrap_or_default());
+        // Scheme and bucket (or HDFS name node host:port) only: never echo user info a URL
+        // might carry.
+        let host = url.host_str().unwrap_or_default();
+        let base = match url.port() {
+            Some(port) => format!("{}://{host}:{port}/", url.scheme()),
+            None => format!("{}://{host}/", url.scheme()),
+        };
         let location = kiln_connectors::store::resolve(&base)
             .map_err(|e| DataFusionError::Execution(format!("object store for {base}: {e}")))?;
         self.registered

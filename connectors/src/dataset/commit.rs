@@ -6,17 +6,23 @@
 //!
 //! - The manifest replaces the previous one only if that is still the current one: on
 //!   `file://` under an exclusive lock on `_kiln_commit.lock` (`File::lock`, released if the
-//!   process dies), on object stores by a conditional put (`PutMode::Update` with the previous
-//!   manifest's ETag/version, `PutMode::Create` when there is none). A lost race re-reads the
-//!   manifest, re-checks the shards and tries again.
+//!   process dies); on `hdfs://` (which has no conditional put) under a lock file
+//!   `_kiln_commit.lock` created by HDFS's atomic rename-if-absent (see [`CommitLockTiming`]
+//!   for when a lock is waited for and when it is stale); on object stores by a conditional
+//!   put (`PutMode::Update` with the previous manifest's ETag/version, `PutMode::Create` when
+//!   there is none). A lost race re-reads the manifest, re-checks the shards and tries again.
 //! - A run never replaces a manifest written by a newer run (run ids start with their UTC start
 //!   time): it fails, naming the newer run, instead of rolling the dataset back.
 //! - Deletion keeps the committed run and the run it replaced (a reader streaming the previous
 //!   manifest keeps its shards until the next commit) and removes only runs older than the
 //!   replaced one: leftovers of killed writers and superseded runs, never a concurrent run that
-//!   may still commit.
+//!   may still commit. Filesystems keep empty directories: a deleted run's directory is removed
+//!   too (locally with `remove_dir_all`, on HDFS by non-recursive deletes of the emptied
+//!   directories, so a directory that gained a file meanwhile stays).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
@@ -36,7 +42,8 @@ use crate::store::Location;
 
 /// Commit a run: check that every shard 0..N of every format is present exactly once (with
 /// `fill_missing_empty_shards`, write empty shards for absent indices first), write
-/// `_manifest.json`, then `_SUCCESS`, then delete older `run-*` prefixes.
+/// `_manifest.json`, then `_SUCCESS`, then delete older `run-*` prefixes. On HDFS the commit
+/// lock is timed by [`CommitLockTiming::from_env`].
 #[allow(clippy::too_many_arguments)]
 pub async fn commit_dataset(
     location: &Location,
@@ -46,6 +53,32 @@ pub async fn commit_dataset(
     shard_files: Vec<ShardFile>,
     lineage: Value,
     fill_missing_empty_shards: bool,
+) -> Result<Manifest> {
+    let timing = CommitLockTiming::from_env(&location.url)?;
+    commit_dataset_with(
+        location,
+        run_id,
+        schema,
+        options,
+        shard_files,
+        lineage,
+        fill_missing_empty_shards,
+        &timing,
+    )
+    .await
+}
+
+/// [`commit_dataset`] with an explicit HDFS commit-lock timing.
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_dataset_with(
+    location: &Location,
+    run_id: &str,
+    schema: SchemaRef,
+    options: &ShardOptions,
+    shard_files: Vec<ShardFile>,
+    lineage: Value,
+    fill_missing_empty_shards: bool,
+    lock_timing: &CommitLockTiming,
 ) -> Result<Manifest> {
     validate_run_id(run_id)?;
     options.validate(&schema)?;
@@ -156,7 +189,7 @@ pub async fn commit_dataset(
     } else {
         remove_stray_objects(location, run_id, &manifest).await;
     }
-    let replaced = put_manifest(location, &manifest).await?;
+    let replaced = put_manifest(location, &manifest, lock_timing).await?;
     let s = location.child(SUCCESS_FILE);
     s.store
         .put(&s.path, Bytes::new().into())
@@ -226,11 +259,24 @@ async fn verify_shards_in_store(location: &Location, manifest: &Manifest) -> Res
 
 /// Writes `_manifest.json` if no newer run committed meanwhile; returns the run id of the
 /// manifest it replaced.
-async fn put_manifest(location: &Location, manifest: &Manifest) -> Result<Option<String>> {
-    let _lock = match location.url.starts_with("file://") {
-        true => Some(LocalCommitLock::acquire(location).await?),
-        false => None,
-    };
+async fn put_manifest(
+    location: &Location,
+    manifest: &Manifest,
+    timing: &CommitLockTiming,
+) -> Result<Option<String>> {
+    let lock = CommitLock::acquire(location, &manifest.run_id, timing).await?;
+    let result = put_manifest_attempts(location, manifest, lock.as_ref()).await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    result
+}
+
+async fn put_manifest_attempts(
+    location: &Location,
+    manifest: &Manifest,
+    lock: Option<&CommitLock>,
+) -> Result<Option<String>> {
     let m = location.child(MANIFEST_FILE);
     let bytes = manifest.to_json_bytes();
     for _ in 0..COMMIT_ATTEMPTS {
@@ -248,8 +294,13 @@ async fn put_manifest(location: &Location, manifest: &Manifest) -> Result<Option
             ));
         }
         verify_shards_in_store(location, manifest).await?;
-        let mode = match (&previous, &_lock) {
-            // Under the local lock nobody else can replace the manifest.
+        if let Some(lock) = lock {
+            // A lock held past the stale limit may have been broken by another run.
+            lock.check_held().await?;
+        }
+        let mode = match (&previous, lock) {
+            // Under a commit lock nobody else can replace the manifest (on HDFS the put is a
+            // temporary file renamed over the manifest: readers see the old or the new one).
             (_, Some(_)) => PutMode::Overwrite,
             (Some((_, version)), None) => PutMode::Update(version.clone()),
             (None, None) => PutMode::Create,
@@ -280,14 +331,95 @@ async fn put_manifest(location: &Location, manifest: &Manifest) -> Result<Option
     ))
 }
 
-/// An exclusive lock on `<dataset>/_kiln_commit.lock` for commits to a local directory
-/// (`PutMode::Update` is not available there); released when dropped or the process dies.
-struct LocalCommitLock(#[allow(dead_code)] std::fs::File);
+/// The commit lock's file name, in the dataset directory.
+pub const COMMIT_LOCK_FILE: &str = "_kiln_commit.lock";
 
-impl LocalCommitLock {
-    async fn acquire(location: &Location) -> Result<LocalCommitLock> {
+/// How a commit to HDFS waits for the commit lock `<dataset>/_kiln_commit.lock` and when it
+/// treats the lock as left by a dead writer.
+///
+/// A commit holds the lock for the seconds it takes to check the shards and write the
+/// manifest. A lock older than [`stale_after`](Self::stale_after) (measured by the name node's
+/// clock: the lock file's modification time against that of a file the waiter just wrote, so
+/// clocks of the hosts do not matter) was left by a writer that died while committing: it is
+/// removed with a warning naming its content, and the lock taken again. A younger lock is
+/// waited for (100 ms doubling to 2 s) for at most [`wait`](Self::wait); then the commit fails,
+/// naming the lock and its holder. The default wait outlasts the stale limit, so a commit
+/// retried after its writer was killed proceeds on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitLockTiming {
+    /// Age after which a lock is stale. Default 10 minutes; environment
+    /// `KILN_COMMIT_LOCK_STALE_SECONDS`.
+    pub stale_after: Duration,
+    /// Longest wait for a live lock. Default 11 minutes; environment
+    /// `KILN_COMMIT_LOCK_WAIT_SECONDS`.
+    pub wait: Duration,
+}
+
+impl Default for CommitLockTiming {
+    fn default() -> Self {
+        CommitLockTiming {
+            stale_after: Duration::from_secs(600),
+            wait: Duration::from_secs(660),
+        }
+    }
+}
+
+impl CommitLockTiming {
+    /// The defaults, overridden by `KILN_COMMIT_LOCK_STALE_SECONDS` and
+    /// `KILN_COMMIT_LOCK_WAIT_SECONDS` (whole seconds); `dataset` is named in errors.
+    pub fn from_env(dataset: &str) -> Result<Self> {
+        let mut t = CommitLockTiming::default();
+        for (var, field) in [
+            ("KILN_COMMIT_LOCK_STALE_SECONDS", &mut t.stale_after),
+            ("KILN_COMMIT_LOCK_WAIT_SECONDS", &mut t.wait),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                let secs: u64 = v.trim().parse().map_err(|_| {
+                    Error::dataset(
+                        dataset,
+                        format!("{var}={v:?} is not a whole number of seconds"),
+                    )
+                })?;
+                *field = Duration::from_secs(secs);
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// The lock a commit holds while it replaces the manifest, by the store's kind; none for
+/// object stores with conditional puts.
+enum CommitLock {
+    /// `file://`: an exclusive `File::lock` on `<dataset>/_kiln_commit.lock`
+    /// (`PutMode::Update` is not available there); released when dropped or the process dies.
+    Local(#[allow(dead_code)] std::fs::File),
+    /// `hdfs://`: the file `<dataset>/_kiln_commit.lock` itself, created by an atomic
+    /// rename-if-absent and deleted on release.
+    Hdfs(RenameLock),
+}
+
+impl CommitLock {
+    async fn acquire(
+        location: &Location,
+        run_id: &str,
+        timing: &CommitLockTiming,
+    ) -> Result<Option<CommitLock>> {
+        if location.url.starts_with("file://") {
+            Ok(Some(CommitLock::Local(
+                Self::acquire_local(location).await?,
+            )))
+        } else if location.url.starts_with("hdfs://") {
+            Ok(Some(CommitLock::Hdfs(
+                RenameLock::acquire(location, run_id, timing).await?,
+            )))
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn acquire_local(location: &Location) -> Result<std::fs::File> {
         let dir = std::path::PathBuf::from(format!("/{}", location.path.as_ref()));
-        let path = dir.join("_kiln_commit.lock");
+        let path = dir.join(COMMIT_LOCK_FILE);
         let url = location.url.clone();
         tokio::task::spawn_blocking(move || {
             let io = |e: std::io::Error| {
@@ -301,11 +433,292 @@ impl LocalCommitLock {
                 .open(&path)
                 .map_err(io)?;
             f.lock().map_err(io)?;
-            Ok(LocalCommitLock(f))
+            Ok(f)
         })
         .await
         .map_err(|e| Error::dataset(&location.url, format!("commit lock task: {e}")))?
     }
+
+    /// Fails if this commit no longer holds the lock (an HDFS lock broken as stale).
+    async fn check_held(&self) -> Result<()> {
+        match self {
+            CommitLock::Local(_) => Ok(()),
+            CommitLock::Hdfs(l) => l.check_held().await,
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            CommitLock::Local(f) => drop(f),
+            CommitLock::Hdfs(l) => l.release().await,
+        }
+    }
+}
+
+/// A lock file read back: its content and its modification time (name node clock).
+struct HeldLock {
+    content: String,
+    token: Option<String>,
+    modified: chrono::DateTime<chrono::Utc>,
+}
+
+impl HeldLock {
+    /// The holder for messages: the lock's JSON, shortened.
+    fn holder(&self) -> String {
+        let c = self.content.trim();
+        match c.char_indices().nth(400) {
+            Some((i, _)) => format!("{}...", &c[..i]),
+            None => c.to_string(),
+        }
+    }
+}
+
+/// The HDFS commit lock held by this process.
+struct RenameLock {
+    lock: Location,
+    token: String,
+}
+
+impl RenameLock {
+    async fn acquire(
+        location: &Location,
+        run_id: &str,
+        timing: &CommitLockTiming,
+    ) -> Result<RenameLock> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "unknown".into());
+        let now = chrono::Utc::now();
+        let token = format!(
+            "{host}-{}-{}-{}",
+            std::process::id(),
+            now.timestamp_nanos_opt().unwrap_or_default(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let body = serde_json::json!({
+            "run_id": run_id,
+            "host": host,
+            "pid": std::process::id(),
+            "acquired_at": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "token": token,
+        });
+        let lock = location.child(COMMIT_LOCK_FILE);
+        let tmp = location.child(&format!(
+            "{COMMIT_LOCK_FILE}.{}.tmp",
+            token.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+        ));
+        tmp.store
+            .put(
+                &tmp.path,
+                serde_json::to_vec_pretty(&body).expect("json").into(),
+            )
+            .await
+            .map_err(|e| Error::store(format!("writing {}", tmp.url), e))?;
+        let written = Instant::now();
+        let result = Self::take(&lock, &tmp, written, timing).await;
+        if result.is_err() {
+            // The rename did not happen: our candidate lock file is still there.
+            let _ = tmp.store.delete(&tmp.path).await;
+        }
+        result.map(|()| RenameLock { lock, token })
+    }
+
+    /// Renames `tmp` to the lock, waiting for or breaking a lock held by another commit.
+    async fn take(
+        lock: &Location,
+        tmp: &Location,
+        written: Instant,
+        timing: &CommitLockTiming,
+    ) -> Result<()> {
+        // The name node's clock when `tmp` was written: ages are measured on its clock.
+        let tmp_modified = tmp
+            .store
+            .head(&tmp.path)
+            .await
+            .map_err(|e| Error::store(format!("reading {}", tmp.url), e))?
+            .last_modified;
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match lock.store.rename_if_not_exists(&tmp.path, &lock.path).await {
+                Ok(()) => return Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => {
+                    return Err(Error::store(
+                        format!("taking the commit lock {}", lock.url),
+                        e,
+                    ));
+                }
+            }
+            let Some(held) = read_lock(lock).await? else {
+                continue; // released meanwhile
+            };
+            let name_node_now =
+                tmp_modified + chrono::Duration::from_std(written.elapsed()).unwrap_or_default();
+            let age = (name_node_now - held.modified)
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            if age >= timing.stale_after {
+                break_stale(lock, &held, age, timing).await?;
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited >= timing.wait {
+                return Err(Error::dataset(
+                    lock.url.rsplit_once('/').map_or(&*lock.url, |(d, _)| d),
+                    format!(
+                        "cannot commit: the commit lock {} is held by {} (taken {}s ago); gave up \
+                         after waiting {}s. A lock older than {}s is treated as left by a dead \
+                         writer and removed; if its writer is gone, delete {} by hand",
+                        lock.url,
+                        held.holder(),
+                        age.as_secs(),
+                        waited.as_secs(),
+                        timing.stale_after.as_secs(),
+                        lock.url,
+                    ),
+                ));
+            }
+            tracing::info!(
+                "{}: held by {}; waiting for it to be released",
+                lock.url,
+                held.holder()
+            );
+            tokio::time::sleep(delay.min(timing.wait - waited)).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn check_held(&self) -> Result<()> {
+        let held = read_lock(&self.lock).await?;
+        if held.as_ref().and_then(|h| h.token.as_deref()) == Some(self.token.as_str()) {
+            return Ok(());
+        }
+        Err(Error::dataset(
+            &self.lock.url,
+            format!(
+                "cannot commit: this run's commit lock was removed (held past the stale limit?); \
+                 the lock is now {}",
+                held.map_or("absent".to_string(), |h| format!("held by {}", h.holder()))
+            ),
+        ))
+    }
+
+    /// Deletes the lock if it is still this commit's (a failure is logged: the lock then goes
+    /// stale and is broken by the next commit).
+    async fn release(self) {
+        match read_lock(&self.lock).await {
+            Ok(Some(h)) if h.token.as_deref() == Some(self.token.as_str()) => {
+                if let Err(e) = self.lock.store.delete(&self.lock.path).await {
+                    tracing::warn!("releasing the commit lock {}: {e}", self.lock.url);
+                }
+            }
+            Ok(other) => tracing::warn!(
+                "{}: not releasing the commit lock, it is no longer this run's (now {})",
+                self.lock.url,
+                other.map_or("absent".to_string(), |h| format!("held by {}", h.holder()))
+            ),
+            Err(e) => tracing::warn!("releasing the commit lock {}: {e}", self.lock.url),
+        }
+    }
+}
+
+/// Reads a lock file; `None` if there is none.
+async fn read_lock(lock: &Location) -> Result<Option<HeldLock>> {
+    let got = match lock.store.get(&lock.path).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(Error::store(format!("reading {}", lock.url), e)),
+    };
+    let modified = got.meta.last_modified;
+    let bytes = match got.bytes().await {
+        Ok(b) => b,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(Error::store(format!("reading {}", lock.url), e)),
+    };
+    let content = String::from_utf8_lossy(&bytes).into_owned();
+    let token = serde_json::from_str::<Value>(&content)
+        .ok()
+        .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_string));
+    Ok(Some(HeldLock {
+        content,
+        token,
+        modified,
+    }))
+}
+
+/// Removes a stale lock. It is first renamed to a name of its own (only one of several
+/// waiters can), then checked to be the lock judged stale (not a fresh lock taken meanwhile,
+/// which is put back), then deleted.
+async fn break_stale(
+    lock: &Location,
+    held: &HeldLock,
+    age: Duration,
+    timing: &CommitLockTiming,
+) -> Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let aside = lock.store.clone();
+    let aside_loc = Location::new(
+        aside,
+        Path::from(format!(
+            "{}.stale-{}-{}",
+            lock.path.as_ref(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )),
+        format!("{}.stale", lock.url),
+    );
+    match lock
+        .store
+        .rename_if_not_exists(&lock.path, &aside_loc.path)
+        .await
+    {
+        Ok(()) => {}
+        // Released or broken by another waiter meanwhile.
+        Err(object_store::Error::NotFound { .. }) => return Ok(()),
+        Err(e) => {
+            return Err(Error::store(
+                format!("removing the stale lock {}", lock.url),
+                e,
+            ));
+        }
+    }
+    let moved = read_lock(&aside_loc).await?;
+    let same = moved
+        .as_ref()
+        .is_some_and(|m| m.content == held.content && m.modified == held.modified);
+    if !same {
+        // A commit took the lock between our read and our rename: give it back.
+        if let Err(e) = lock
+            .store
+            .rename_if_not_exists(&aside_loc.path, &lock.path)
+            .await
+        {
+            tracing::warn!(
+                "{}: moved a live commit lock aside by mistake and could not put it back ({e}); \
+                 its commit will fail its lock check and retry",
+                lock.url
+            );
+            let _ = lock.store.delete(&aside_loc.path).await;
+        }
+        return Ok(());
+    }
+    tracing::warn!(
+        "{}: removing a stale commit lock held by {} ({}s old, stale after {}s): its writer \
+         presumably died while committing",
+        lock.url,
+        held.holder(),
+        age.as_secs(),
+        timing.stale_after.as_secs()
+    );
+    lock.store
+        .delete(&aside_loc.path)
+        .await
+        .map_err(|e| Error::store(format!("removing the stale lock {}", lock.url), e))
 }
 
 /// Removes files of this run that the manifest does not list: staging files of a shard
@@ -392,17 +805,36 @@ async fn delete_runs_older_than(
             .into_iter()
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::store(format!("listing {}/{name}", location.url), e))?;
+        let mut dirs = std::collections::BTreeSet::from([p.clone()]);
         for o in objs {
             location
                 .store
                 .delete(&o)
                 .await
                 .map_err(|e| Error::store(format!("deleting {o}"), e))?;
+            let mut parts: Vec<_> = o.parts().collect();
+            while parts.len() > p.parts().count() + 1 {
+                parts.pop();
+                dirs.insert(parts.iter().cloned().collect());
+            }
         }
-        // Local filesystems keep empty directories; remove the run directory if we can.
+        // Filesystems keep empty directories; remove the run directory if we can.
         if location.url.starts_with("file://") {
             let dir = std::path::PathBuf::from(format!("/{}", p.as_ref()));
             let _ = std::fs::remove_dir_all(dir);
+        } else if location.url.starts_with("hdfs://") {
+            // A delete of a directory on HDFS is non-recursive: it removes it only if empty.
+            // Deepest first, so the run directory goes last.
+            let mut dirs: Vec<Path> = dirs.into_iter().collect();
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.parts().count()));
+            for d in dirs {
+                if let Err(e) = location.store.delete(&d).await {
+                    tracing::warn!(
+                        "removing the emptied directory {d} of {}: {e}",
+                        location.url
+                    );
+                }
+            }
         }
     }
     Ok(())

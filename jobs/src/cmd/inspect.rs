@@ -4,7 +4,7 @@
 #[derive(clap::Args)]
 pub struct InspectArgs {
     /// A `.tfrecord[.gz|.zz]` or `.parquet` file, or a dataset directory (with `_manifest.json`);
-    /// a path or a file:// / s3:// URL.
+    /// a path or a file:// / s3:// / hdfs:// URL.
     pub path: String,
     /// How many records (rows) to print.
     #[arg(long, default_value_t = 10)]

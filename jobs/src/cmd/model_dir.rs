@@ -1,5 +1,5 @@
 //! Model directories by URL: a local path / `file://` URL is used in place; an object-store
-//! URL (`s3://bucket/prefix`) is trained into a local staging directory that rank 0 fills from
+//! URL (`s3://bucket/prefix`, `hdfs://namenode:port/path`) is trained into a local staging directory that rank 0 fills from
 //! the store on `--resume` and uploads when training ends, and is downloaded before
 //! `kiln predict` reads it.
 //!

@@ -12,13 +12,13 @@ use super::model_dir::{ModelDir, write_output};
 /// Arguments of `kiln predict`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PredictArgs {
-    /// Model directory written by `kiln train` (local path, file:// or s3:// URL).
+    /// Model directory written by `kiln train` (local path, file://, s3:// or hdfs:// URL).
     pub model_dir: String,
     /// Committed dataset to score (path or URL).
     #[arg(long)]
     pub input: String,
     /// Write predictions as CSV (`shard,row,label,logit,prediction`) to this path or URL
-    /// (file://, s3://).
+    /// (file://, s3://, hdfs://).
     #[arg(long)]
     pub output: Option<String>,
     /// Score only the rows of the model's held-out split (what the trainer evaluated).

@@ -30,7 +30,7 @@ pub struct TrainArgs {
     /// Start this many local worker processes (ranks 0..N-1).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Model directory: a local path, file:// or s3:// URL (object stores: trained in a local
+    /// Model directory: a local path, file://, s3:// or hdfs:// URL (stores: trained in a local
     /// staging directory and uploaded at the end). Default: <spec dir>/models/<job name>/<date>
     /// (with --config: ./models/<config file stem>/<date>).
     #[arg(long)]
