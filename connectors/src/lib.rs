@@ -13,6 +13,8 @@
 //! * [`store`]: object stores by URL (`file://`, paths, `s3://`), lexical path
 //!   [`store::normalize`] and the durable [`store::write_atomic`].
 //! * [`inspect`]: what `kiln inspect` prints.
+//! * [`stats`]: TFDV-style dataset statistics (KLL, HLL, frequent items), mergeable across
+//!   shards in bounded memory; `_stats.json`, TFDV protobuf export and drift.
 //! * [`kafka`]: Kafka topics through librdkafka: offset ranges bounded by record timestamps,
 //!   range readers and a keyed producer.
 //! * `sample` and `testing` (cargo feature `test-support`, for tests and benchmarks only):
@@ -63,6 +65,7 @@ pub mod manifest;
 #[cfg(feature = "test-support")]
 pub mod sample;
 pub mod shard;
+pub mod stats;
 pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
