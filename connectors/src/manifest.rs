@@ -317,6 +317,22 @@ pub struct ShardFile {
     pub key_min: Option<Value>,
     /// Largest key in the shard.
     pub key_max: Option<Value>,
+    /// The mergeable statistics of the shard's rows ([`crate::stats::DatasetStatsBuilder`],
+    /// base64), on one format's file per shard: carried from the shard writer (a Ballista
+    /// executor, maybe) to the commit, which merges them into `_stats.json`. Never written
+    /// to the manifest.
+    pub stats_state: Option<String>,
+}
+
+/// The dataset's statistics file (`run-<id>/_stats.json`), as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsFile {
+    /// Path relative to the dataset location.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
 }
 
 /// [`ShardFile`] as JSON: `compression` is a string whose meaning depends on `format`, so it
@@ -332,6 +348,8 @@ struct ShardFileJson {
     sha256: String,
     key_min: Option<Value>,
     key_max: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stats_state: Option<String>,
 }
 
 impl TryFrom<ShardFileJson> for ShardFile {
@@ -349,6 +367,7 @@ impl TryFrom<ShardFileJson> for ShardFile {
             sha256: j.sha256,
             key_min: j.key_min,
             key_max: j.key_max,
+            stats_state: j.stats_state,
         })
     }
 }
@@ -365,6 +384,7 @@ impl From<ShardFile> for ShardFileJson {
             sha256: s.sha256,
             key_min: s.key_min,
             key_max: s.key_max,
+            stats_state: s.stats_state,
         }
     }
 }
@@ -388,6 +408,10 @@ pub struct Manifest {
     pub shards: Vec<ShardFile>,
     /// Free-form provenance supplied by the caller (sources, offsets, spec hash, times, ...).
     pub lineage: Value,
+    /// Statistics of every column over all shards (`run-<id>/_stats.json`), when the shard
+    /// writers computed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsFile>,
 }
 
 impl Manifest {

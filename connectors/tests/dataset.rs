@@ -173,13 +173,21 @@ fn identical_input_gives_identical_bytes_and_manifest() {
     };
     let a = strip(&tmp.path().join("a"));
     let b = strip(&tmp.path().join("b"));
-    assert_eq!(a.len(), 6);
-    assert_eq!(a, b, "shard bytes differ between identical writes");
+    // 3 shards x 2 formats and the statistics.
+    assert_eq!(a.len(), 7);
+    assert!(a.contains_key("_stats.json"), "{:?}", a.keys());
+    assert_eq!(
+        a, b,
+        "shard or statistics bytes differ between identical writes"
+    );
     let norm = |m: &kiln_connectors::Manifest| {
         let mut m = m.clone();
         m.run_id = String::new();
         m.lineage = json!(null);
         for s in &mut m.shards {
+            s.path = s.path.split_once('/').unwrap().1.to_string();
+        }
+        for s in &mut m.stats {
             s.path = s.path.split_once('/').unwrap().1.to_string();
         }
         m.to_json_bytes()

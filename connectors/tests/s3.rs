@@ -110,8 +110,9 @@ fn dataset_on_s3_compatible_server() {
         w.write_blocking(&batches[0]).unwrap();
         w.finish_blocking(json!({})).unwrap();
         let names = list();
-        assert_eq!(count(&names, run), 4, "{names:?}");
-        assert_eq!(count(&names, kept), 4, "{names:?}");
+        // The shard files and `_stats.json`.
+        assert_eq!(count(&names, run), 5, "{names:?}");
+        assert_eq!(count(&names, kept), 5, "{names:?}");
         if let Some(gone) = gone {
             assert_eq!(count(&names, gone), 0, "{names:?}");
         }
@@ -254,6 +255,7 @@ fn failed_shard_writers_abort_their_multipart_uploads() {
         .map(|s| loc.child(&s.path).path.to_string())
         .collect();
     want.extend(["_SUCCESS", "_manifest.json"].map(|f| loc.child(f).path.to_string()));
+    want.extend(m.stats.iter().map(|s| loc.child(&s.path).path.to_string()));
     want.sort();
     let mut got = objects();
     got.sort();

@@ -25,6 +25,9 @@ enum Command {
     Features(cmd::features::FeaturesArgs),
     /// Print records of a TFRecord/Parquet file, or a dataset's manifest and first records.
     Inspect(cmd::inspect::InspectArgs),
+    /// A committed dataset's column statistics (computed while it was written) and, with
+    /// --baseline, its drift against another dataset.
+    Stats(cmd::stats::StatsArgs),
     /// Train the spec's model on a committed dataset, on one or several workers.
     Train(cmd::train::TrainArgs),
     /// Apply an exported model (and its saved feature transform) to a dataset.
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Gen(c) => cmd::r#gen::run(c),
         Command::Features(a) => cmd::features::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::Serve(a) => cmd::serve::run(a),

@@ -82,6 +82,17 @@ fn example_job_on_cluster_matches_local_run() {
     let sums = common::shard_sums(&cluster_url);
     assert_eq!(sums.len(), 32, "16 TFRecord + 16 Parquet shards");
     assert_eq!(sums, common::shard_sums(&local_url));
+    // Statistics merged from the executors' shard writers: the same bytes as the local run's.
+    let stats_sha = |url: &str| {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{url}_manifest.json")).unwrap())
+                .unwrap();
+        m["stats"]["sha256"]
+            .as_str()
+            .expect("statistics committed")
+            .to_string()
+    };
+    assert_eq!(stats_sha(&cluster_url), stats_sha(&local_url));
     assert_eq!(remote["outputs"][0]["rows"], local["outputs"][0]["rows"]);
     assert!(remote["outputs"][0]["rows"].as_u64().unwrap() > 1000);
 
@@ -105,7 +116,8 @@ fn example_job_on_cluster_matches_local_run() {
     let files = std::fs::read_dir(cluster_out.join("examples").join(&run))
         .unwrap()
         .count();
-    assert_eq!(files, 32, "no temporary or duplicate shard files");
+    // 16 shards x 2 formats and `_stats.json`.
+    assert_eq!(files, 33, "no temporary or duplicate shard files");
 
     // The shards were written by the executors' shard-writer tasks.
     let logs = cluster.logs();

@@ -174,6 +174,7 @@ pub async fn commit_dataset_with(
         }
         total_rows += rows[0];
     }
+    let stats = write_stats(location, run_id, &schema, &mut files).await?;
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         created_by: CREATED_BY.to_string(),
@@ -183,6 +184,7 @@ pub async fn commit_dataset_with(
         total_rows,
         shards: files.into_values().collect(),
         lineage,
+        stats,
     };
     if location.url.starts_with("file://") {
         remove_stray_local_files(location, run_id, &manifest);
@@ -201,6 +203,71 @@ pub async fn commit_dataset_with(
         tracing::warn!("committed {loc_url}, but deleting older runs failed: {e}");
     }
     Ok(manifest)
+}
+
+/// Merges the shards' statistics states in shard order (so the same shards give the same
+/// bytes) into `run-<id>/_stats.json`, takes the states off the shard files (they are not part
+/// of the manifest) and returns the file's entry. `None` when no shard carried a state (shards
+/// written by an older writer), and an error when only some did: statistics that silently
+/// covered part of the rows would look complete.
+async fn write_stats(
+    location: &Location,
+    run_id: &str,
+    schema: &SchemaRef,
+    files: &mut BTreeMap<(u32, ShardFormat), ShardFile>,
+) -> Result<Option<crate::manifest::StatsFile>> {
+    let mut states: BTreeMap<u32, String> = BTreeMap::new();
+    let mut without: Vec<u32> = Vec::new();
+    let mut indices = std::collections::BTreeSet::new();
+    for ((index, _), f) in files.iter_mut() {
+        indices.insert(*index);
+        if let Some(state) = f.stats_state.take() {
+            states.insert(*index, state);
+        }
+    }
+    for i in indices {
+        if !states.contains_key(&i) {
+            without.push(i);
+        }
+    }
+    if states.is_empty() {
+        return Ok(None);
+    }
+    if !without.is_empty() {
+        return Err(Error::dataset(
+            &location.url,
+            format!("cannot commit: shards {without:?} carry no statistics while the others do"),
+        ));
+    }
+    let mut merged = crate::stats::DatasetStatsBuilder::new(schema);
+    for (i, state) in &states {
+        let other = crate::stats::DatasetStatsBuilder::from_base64(schema, state)
+            .map_err(|e| Error::dataset(&location.url, format!("statistics of shard {i}: {e}")))?;
+        merged
+            .merge(&other)
+            .map_err(|e| Error::dataset(&location.url, format!("statistics of shard {i}: {e}")))?;
+    }
+    let bytes = merged
+        .finish()
+        .to_json()
+        .map_err(|e| Error::dataset(&location.url, format!("statistics: {e}")))?;
+    let path = format!("run-{run_id}/{}", crate::stats::STATS_FILE);
+    let target = location.child(&path);
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let size = bytes.len() as u64;
+    target
+        .store
+        .put(&target.path, PutPayload::from(bytes))
+        .await
+        .map_err(|e| Error::store(format!("writing {}", target.url), e))?;
+    Ok(Some(crate::manifest::StatsFile {
+        path,
+        bytes: size,
+        sha256,
+    }))
 }
 
 /// How often a commit re-reads the manifest after losing a race before giving up.
@@ -727,8 +794,12 @@ async fn break_stale(
 fn remove_stray_local_files(location: &Location, run_id: &str, manifest: &Manifest) {
     let dir = std::path::PathBuf::from(format!("/{}", location.path.as_ref()))
         .join(format!("run-{run_id}"));
-    let listed: std::collections::HashSet<&str> =
-        manifest.shards.iter().map(|s| s.path.as_str()).collect();
+    let listed: std::collections::HashSet<&str> = manifest
+        .shards
+        .iter()
+        .map(|s| s.path.as_str())
+        .chain(manifest.stats.iter().map(|s| s.path.as_str()))
+        .collect();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
@@ -753,7 +824,9 @@ async fn remove_stray_objects(location: &Location, run_id: &str, manifest: &Mani
     let listed: std::collections::HashSet<String> = manifest
         .shards
         .iter()
-        .map(|s| location.child(&s.path).path.to_string())
+        .map(|s| s.path.as_str())
+        .chain(manifest.stats.iter().map(|s| s.path.as_str()))
+        .map(|p| location.child(p).path.to_string())
         .collect();
     let objects: Vec<_> = run.store.list(Some(&run.path)).collect().await;
     for o in objects {

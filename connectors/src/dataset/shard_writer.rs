@@ -281,6 +281,8 @@ pub struct ShardWriter {
     key_idx: Option<usize>,
     rows: u64,
     keys: KeyStats,
+    /// Statistics of the rows written, for the dataset's `_stats.json`.
+    stats: crate::stats::DatasetStatsBuilder,
     tf: Option<TfOut>,
     pq: Option<PqOut>,
 }
@@ -358,6 +360,7 @@ impl ShardWriter {
                 }
             }
         }
+        let stats = crate::stats::DatasetStatsBuilder::new(&schema);
         Ok(ShardWriter {
             index,
             options: options.clone(),
@@ -365,6 +368,7 @@ impl ShardWriter {
             key_idx,
             rows: 0,
             keys: KeyStats::Empty,
+            stats,
             tf,
             pq,
         })
@@ -409,6 +413,7 @@ impl ShardWriter {
         if let Some(k) = self.key_idx {
             self.keys.update(batch.column(k).as_ref())?;
         }
+        self.stats.update(batch)?;
         if let Some(tf) = &mut self.tf {
             if let CompressWriter::None(buf) = &mut tf.z {
                 // Uncompressed: encode straight into the output buffer.
@@ -465,6 +470,7 @@ impl ShardWriter {
                 sha256: hex::encode(s.hasher.clone().finalize()),
                 key_min: key_min.clone(),
                 key_max: key_max.clone(),
+                stats_state: None,
             }
         };
         let mut tf_file = tf.map(|tf| {
@@ -483,12 +489,15 @@ impl ShardWriter {
                 &pq.state,
             )
         });
-        let mut out = Vec::new();
+        let mut out: Vec<ShardFile> = Vec::new();
         for f in &self.options.formats {
             match f {
                 ShardFormat::TfRecord => out.extend(tf_file.take()),
                 ShardFormat::Parquet => out.extend(pq_file.take()),
             }
+        }
+        if let Some(first) = out.first_mut() {
+            first.stats_state = Some(self.stats.to_base64());
         }
         Ok(out)
     }

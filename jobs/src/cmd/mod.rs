@@ -19,6 +19,7 @@ pub mod runs;
 pub mod schedule;
 pub mod scheduler;
 pub mod serve;
+pub mod stats;
 pub mod train;
 
 /// Logs go to stderr (`RUST_LOG` to tune; default `info`), so stdout stays machine-readable.
