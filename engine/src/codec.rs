@@ -263,6 +263,7 @@ mod tests {
             formats: vec![ShardFormat::TfRecord, ShardFormat::Parquet],
             tfrecord_compression: kiln_connectors::Compression::Gzip,
             parquet_compression: crate::spec::ParquetCodec::Zstd,
+            statistics: true,
         }
     }
 

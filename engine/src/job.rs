@@ -466,6 +466,7 @@ pub fn sink_spec(o: &OutputSpec, run_id: &str) -> Result<SinkSpec> {
         formats: o.formats.clone(),
         tfrecord_compression: o.tfrecord_compression,
         parquet_compression: o.parquet_compression,
+        statistics: o.statistics,
     })
 }
 

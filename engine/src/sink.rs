@@ -120,6 +120,9 @@ pub struct SinkSpec {
     pub tfrecord_compression: Compression,
     /// Parquet compression.
     pub parquet_compression: crate::spec::ParquetCodec,
+    /// Column statistics in the write pass (`_stats.json`).
+    #[serde(default = "crate::spec::default_true")]
+    pub statistics: bool,
 }
 
 impl SinkSpec {
@@ -131,6 +134,7 @@ impl SinkSpec {
             tfrecord_compression: self.tfrecord_compression,
             parquet_compression: self.parquet_compression.compression(),
             key_column: Some(self.key.clone()),
+            statistics: self.statistics,
             ..ShardOptions::default()
         })
     }
@@ -500,6 +504,7 @@ mod tests {
                     formats: vec![ShardFormat::Parquet],
                     tfrecord_compression: Compression::None,
                     parquet_compression: crate::spec::ParquetCodec::default(),
+                    statistics: true,
                 };
                 let input = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
                 let sink = Arc::new(ShardSinkExec::new(input, spec).unwrap());

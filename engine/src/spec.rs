@@ -254,7 +254,7 @@ impl Default for CsvOptions {
 fn default_delimiter() -> char {
     ','
 }
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 
@@ -322,6 +322,10 @@ pub struct OutputSpec {
     /// Parquet compression: none | snappy | zstd | gzip (default zstd).
     #[serde(default)]
     pub parquet_compression: ParquetCodec,
+    /// Column statistics computed while the shards are written, committed as
+    /// `_stats.json` (default true; `docs/validation.md`).
+    #[serde(default = "default_true")]
+    pub statistics: bool,
 }
 
 fn default_tfrecord_compression() -> kiln_connectors::Compression {

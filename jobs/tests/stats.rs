@@ -152,3 +152,43 @@ fn statistics_are_committed_with_the_dataset_and_match_its_rows() {
         "{err}"
     );
 }
+
+#[test]
+fn an_output_can_turn_statistics_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    common::gen_events(&events, 20_000, 3);
+    let spec = std::fs::read_to_string(common::example_spec())
+        .unwrap()
+        .replace(
+            "parquet_compression = \"zstd\"\n",
+            "parquet_compression = \"zstd\"\nstatistics = false\n",
+        );
+    let spec_path = common::example_spec().with_file_name("job-no-statistics-test.toml");
+    let spec_path = dir.path().join(spec_path.file_name().unwrap());
+    std::fs::write(&spec_path, spec).unwrap();
+    let out = dir.path().join("out");
+    common::kiln_ok(&[
+        "features",
+        spec_path.to_str().unwrap(),
+        "--date",
+        DATE,
+        "--source",
+        &format!("events={}", events.display()),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let dataset = format!("{}/examples", out.display());
+    assert!(manifest(&dataset).get("stats").is_none());
+    let run = std::fs::read_dir(&dataset)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        .unwrap()
+        .path();
+    assert!(!run.join("_stats.json").exists());
+    let out = common::kiln(&["stats", &dataset]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lists no statistics"), "{err}");
+}

@@ -25,6 +25,8 @@ pub struct ShardOptions {
     pub encode: EncodeOptions,
     /// Maximum rows per Parquet row group (default 1,048,576).
     pub parquet_row_group_rows: usize,
+    /// Compute column statistics of the written rows for `_stats.json` (default true).
+    pub statistics: bool,
 }
 
 impl Default for ShardOptions {
@@ -37,6 +39,7 @@ impl Default for ShardOptions {
             key_column: None,
             encode: EncodeOptions::default(),
             parquet_row_group_rows: 1 << 20,
+            statistics: true,
         }
     }
 }

@@ -281,8 +281,9 @@ pub struct ShardWriter {
     key_idx: Option<usize>,
     rows: u64,
     keys: KeyStats,
-    /// Statistics of the rows written, for the dataset's `_stats.json`.
-    stats: crate::stats::DatasetStatsBuilder,
+    /// Statistics of the rows written, for the dataset's `_stats.json` (unless the options
+    /// turned them off).
+    stats: Option<crate::stats::DatasetStatsBuilder>,
     tf: Option<TfOut>,
     pq: Option<PqOut>,
 }
@@ -360,7 +361,9 @@ impl ShardWriter {
                 }
             }
         }
-        let stats = crate::stats::DatasetStatsBuilder::new(&schema);
+        let stats = options
+            .statistics
+            .then(|| crate::stats::DatasetStatsBuilder::new(&schema));
         Ok(ShardWriter {
             index,
             options: options.clone(),
@@ -413,7 +416,9 @@ impl ShardWriter {
         if let Some(k) = self.key_idx {
             self.keys.update(batch.column(k).as_ref())?;
         }
-        self.stats.update(batch)?;
+        if let Some(stats) = &mut self.stats {
+            stats.update(batch)?;
+        }
         if let Some(tf) = &mut self.tf {
             if let CompressWriter::None(buf) = &mut tf.z {
                 // Uncompressed: encode straight into the output buffer.
@@ -497,7 +502,7 @@ impl ShardWriter {
             }
         }
         if let Some(first) = out.first_mut() {
-            first.stats_state = Some(self.stats.to_base64());
+            first.stats_state = self.stats.as_ref().map(|s| s.to_base64());
         }
         Ok(out)
     }

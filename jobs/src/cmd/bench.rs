@@ -289,6 +289,15 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     }
     let full_spec = work.join("job-full.toml");
     std::fs::write(&full_spec, &spec_text)?;
+    // The statistics' cost: the full job without them.
+    let no_stats_spec = work.join("job-full-no-statistics.toml");
+    std::fs::write(
+        &no_stats_spec,
+        spec_text.replace(
+            "parquet_compression = \"zstd\"\n",
+            "parquet_compression = \"zstd\"\nstatistics = false\n",
+        ),
+    )?;
     let mut results = Vec::new();
     let cluster = if a.cluster {
         Some(super::local_cluster::LocalCluster::start(
@@ -301,6 +310,11 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     let mut variants = vec![
         ("parquet".to_string(), &parquet_spec, None),
         ("tfrecord_gzip+parquet".to_string(), &full_spec, None),
+        (
+            "tfrecord_gzip+parquet, no statistics".to_string(),
+            &no_stats_spec,
+            None,
+        ),
     ];
     if let Some(c) = &cluster {
         variants.push((
@@ -359,8 +373,33 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
             "peak_rss_bytes": peak,
         }));
     }
+    let best = |name: &str| {
+        results.iter().find(|r| r["variant"] == name).map(|r| {
+            (
+                r["best_seconds"].as_f64().unwrap_or(0.0),
+                r["peak_rss_bytes"].as_u64().unwrap_or(0),
+            )
+        })
+    };
+    let statistics_cost = match (
+        best("tfrecord_gzip+parquet"),
+        best("tfrecord_gzip+parquet, no statistics"),
+    ) {
+        (Some((with, rss_with)), Some((without, rss_without))) if without > 0.0 => {
+            Some(serde_json::json!({
+                "seconds_with": with,
+                "seconds_without": without,
+                "wall_time_increase": with / without - 1.0,
+                "peak_rss_increase_bytes": rss_with as i64 - rss_without as i64,
+            }))
+        }
+        _ => None,
+    };
     if a.json {
-        println!("{}", serde_json::json!({ "features": results }));
+        println!(
+            "{}",
+            serde_json::json!({ "features": results, "statistics_cost": statistics_cost })
+        );
     } else {
         println!(
             "example job on {} events (9 days), run date 2026-11-20, {} cores",
@@ -381,6 +420,13 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
                 r["input_rows_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
                 super::human_bytes(r["peak_rss_bytes"].as_u64().unwrap_or(0)),
                 r["output_rows"]
+            );
+        }
+        if let Some(c) = &statistics_cost {
+            println!(
+                "  statistics in the write pass: {:+.1}% wall time (best vs best), peak RSS {:+.0} MiB",
+                100.0 * c["wall_time_increase"].as_f64().unwrap_or(0.0),
+                c["peak_rss_increase_bytes"].as_i64().unwrap_or(0) as f64 / (1 << 20) as f64
             );
         }
     }
