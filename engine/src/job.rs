@@ -390,8 +390,22 @@ async fn run_features_once(
         inputs,
         ledger,
     } = planned;
+    // Kafka sources of a local run: read once into local Parquet, which every statement then
+    // scans (the example job scans `events` five times; each scan of the topic would fetch and
+    // decode every record again). Statements are re-planned against the staged tables.
+    let staged = match mode {
+        Mode::Local => {
+            let spill = spec
+                .engine
+                .spill_dir
+                .as_ref()
+                .map(|d| spec.base_dir().join(d));
+            crate::kafka::stage_local(&ctx, &job, spill.as_deref()).await?
+        }
+        Mode::Cluster(_) => Vec::new(),
+    };
     // Materialised statements: compute once, then re-plan the rest against the cached table.
-    if job.features.iter().any(|f| f.materialize) {
+    if !staged.is_empty() || job.features.iter().any(|f| f.materialize) {
         for f in &job.features {
             let df = plan_statement(&ctx, spec, &f.name, &f.sql).await?;
             ctx.deregister_table(f.name.as_str())?;
