@@ -22,8 +22,11 @@ Runs Kiln's whole test suite, installing what it needs on the way:
                      for the HDFS tests (KILN_TEST_HDFS), the same way
   promtool           Debian's prometheus (apt-get, if promtool is missing): promtool checks
                      the --metrics-textfile output (TensorBoard, in the venv, the event files)
+  browser            Debian's chromium, nodejs and npm (apt-get, if missing) and npm's
+                     playwright-core in $KILN_CACHE/node: the `kiln ui` pages in a browser
   build              pkg-config and libssl-dev (apt-get) if OpenSSL's headers are missing
-                     (librdkafka's TLS), then cargo test --workspace --locked --no-run
+                     (librdkafka's TLS), protobuf-compiler if protoc is (the Spark Connect
+                     protos), then cargo test --workspace --locked --no-run
                      cargo build --workspace --locked --examples
   unit tests         cargo test --workspace --locked --no-fail-fast --lib --bins
   integration tests  cargo test --workspace --locked --no-fail-fast --test '*'
@@ -45,8 +48,9 @@ Options:
   -h, --help  this help
 
 Environment:
-  KILN_CACHE        caches kept outside the clone (default ~/.cache/kiln): venv/, target/
-                    and maven/ (the Maven repository and the Kafka and HDFS jars)
+  KILN_CACHE        caches kept outside the clone (default ~/.cache/kiln): venv/, target/,
+                    maven/ (the Maven repository and the Kafka and HDFS jars) and node/
+                    (playwright-core)
   CARGO_TARGET_DIR  the build cache (default $KILN_CACHE/target, the same as .ci/run's)
   CI=true           a tool that is missing and cannot be installed is a failure, never a skip
 EOF
@@ -83,6 +87,8 @@ source scripts/lib/java.sh
 source scripts/lib/kafka.sh
 # shellcheck source=scripts/lib/hdfs.sh
 source scripts/lib/hdfs.sh
+# shellcheck source=scripts/lib/browser.sh
+source scripts/lib/browser.sh
 
 ci=false
 if [ "${CI:-}" = true ]; then ci=true; fi
@@ -366,6 +372,16 @@ else
     2) missing promtool "no apt-get, or not root and no passwordless sudo" ;;
     *) abort "apt-get install prometheus failed" ;;
   esac
+
+  # chromium and playwright-core drive the `kiln ui` pages (jobs/tests/ui.rs).
+  phase "browser"
+  rc=0
+  kiln_browser_install || rc=$?
+  case $rc in
+    0) phase_done "$kiln_browser_note" ;;
+    2) missing browser "chromium, node or npm missing: no apt-get, or not root and no passwordless sudo" ;;
+    *) abort "installing chromium or playwright-core failed" ;;
+  esac
 fi
 
 phase "build"
@@ -373,7 +389,7 @@ rc=0
 kiln_build_deps || rc=$?
 case $rc in
   0) ;;
-  2) abort "OpenSSL's development files (libssl-dev, pkg-config) are missing and cannot be installed here (no apt-get, or not root and no passwordless sudo)" ;;
+  2) abort "OpenSSL's development files (libssl-dev, pkg-config) or protoc (protobuf-compiler) are missing and cannot be installed here (no apt-get, or not root and no passwordless sudo)" ;;
   *) abort "apt-get install pkg-config libssl-dev failed" ;;
 esac
 cargo test --workspace --locked --no-run || abort "cargo test --no-run failed"

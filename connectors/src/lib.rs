@@ -65,6 +65,7 @@ pub mod manifest;
 #[cfg(feature = "test-support")]
 pub mod sample;
 pub mod shard;
+pub mod spark;
 pub mod stats;
 pub mod store;
 #[cfg(feature = "test-support")]

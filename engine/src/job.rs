@@ -62,6 +62,9 @@ pub struct OutputReport {
     pub formats: Vec<String>,
     /// Total bytes of all shard files.
     pub bytes: u64,
+    /// The Spark table partition this run was registered as (`spark_table`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spark: Option<crate::spark::SparkRegistration>,
 }
 
 /// Where a feature job runs.
@@ -72,6 +75,9 @@ pub enum Mode {
     Local,
     /// On the Ballista cluster whose scheduler is at `df://HOST:PORT`.
     Cluster(String),
+    /// The feature SQL on the Spark Connect server at `sc://HOST:PORT` (temporary views in
+    /// one session); each output streams back into this process's shard writers.
+    Spark(String),
 }
 
 /// Builds the local DataFusion session for a spec's `[engine]` settings.
@@ -99,7 +105,7 @@ pub fn session(spec: &JobSpec) -> Result<SessionContext> {
 /// bring their own memory pools, spill directories and object store credentials).
 pub async fn session_for(spec: &JobSpec, mode: &Mode, date: NaiveDate) -> Result<SessionContext> {
     match mode {
-        Mode::Local => session(spec),
+        Mode::Local | Mode::Spark(_) => session(spec),
         Mode::Cluster(url) => {
             memory_limit(spec)?;
             let name = format!("kiln {} {date}", spec.name);
@@ -226,8 +232,15 @@ pub async fn plan_job_on(
     mode: &Mode,
 ) -> Result<PlannedJob> {
     let job = spec.render(date, overrides)?;
-    if let Mode::Cluster(url) = mode {
-        check_cluster_support(spec, &job, url)?;
+    match mode {
+        Mode::Cluster(url) => check_cluster_support(spec, &job, url)?,
+        Mode::Spark(url) => crate::spark::check_engine_support(
+            &job,
+            kiln_connectors::spark::SparkAddress::parse(url)
+                .map_err(|e| EngineError::Spark(e.to_string()))?
+                .redacted(),
+        )?,
+        Mode::Local => {}
     }
     let ctx = session_for(spec, mode, date).await?;
     let ledger = Arc::new(BadRowLedger::new(spec.on_bad_rows));
@@ -400,12 +413,15 @@ async fn run_features_once(
                 .spill_dir
                 .as_ref()
                 .map(|d| spec.base_dir().join(d));
-            crate::kafka::stage_local(&ctx, &job, spill.as_deref()).await?
+            crate::sources::stage_local(&ctx, &job, spill.as_deref()).await?
         }
-        Mode::Cluster(_) => Vec::new(),
+        Mode::Cluster(_) | Mode::Spark(_) => Vec::new(),
     };
-    // Materialised statements: compute once, then re-plan the rest against the cached table.
-    if !staged.is_empty() || job.features.iter().any(|f| f.materialize) {
+    // Materialised statements: compute once, then re-plan the rest against the cached table
+    // (on Spark, `CACHE TABLE` does it there).
+    let materialize_here =
+        job.features.iter().any(|f| f.materialize) && !matches!(mode, Mode::Spark(_));
+    if !staged.is_empty() || materialize_here {
         for f in &job.features {
             let df = plan_statement(&ctx, spec, &f.name, &f.sql).await?;
             ctx.deregister_table(f.name.as_str())?;
@@ -416,8 +432,18 @@ async fn run_features_once(
             }
         }
     }
+    // --engine sc://: the sources and statements become views of one Spark session, and
+    // each output reads its statement from there.
+    let spark = match mode {
+        Mode::Spark(url) => {
+            let session = Arc::new(crate::spark::open_session(url, None).await?);
+            crate::spark::create_views(&session, &job).await?;
+            Some(session)
+        }
+        _ => None,
+    };
     let run_id = kiln_connectors::dataset::new_run_id();
-    let lineage_base = json!({
+    let mut lineage_base = json!({
         "job": spec.name,
         "date": date.to_string(),
         "spec_path": spec.path.display().to_string(),
@@ -426,12 +452,25 @@ async fn run_features_once(
         "run_id": run_id,
         "inputs": inputs,
     });
+    if let Some(session) = &spark {
+        lineage_base["engine"] = json!({
+            "spark": session.address().redacted(),
+            "spark_version": session.version(),
+        });
+    }
     // Every output's shards first; then the row accounting and the rejects file; only then
     // the commits, so a crash or a failed check never leaves a committed dataset whose bad
     // rows were not recorded.
     let mut written = Vec::new();
     for o in &job.outputs {
-        let df = ctx.table(o.statement.as_str()).await?;
+        let df = match &spark {
+            Some(session) => {
+                let name = format!("__kiln_spark_output_{}", o.statement);
+                crate::spark::register_output_stream(&ctx, session, &o.statement, &name).await?;
+                ctx.table(name.as_str()).await?
+            }
+            None => ctx.table(o.statement.as_str()).await?,
+        };
         written.push(write_shards(&ctx, df, o, &run_id).await?);
     }
     let counts = ledger.counts();
@@ -446,7 +485,11 @@ async fn run_features_once(
     let rejects_file = write_rejects(&ctx, &job, &ledger).await?;
     let mut outputs = Vec::new();
     for (o, w) in job.outputs.iter().zip(written) {
-        let (manifest, report) = commit_output(o, w, &run_id, &lineage_base, &counts).await?;
+        let (manifest, mut report) = commit_output(o, w, &run_id, &lineage_base, &counts).await?;
+        if o.spark_table.is_some() {
+            report.spark =
+                Some(crate::spark::register_output_partition(o, &manifest, &run_id, date).await?);
+        }
         tracing::info!(
             statement = %o.statement,
             rows = manifest.total_rows,
@@ -568,6 +611,7 @@ async fn commit_output(
         shards: o.shards,
         formats: o.formats.iter().map(|f| f.to_string()).collect(),
         bytes: manifest.shards.iter().map(|s| s.bytes).sum(),
+        spark: None,
     };
     Ok((manifest, report))
 }

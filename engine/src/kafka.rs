@@ -61,58 +61,6 @@ pub fn metadata_fields() -> Vec<Field> {
     ]
 }
 
-/// Reads every Kafka source of a local run once into Parquet files in a temporary directory
-/// (under `spill_dir` when set) and replaces the source's table with them, so that the
-/// statements that scan it several times read local files instead of the topic again. The
-/// bad-row accounting happens during this one read. Returns the directories, removed when
-/// dropped: keep them until the run ends.
-pub async fn stage_local(
-    ctx: &datafusion::prelude::SessionContext,
-    job: &crate::spec::RenderedJob,
-    spill_dir: Option<&std::path::Path>,
-) -> crate::Result<Vec<tempfile::TempDir>> {
-    use datafusion::dataframe::DataFrameWriteOptions;
-    use datafusion::prelude::ParquetReadOptions;
-    let mut staged = Vec::new();
-    for source in job
-        .sources
-        .iter()
-        .filter(|s| s.format == crate::spec::SourceFormat::Kafka)
-    {
-        let fail = |what: &str, e: crate::BoxError| {
-            crate::EngineError::source_failed(&source.name, what, e)
-        };
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("kiln-kafka-");
-        let dir = match spill_dir {
-            Some(d) => builder.tempdir_in(d),
-            None => builder.tempdir(),
-        }
-        .map_err(|e| fail("creating a staging directory", e.into()))?;
-        let df = ctx.table(source.name.as_str()).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let url = format!("{}/", dir.path().display());
-        df.write_parquet(&url, DataFrameWriteOptions::new(), None)
-            .await
-            .map_err(|e| fail("reading the topic into the staging directory", e.into()))?;
-        ctx.deregister_table(source.name.as_str())?;
-        let written = std::fs::read_dir(dir.path())
-            .map_err(|e| fail("listing the staging directory", e.into()))?
-            .count();
-        if written == 0 {
-            let empty = datafusion::datasource::empty::EmptyTable::new(schema);
-            ctx.register_table(source.name.as_str(), Arc::new(empty))?;
-        } else {
-            let options = ParquetReadOptions::default().schema(&schema);
-            ctx.register_parquet(source.name.as_str(), &url, options)
-                .await
-                .map_err(|e| fail("registering the staged records", e.into()))?;
-        }
-        staged.push(dir);
-    }
-    Ok(staged)
-}
-
 /// What a run read from a Kafka source (in the manifest's lineage, under the source).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KafkaLineage {

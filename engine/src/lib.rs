@@ -18,6 +18,7 @@ pub mod retry;
 pub mod schema;
 pub mod sink;
 pub mod sources;
+pub mod spark;
 pub mod spec;
 pub mod stores;
 pub mod template;
@@ -45,6 +46,10 @@ pub enum EngineError {
         #[source]
         cause: Option<BoxError>,
     },
+    /// A Spark Connect call or result failed (the message names the URL, without its token,
+    /// and carries Spark's own message).
+    #[error("{0}")]
+    Spark(String),
     /// A malformed input row under `on_bad_rows = "fail"`.
     #[error("{file}:{line}: {message}")]
     BadRow {

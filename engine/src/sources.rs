@@ -55,6 +55,9 @@ pub struct SourceLineage {
     /// A Kafka source's window and offset ranges.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<crate::kafka::KafkaLineage>,
+    /// A Spark source's URL (without token), table or query, mode and Spark version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spark: Option<crate::spark::SparkLineage>,
 }
 
 /// Registers every source of `job` in `ctx` and returns their lineage.
@@ -67,6 +70,10 @@ pub async fn register_sources(
     for source in &job.sources {
         if source.format == SourceFormat::Kafka {
             lineage.push(register_kafka(ctx, job, source, text_counters).await?);
+            continue;
+        }
+        if source.format == SourceFormat::Spark {
+            lineage.push(crate::spark::register_spark_source(ctx, job, source).await?);
             continue;
         }
         let (store, root) = crate::stores::store_for(ctx, &source.url)?;
@@ -84,13 +91,14 @@ pub async fn register_sources(
             partitions: partitions.iter().map(|(_, v)| v.clone()).collect(),
             files,
             kafka: None,
+            spark: None,
         });
     }
     Ok(lineage)
 }
 
 /// The `(column, value)` partitions a source reads for `date` (empty: the whole root).
-fn selected_partitions(source: &SourceSpec, date: NaiveDate) -> Vec<(String, String)> {
+pub(crate) fn selected_partitions(source: &SourceSpec, date: NaiveDate) -> Vec<(String, String)> {
     match (&source.partition_column, source.days) {
         // Offsets are bounded when the spec is loaded; a date past chrono's range is skipped
         // only in theory (±3660 days of a real run date never is).
@@ -107,7 +115,7 @@ fn file_extension(format: SourceFormat) -> &'static str {
         SourceFormat::Parquet => ".parquet",
         SourceFormat::Csv => ".csv",
         SourceFormat::Jsonl => ".jsonl",
-        SourceFormat::Kafka => "",
+        SourceFormat::Kafka | SourceFormat::Spark => "",
     }
 }
 
@@ -392,6 +400,7 @@ async fn register_kafka(
         format: source.format.as_str().to_string(),
         partitions: Vec::new(),
         files: Vec::new(),
+        spark: None,
         kafka: Some(crate::kafka::KafkaLineage {
             bootstrap: address.bootstrap,
             topic: address.topic,
@@ -404,8 +413,67 @@ async fn register_kafka(
     })
 }
 
+/// Reads every streamed source of a local run (Kafka topics, Spark sources with
+/// `read = "arrow"`) once into Parquet files in a temporary directory (under `spill_dir` when
+/// set) and replaces the source's table with them, so that the statements that scan it
+/// several times read local files instead of asking the topic or Spark again. A Kafka
+/// source's bad-row accounting happens during this one read. Returns the directories, removed
+/// when dropped: keep them until the run ends.
+pub async fn stage_local(
+    ctx: &datafusion::prelude::SessionContext,
+    job: &crate::spec::RenderedJob,
+    spill_dir: Option<&std::path::Path>,
+) -> crate::Result<Vec<tempfile::TempDir>> {
+    use datafusion::dataframe::DataFrameWriteOptions;
+    use datafusion::prelude::ParquetReadOptions;
+    let mut staged = Vec::new();
+    for source in job.sources.iter().filter(|s| is_streamed(s)) {
+        let fail = |what: &str, e: crate::BoxError| {
+            crate::EngineError::source_failed(&source.name, what, e)
+        };
+        let mut builder = tempfile::Builder::new();
+        let prefix = format!("kiln-{}-", source.format.as_str());
+        builder.prefix(&prefix);
+        let dir = match spill_dir {
+            Some(d) => builder.tempdir_in(d),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| fail("creating a staging directory", e.into()))?;
+        let df = ctx.table(source.name.as_str()).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let url = format!("{}/", dir.path().display());
+        df.write_parquet(&url, DataFrameWriteOptions::new(), None)
+            .await
+            .map_err(|e| fail("reading the source into the staging directory", e.into()))?;
+        ctx.deregister_table(source.name.as_str())?;
+        let written = std::fs::read_dir(dir.path())
+            .map_err(|e| fail("listing the staging directory", e.into()))?
+            .count();
+        if written == 0 {
+            let empty = datafusion::datasource::empty::EmptyTable::new(schema);
+            ctx.register_table(source.name.as_str(), Arc::new(empty))?;
+        } else {
+            let options = ParquetReadOptions::default().schema(&schema);
+            ctx.register_parquet(source.name.as_str(), &url, options)
+                .await
+                .map_err(|e| fail("registering the staged records", e.into()))?;
+        }
+        staged.push(dir);
+    }
+    Ok(staged)
+}
+
+/// Whether a source is streamed from a remote system (and staged once by local runs).
+fn is_streamed(source: &crate::spec::SourceSpec) -> bool {
+    match source.format {
+        crate::spec::SourceFormat::Kafka => true,
+        crate::spec::SourceFormat::Spark => source.spark.read == crate::spec::SparkRead::Arrow,
+        _ => false,
+    }
+}
+
 /// `.../dt=2026-11-21/part-0.csv` -> `2026-11-21` for column `dt`.
-fn partition_value_of(url: &str, column: &str) -> Option<String> {
+pub(crate) fn partition_value_of(url: &str, column: &str) -> Option<String> {
     let key = format!("{column}=");
     url.split('/')
         .find_map(|seg| seg.strip_prefix(&key))

@@ -39,9 +39,12 @@ pub enum UrlError {
     /// A `kafka://` URL that does not parse.
     #[error("{0}")]
     Kafka(String),
+    /// An `sc://` (Spark Connect) URL that does not parse.
+    #[error("{0}")]
+    Spark(String),
     /// A scheme Kiln cannot read or write.
     #[error(
-        "`{url}`: unsupported scheme `{scheme}` (expected file://, s3://, hdfs:// or kafka://)"
+        "`{url}`: unsupported scheme `{scheme}` (expected file://, s3://, hdfs://, kafka:// or sc://)"
     )]
     UnsupportedScheme {
         /// The URL.
@@ -134,6 +137,9 @@ pub enum SourceFormat {
     /// An Apache Kafka topic (`kafka://HOST:PORT[,...]/TOPIC`), bounded by `days` through
     /// record timestamps; options under `[sources.kafka]`.
     Kafka,
+    /// A Spark table or query through Spark Connect (`sc://HOST:PORT`); options under
+    /// `[sources.spark]`.
+    Spark,
 }
 
 impl SourceFormat {
@@ -144,6 +150,7 @@ impl SourceFormat {
             SourceFormat::Jsonl => "jsonl",
             SourceFormat::Parquet => "parquet",
             SourceFormat::Kafka => "kafka",
+            SourceFormat::Spark => "spark",
         }
     }
 }
@@ -176,6 +183,51 @@ pub struct SourceSpec {
     /// Kafka options (format `kafka`).
     #[serde(default)]
     pub kafka: KafkaOptions,
+    /// Spark options (format `spark`).
+    #[serde(default)]
+    pub spark: SparkOptions,
+}
+
+/// How a Spark source's rows reach Kiln.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SparkRead {
+    /// Spark runs the query and streams its result as Arrow batches.
+    #[default]
+    Arrow,
+    /// Spark names the table's files (`inputFiles`) and Kiln reads them itself: no data
+    /// through the Spark driver.
+    Files,
+}
+
+impl SparkRead {
+    /// The mode's name in specs and lineage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SparkRead::Arrow => "arrow",
+            SparkRead::Files => "files",
+        }
+    }
+}
+
+/// Options of a Spark source (`[sources.spark]`): exactly one of `table` and `query`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkOptions {
+    /// A table of Spark's catalog (`db.events`); `partition_column` and `days` become a filter
+    /// Spark pushes down.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A Spark SQL query (templated, e.g. `WHERE dt = '{{ ds }}'`), instead of `table`.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// `arrow` (default) or `files` (`table` only).
+    #[serde(default)]
+    pub read: SparkRead,
+    /// Bound, in seconds, on each call that must answer before data flows (connecting, the
+    /// schema, the file list); default 30.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
 }
 
 /// How a Kafka record's value is read.
@@ -326,6 +378,24 @@ pub struct OutputSpec {
     /// `_stats.json` (default true; `docs/validation.md`).
     #[serde(default = "default_true")]
     pub statistics: bool,
+    /// After each commit, register the run's Parquet shards as partition
+    /// `spark_partition_column = <run date>` of this Spark table (`[catalog.][db.]table`,
+    /// created as an external Parquet table if missing), through Spark Connect at `spark_url`.
+    #[serde(default)]
+    pub spark_table: Option<String>,
+    /// The Spark Connect URL (`sc://HOST:PORT`) for `spark_table`.
+    #[serde(default)]
+    pub spark_url: Option<String>,
+    /// The partition column of `spark_table` (default `dt`).
+    #[serde(default)]
+    pub spark_partition_column: Option<String>,
+}
+
+impl OutputSpec {
+    /// The partition column of `spark_table`.
+    pub fn spark_partition_column(&self) -> &str {
+        self.spark_partition_column.as_deref().unwrap_or("dt")
+    }
 }
 
 fn default_tfrecord_compression() -> kiln_connectors::Compression {
@@ -423,6 +493,90 @@ impl JobSpec {
             .unwrap_or_else(|| PathBuf::from("."))
     }
 
+    fn check_spark_source(&self, s: &SourceSpec) -> Result<(), SpecError> {
+        let err = |m: &str| self.error(format!("source `{}`: {m}", s.name));
+        match (&s.spark.table, &s.spark.query) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(err(
+                    "a spark source names exactly one of spark.table (a table of Spark's \
+                     catalog) and spark.query (Spark SQL)",
+                ));
+            }
+            (Some(table), None) => {
+                let parts: Vec<&str> = table.split('.').collect();
+                if parts.len() > 3 || parts.iter().any(|p| check_identifier(p).is_err()) {
+                    return Err(err(&format!(
+                        "spark.table `{table}` is not a table name ([catalog.][db.]table of \
+                         SQL identifiers)"
+                    )));
+                }
+            }
+            (None, Some(_)) => {
+                if s.spark.read == SparkRead::Files {
+                    return Err(err(
+                        "spark.read = \"files\" reads a table's files: name spark.table, or \
+                         use read = \"arrow\" for a query",
+                    ));
+                }
+                if s.partition_column.is_some() || s.days.is_some() {
+                    return Err(err(
+                        "a spark.query selects its own rows: put the date filter in the query \
+                         (`WHERE dt = '{{ ds }}'`) instead of partition_column/days",
+                    ));
+                }
+            }
+        }
+        if s.days.is_some() != s.partition_column.is_some() {
+            return Err(err(
+                "partition_column and days go together on a spark table (e.g. \"dt\" and \
+                 [-7, 1])",
+            ));
+        }
+        if s.spark
+            .timeout_secs
+            .is_some_and(|t| !(t > 0.0 && t.is_finite()))
+        {
+            return Err(err(
+                "spark.timeout_secs must be a positive number of seconds",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_spark_table(&self, o: &OutputSpec) -> Result<(), SpecError> {
+        let err = |m: String| self.error(format!("outputs `{}`: {m}", o.statement));
+        let Some(table) = &o.spark_table else {
+            if o.spark_url.is_some() || o.spark_partition_column.is_some() {
+                return Err(err(
+                    "spark_url and spark_partition_column only go with spark_table".into(),
+                ));
+            }
+            return Ok(());
+        };
+        let parts: Vec<&str> = table.split('.').collect();
+        if parts.len() > 3 || parts.iter().any(|p| check_identifier(p).is_err()) {
+            return Err(err(format!(
+                "spark_table `{table}` is not a table name ([catalog.][db.]table of SQL \
+                 identifiers)"
+            )));
+        }
+        check_identifier(o.spark_partition_column())
+            .map_err(|e| err(format!("spark_partition_column: {e}")))?;
+        let Some(url) = &o.spark_url else {
+            return Err(err(format!(
+                "spark_table `{table}` needs spark_url = \"sc://HOST:PORT\" (the Spark \
+                 Connect server that registers the partitions)"
+            )));
+        };
+        kiln_connectors::spark::SparkAddress::parse(url).map_err(|e| err(e.to_string()))?;
+        if !o.formats.contains(&kiln_connectors::ShardFormat::Parquet) {
+            return Err(err(format!(
+                "spark_table `{table}` registers the Parquet shards: add \"parquet\" to formats"
+            )));
+        }
+        Ok(())
+    }
+
     fn check_names(&self) -> Result<(), SpecError> {
         let mut names = BTreeSet::new();
         for s in &self.sources {
@@ -434,7 +588,7 @@ impl JobSpec {
             let needs_schema = match s.format {
                 SourceFormat::Csv | SourceFormat::Jsonl => true,
                 SourceFormat::Kafka => s.kafka.value_format == ValueFormat::Json,
-                SourceFormat::Parquet => false,
+                SourceFormat::Parquet | SourceFormat::Spark => false,
             };
             if needs_schema && s.schema.is_none() {
                 return Err(self.error(format!(
@@ -500,6 +654,8 @@ impl JobSpec {
                         s.name
                     )));
                 }
+            } else if s.format == SourceFormat::Spark {
+                self.check_spark_source(s)?;
             } else if s.days.is_some() && s.partition_column.is_none() {
                 return Err(self.error(format!(
                     "source `{}`: `days` needs `partition_column` (e.g. \"dt\")",
@@ -549,6 +705,7 @@ impl JobSpec {
                     o.statement
                 )));
             }
+            self.check_spark_table(o)?;
         }
         if self.on_bad_rows == BadRowPolicy::Reject && self.rejects_location.is_none() {
             return Err(self.error("on_bad_rows = \"reject\" needs `rejects_location`"));
@@ -587,6 +744,21 @@ impl JobSpec {
             s.url = self
                 .absolute_url(&url)
                 .map_err(|e| self.error_caused(format!("source `{}` url", s.name), e))?;
+            let is_spark_url = s.url.starts_with("sc://");
+            if is_spark_url != (s.format == SourceFormat::Spark) {
+                return Err(self.error(format!(
+                    "source `{}`: url {} does not fit format {} (spark sources, and only they, \
+                     have sc:// URLs)",
+                    s.name,
+                    kiln_connectors::spark::SparkAddress::parse(&s.url)
+                        .map(|a| a.redacted().to_string())
+                        .unwrap_or_else(|_| s.url.clone()),
+                    s.format.as_str()
+                )));
+            }
+            if let Some(q) = &s.spark.query {
+                s.spark.query = Some(render(&format!("source `{}` spark.query", s.name), q)?);
+            }
             let is_kafka_url = s.url.starts_with("kafka://");
             if is_kafka_url != (s.format == SourceFormat::Kafka) {
                 if !is_kafka_url || s.schema.is_none() {
@@ -677,6 +849,11 @@ pub fn absolute_url(url: &str, base: &Path) -> Result<String, UrlError> {
             "kafka" => kiln_connectors::kafka::KafkaAddress::parse(url)
                 .map(|a| a.url())
                 .map_err(|e| UrlError::Kafka(e.to_string())),
+            // Kept as given (its token, if any, is needed to connect); lineage and messages
+            // use the redacted form.
+            "sc" => kiln_connectors::spark::SparkAddress::parse(url)
+                .map(|_| url.to_string())
+                .map_err(|e| UrlError::Spark(e.to_string())),
             other => Err(UrlError::UnsupportedScheme {
                 url: url.to_string(),
                 scheme: other.to_string(),

@@ -6,7 +6,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 date="${1:-2026-11-20}"
-# librdkafka (Kafka sources) links the system OpenSSL: its headers are installed if missing.
+# librdkafka (Kafka sources) links the system OpenSSL and the Spark Connect protos are compiled
+# with protoc: both are installed if missing.
 # shellcheck source=../../scripts/lib/apt.sh
 source "$root/scripts/lib/apt.sh"
 # shellcheck source=../../scripts/lib/build_deps.sh

@@ -46,13 +46,24 @@ enum Command {
     /// Records of pipeline runs (`kiln runs list|show`).
     #[command(subcommand)]
     Runs(cmd::runs::RunsCommand),
-    /// The model repository (`kiln models list|show|promote|rollback|verify`).
+    /// The model repository, local or on s3:// / hdfs:// (`kiln models list|show|promote|rollback|verify|prune`).
     #[command(subcommand)]
     Models(cmd::models::ModelsCommand),
     /// The daily pipeline for each date of a range, in order, skipping dates already done.
     Backfill(cmd::backfill::BackfillArgs),
     /// Long-running: start the daily run at the spec's cron time ([pipeline.schedule]).
     Schedule(cmd::schedule::ScheduleArgs),
+    /// Read-only web view of runs and models: grid, runs, training curves, datasets, models.
+    ///
+    /// Serves, for each job spec, a view of its run metadata store and model repository (the
+    /// spec's [pipeline] metastore and models_dir), read on every request, never written:
+    /// the grid of the last run dates x tasks, coloured by outcome, each cell linking to its
+    /// attempt's log; a page per run (tasks, attempts, lineage, gate, anomalies), its training
+    /// curves (the event files in the model's logs/) and its dataset's statistics and drift;
+    /// a page per model (versions, labels, metrics over time). Also /metrics (Prometheus) and
+    /// /healthz. Prints {"listening": "HOST:PORT"} on stdout once bound; stops on SIGTERM or
+    /// Ctrl-C. See docs/observability.md.
+    Ui(cmd::ui::UiArgs),
     /// Benchmarks that print figures (`kiln bench features|train|allreduce`).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -78,6 +89,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Runs(c) => cmd::runs::run(c),
         Command::Models(c) => cmd::models::run(c),
+        Command::Ui(a) => cmd::ui::run(a),
         Command::Backfill(a) => cmd::backfill::run(a),
         Command::Schedule(a) => cmd::schedule::run(a),
         Command::Bench(c) => cmd::bench::run(c),

@@ -6,7 +6,10 @@
 //! - the HDFS commit lock (`_kiln_commit.lock`, taken by an atomic rename): a live lock is
 //!   waited for and then named in the error, a stale one is removed, concurrent commits keep
 //!   the newest run, and older run directories are removed, not left empty;
-//! - `kiln train --model-dir hdfs://...` and `kiln predict hdfs://...`.
+//! - `kiln train --model-dir hdfs://...` and `kiln predict hdfs://...`;
+//! - the model repository on HDFS: publish, labels, rollback, prune through `kiln models`,
+//!   `kiln serve hdfs://...` predicting as a local copy, a tampered version refused, and
+//!   concurrent publishers getting distinct versions under the rename lock.
 //!
 //! Policy (as for the PostgreSQL and S3 tests): `KILN_TEST_FAST=1` skips; without
 //! `KILN_TEST_HDFS` the tests skip with a note, except under `CI=true`, where they fail. Each
@@ -466,4 +469,18 @@ fn model_dir_on_hdfs_trains_and_predicts() {
     let csv = read_all(&store::resolve(&predictions).unwrap());
     let rows = String::from_utf8_lossy(&csv).lines().count() - 1;
     assert_eq!(rows as u64, predicted["rows"].as_u64().unwrap());
+}
+
+#[test]
+fn model_repository_on_hdfs_publishes_serves_and_rolls_back() {
+    let Some(base) = hdfs("model_repository_on_hdfs_publishes_serves_and_rolls_back") else {
+        return;
+    };
+    let dir = unique_dir(&base, "model-repository");
+    common::serving::remote_repository_round_trip(&dir);
+    // The repository lock is released after every change.
+    let model = store::resolve(&format!("{dir}/models/ctr")).unwrap();
+    let names = list_names(&model);
+    assert!(!names.iter().any(|n| n.starts_with(".lock")), "{names:?}");
+    assert!(names.contains(&"labels.json".to_string()), "{names:?}");
 }

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+mod common;
+use common::pipeline::{gen_events_seeded, write_spec};
+
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 fn kiln(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -53,63 +56,6 @@ fn ok_json(args: &[&str]) -> Json {
 /// 11 days of events ending 2026-11-22: run dates 2026-11-19 ..= 2026-11-21 are complete.
 fn gen_events(dir: &Path) {
     gen_events_seeded(dir, 7);
-}
-
-/// [`gen_events`] with another seed (other users, items and clicks).
-fn gen_events_seeded(dir: &Path, seed: u64) {
-    let seed = seed.to_string();
-    let o = kiln(
-        &[
-            "gen",
-            "events",
-            "--rows",
-            "40000",
-            "--days",
-            "11",
-            "--end-date",
-            "2026-11-22",
-            "--seed",
-            &seed,
-            "--out",
-            dir.join("data/events").to_str().unwrap(),
-            "--format",
-            "parquet",
-        ],
-        &[],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-}
-
-/// The example job with 4 shards, a small model, `steps` training steps, and `pipeline` as
-/// its `[pipeline]` section.
-fn write_spec(dir: &Path, steps: u64, lr: &str, pipeline: &str) -> PathBuf {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml");
-    let full = std::fs::read_to_string(example).unwrap();
-    let base = match full.find("\n[pipeline]") {
-        Some(i) => full[..i].rsplit_once("\n#").map_or(&full[..i], |(a, _)| a),
-        None => &full[..],
-    };
-    assert!(base.contains("shards = 16") && base.contains("hidden = [256, 128]"));
-    let spec = base
-        .replace("shards = 16", "shards = 4")
-        .replace("hidden = [256, 128]", "hidden = [16]")
-        .replace("hash_buckets = 100000", "hash_buckets = 1000")
-        .replace("embedding_dim = 16", "embedding_dim = 4")
-        .replace(
-            "batch_size = 1024\nepochs = 1",
-            &format!("batch_size = 256\nsteps = {steps}\ncheckpoint_every = 10\nlog_every = 10"),
-        )
-        .replace(
-            "optimizer = { kind = \"adam\", lr = 0.001,",
-            &format!("optimizer = {{ kind = \"adam\", lr = {lr},"),
-        );
-    assert!(
-        spec.contains(&format!("steps = {steps}")) && spec.contains(&format!("lr = {lr},")),
-        "example [train] changed"
-    );
-    let p = dir.join("job.toml");
-    std::fs::write(&p, format!("{spec}\n[pipeline]\n{pipeline}\n")).unwrap();
-    p
 }
 
 /// A local HTTP server recording POST bodies; answers 500 to the first `fail_first`.

@@ -46,7 +46,9 @@ pub struct PipelineConfig {
     /// Model name in the repository (default: the job name).
     #[serde(default)]
     pub model_name: Option<String>,
-    /// Model repository root; versions go to `<models_dir>/<model_name>/<version>/`.
+    /// Model repository root; versions go to `<models_dir>/<model_name>/<version>/`. A path
+    /// (relative to the spec's directory) or an `s3://bucket/prefix` /
+    /// `hdfs://namenode:port/path` URL.
     #[serde(default = "default_models_dir")]
     pub models_dir: String,
     /// Retention: keep this many newest versions, plus every labelled one.
@@ -392,7 +394,10 @@ pub struct Pipeline {
     pub config: PipelineConfig,
     /// Model name.
     pub model_name: String,
-    /// `<models_dir>/<model_name>`, absolute.
+    /// `<models_dir>/<model_name>`: an absolute local path, or an `s3://` / `hdfs://` URL.
+    pub repo_url: String,
+    /// [`Pipeline::repo_url`] as a path: the model's directory for a local repository; for
+    /// one on an object store, the URL (use [`Pipeline::repo`] to reach it).
     pub repo_dir: PathBuf,
     /// Metadata store URL or SQLite path (absolute).
     pub metastore: String,
@@ -405,6 +410,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The model repository at [`Pipeline::repo_url`] (local, `s3://` or `hdfs://`).
+    pub fn repo(&self) -> Result<kiln_registry::Repo, kiln_registry::RegistryError> {
+        kiln_registry::Repo::open(&self.repo_url)
+    }
+
     /// Reads `[pipeline]` from a loaded spec (an absent section means all defaults).
     pub fn from_spec(spec: &JobSpec) -> anyhow::Result<Self> {
         let config: PipelineConfig = match &spec.pipeline {
@@ -474,8 +484,22 @@ impl Pipeline {
         } else {
             resolve_path(&base, &metastore).display().to_string()
         };
+        let repo_url =
+            if config.models_dir.contains("://") && !config.models_dir.starts_with("file://") {
+                format!("{}/{model_name}", config.models_dir.trim_end_matches('/'))
+            } else {
+                let dir = config
+                    .models_dir
+                    .strip_prefix("file://")
+                    .unwrap_or(&config.models_dir);
+                resolve_path(&base, dir)
+                    .join(&model_name)
+                    .display()
+                    .to_string()
+            };
         Ok(Pipeline {
-            repo_dir: resolve_path(&base, &config.models_dir).join(&model_name),
+            repo_dir: PathBuf::from(&repo_url),
+            repo_url,
             work_dir: resolve_path(&base, &config.work_dir),
             model_name,
             metastore,
@@ -570,7 +594,10 @@ mod tests {
         let (spec, p) = load(&spec).unwrap();
         let base = spec.base_dir();
         assert_eq!(p.model_name, "daily_ctr");
-        assert_eq!(p.repo_dir, base.join("models/daily_ctr"));
+        assert_eq!(
+            p.repo_url,
+            base.join("models/daily_ctr").display().to_string()
+        );
         if std::env::var_os(METASTORE_ENV).is_none() {
             assert_eq!(
                 p.metastore,
@@ -671,6 +698,33 @@ mod tests {
             &[(SENSOR_SOURCE, "source = 7\n")],
             "[pipeline]: invalid type: integer `7`, expected a string",
         );
+    }
+
+    #[test]
+    fn the_model_repository_may_be_a_path_or_an_s3_or_hdfs_url() {
+        let repo_url = |models_dir: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let line = format!("models_dir = \"{models_dir}\"");
+            let (_, loaded) =
+                load_example_edited(dir.path(), &[("models_dir = \"models\"", line.as_str())]);
+            let (spec, pipeline) = loaded.unwrap();
+            (spec.base_dir(), pipeline)
+        };
+        let (_, p) = repo_url("s3://lake/models/");
+        assert_eq!(p.repo_url, "s3://lake/models/daily_ctr");
+        assert!(p.repo().unwrap().is_remote());
+        let (_, p) = repo_url("hdfs://127.0.0.1:9000/kiln/models");
+        assert_eq!(p.repo_url, "hdfs://127.0.0.1:9000/kiln/models/daily_ctr");
+        assert!(p.repo().unwrap().is_remote());
+        let (base, p) = repo_url("repo");
+        assert_eq!(
+            p.repo_url,
+            base.join("repo/daily_ctr").display().to_string()
+        );
+        assert!(!p.repo().unwrap().is_remote());
+        let (_, p) = repo_url("file:///srv/models");
+        assert_eq!(p.repo_url, "/srv/models/daily_ctr");
+        assert!(!p.repo().unwrap().is_remote());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! secret                   redaction of secrets (webhook URLs) before they are shown
 //! gate, schedule, proc     rule parsing/evaluation, cron schedule, child processes
 //! config                   the spec's [pipeline] section (the spec model)
+//! datastats                a committed dataset's statistics, checked against its manifest
 //! alert, dag, metastore    webhook alerts, the task DAG, the run metadata store
 //! runner                   one daily run: the tasks, the recorder, the lock, the driver
 //! ```
@@ -20,6 +21,7 @@
 pub mod alert;
 pub mod config;
 pub mod dag;
+pub mod datastats;
 pub mod gate;
 pub mod metastore;
 pub mod names;

@@ -127,6 +127,40 @@ pub enum RegistryError {
     /// An atomic write (temp file, fsync, rename, directory fsync) failed.
     #[error(transparent)]
     Write(Box<kiln_connectors::Error>),
+    /// An operation on a repository in an object store (`s3://`, `hdfs://`) failed.
+    #[error("{op} {url}")]
+    Store {
+        /// What was being done (`reading`, `listing`, `uploading`, ...).
+        op: String,
+        /// The object or prefix.
+        url: String,
+        /// The store's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A conditional write kept losing to other writers.
+    #[error("{url}: gave up after {attempts} attempts: other writers changed it each time")]
+    Contended {
+        /// The object (`labels.json`, the claims directory).
+        url: String,
+        /// Attempts made.
+        attempts: usize,
+    },
+    /// A version changed while it was being downloaded.
+    #[error("{url}: changed while it was being downloaded; try again")]
+    Changed {
+        /// The version's `SHA256SUMS` or directory.
+        url: String,
+    },
+    /// A downloaded version does not match its `SHA256SUMS`: it is not used.
+    #[error("the downloaded copy of version {url} failed verification")]
+    Fetched {
+        /// The version's URL.
+        url: String,
+        /// The mismatch.
+        #[source]
+        source: Box<RegistryError>,
+    },
     /// The caller's verification of an assembled version failed.
     #[error("verifying {}", path.display())]
     Verify {

@@ -14,6 +14,13 @@
 //! where a PID means nothing to another host. [`Repo::clean_stale_tmp`] removes one only when
 //! it belongs to this host and its process is dead, or (any host, or an unnamed legacy one)
 //! when it is older than [`STALE_TMP_AGE`].
+//!
+//! The repository may also live on an object store, `s3://bucket/prefix` or
+//! `hdfs://namenode:port/path` ([`Repo::open`]); publication there uploads the version with
+//! `SHA256SUMS` last, claims version numbers with conditional puts, and locks label changes
+//! on HDFS with the dataset commit's rename lock: see [`remote`]. Readers that need a
+//! version's files (serving, verification by loading) download a verified copy with
+//! [`Repo::fetch_version`].
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -26,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 mod error;
 mod process;
+pub mod remote;
 use error::io;
 pub use error::{Label, RegistryError, Result};
 pub use process::process_alive;
@@ -171,11 +179,28 @@ impl Labels {
     }
 }
 
+/// Where a model's directory lives.
+#[derive(Debug, Clone)]
+pub enum RepoStore {
+    /// A local (or mounted) filesystem: atomic renames and `flock`.
+    Local(PathBuf),
+    /// An object store (`s3://`, `hdfs://`, `memory://`): see [`remote`].
+    Remote(kiln_connectors::Location),
+}
+
 /// One model's directory in the repository.
 #[derive(Debug, Clone)]
 pub struct Repo {
-    /// `<models_dir>/<name>`.
+    /// `<models_dir>/<name>` on a local filesystem; for a repository in an object store,
+    /// its URL as a path (for messages only: its files are reached through [`Repo::store`]).
     pub dir: PathBuf,
+    store: RepoStore,
+}
+
+impl std::fmt::Display for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.location())
+    }
 }
 
 /// A version as listed.
@@ -345,13 +370,144 @@ fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Assembles a version in the new directory `tmp`: the model's files (without
+/// `checkpoints/`), `lineage.json` and `SHA256SUMS`, checked, then `verify`, fsynced.
+fn assemble(
+    model_dir: &Path,
+    lineage: &Json,
+    tmp: &Path,
+    verify: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+) -> Result<()> {
+    std::fs::create_dir(tmp).map_err(io("creating", tmp))?;
+    copy_tree(model_dir, tmp, &["checkpoints", SUMS, LINEAGE])?;
+    let mut l = to_json(lineage, &tmp.join(LINEAGE))?;
+    l.push(b'\n');
+    std::fs::write(tmp.join(LINEAGE), &l).map_err(io("writing", &tmp.join(LINEAGE)))?;
+    fsync(&tmp.join(LINEAGE))?;
+    let sums = checksums(tmp, &[SUMS])?;
+    std::fs::write(tmp.join(SUMS), sums).map_err(io("writing", &tmp.join(SUMS)))?;
+    fsync(&tmp.join(SUMS))?;
+    verify_checksums(tmp)?;
+    verify(tmp).map_err(|source| RegistryError::Verify {
+        path: tmp.to_path_buf(),
+        source,
+    })?;
+    for sub in files(tmp, &[])?.iter().filter_map(|p| p.parent()) {
+        if !sub.as_os_str().is_empty() {
+            fsync(&tmp.join(sub))?;
+        }
+    }
+    fsync(tmp)
+}
+
 /// An exclusive lock on `<name>/.lock`, released when the file is closed (dropped).
 struct RepoLock(#[allow(dead_code)] std::fs::File);
 
 impl Repo {
-    /// The repository directory of one model (need not exist yet).
+    /// The repository directory of one model on a local filesystem (need not exist yet).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Repo { dir: dir.into() }
+        let dir = dir.into();
+        Repo {
+            store: RepoStore::Local(dir.clone()),
+            dir,
+        }
+    }
+
+    /// The model directory at a path or URL: a plain path or `file://` is local; `s3://`,
+    /// `hdfs://` and `memory://` are object stores (resolved by
+    /// [`kiln_connectors::store::resolve`], credentials from the environment).
+    pub fn open(url_or_path: &str) -> Result<Self> {
+        let s = url_or_path.trim();
+        if !s.contains("://") {
+            return Ok(Repo::new(s));
+        }
+        let loc = kiln_connectors::store::resolve(s).map_err(|e| RegistryError::Store {
+            op: "resolving".into(),
+            url: s.to_string(),
+            source: Box::new(e),
+        })?;
+        if let Some(p) = loc.url.strip_prefix("file://") {
+            return Ok(Repo::new(p));
+        }
+        Ok(Repo {
+            dir: PathBuf::from(&loc.url),
+            store: RepoStore::Remote(loc),
+        })
+    }
+
+    /// Where the model's directory lives.
+    pub fn store(&self) -> &RepoStore {
+        &self.store
+    }
+
+    /// Whether the repository is on an object store (not a local filesystem).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.store, RepoStore::Remote(_))
+    }
+
+    /// The directory for messages: the local path, or the URL.
+    pub fn location(&self) -> String {
+        match &self.store {
+            RepoStore::Local(d) => d.display().to_string(),
+            RepoStore::Remote(l) => l.url.clone(),
+        }
+    }
+
+    /// A version's directory for messages: the local path, or the URL.
+    pub fn version_location(&self, v: u64) -> String {
+        match &self.store {
+            RepoStore::Local(_) => self.version_dir(v).display().to_string(),
+            RepoStore::Remote(l) => l.child(&v.to_string()).url,
+        }
+    }
+
+    /// Whether version `v` is published.
+    pub fn has_version(&self, v: u64) -> Result<bool> {
+        match &self.store {
+            RepoStore::Local(_) => Ok(self.version_dir(v).is_dir()),
+            RepoStore::Remote(_) => Ok(self.versions()?.contains(&v)),
+        }
+    }
+
+    /// Recomputes version `v`'s `SHA256SUMS` where it is stored (see [`verify_checksums`]);
+    /// returns the number of files checked.
+    pub fn verify_version(&self, v: u64) -> Result<usize> {
+        match &self.store {
+            RepoStore::Local(_) => {
+                let d = self.version_dir(v);
+                if !d.is_dir() {
+                    return Err(RegistryError::NoSuchVersion {
+                        dir: self.dir.clone(),
+                        version: v,
+                        versions: self.versions()?,
+                    });
+                }
+                verify_checksums(&d)
+            }
+            RepoStore::Remote(l) => remote::verify(l, v),
+        }
+    }
+
+    /// A local directory with version `v`'s files: the version's own directory for a local
+    /// repository (not verified here); for an object store, `cache/<v>`, downloaded unless a
+    /// copy with the same `SHA256SUMS` is there, and verified against it (a tampered version
+    /// is an error, and its copy is not kept).
+    pub fn fetch_version(&self, v: u64, cache: &Path) -> Result<PathBuf> {
+        match &self.store {
+            RepoStore::Local(_) => Ok(self.version_dir(v)),
+            RepoStore::Remote(l) => remote::fetch(l, v, cache),
+        }
+    }
+
+    /// The text of version `v`'s `SHA256SUMS`.
+    pub fn read_sums(&self, v: u64) -> Result<String> {
+        match &self.store {
+            RepoStore::Local(_) => {
+                let p = self.version_dir(v).join(SUMS);
+                std::fs::read_to_string(&p).map_err(io("reading", &p))
+            }
+            RepoStore::Remote(l) => remote::read_sums(l, v),
+        }
     }
 
     fn lock(&self) -> Result<RepoLock> {
@@ -367,8 +523,12 @@ impl Repo {
         Ok(RepoLock(f))
     }
 
-    /// Published versions, ascending (directories named by an integer).
+    /// Published versions, ascending (directories named by an integer; on an object store,
+    /// those whose `SHA256SUMS` is uploaded).
     pub fn versions(&self) -> Result<Vec<u64>> {
+        if let RepoStore::Remote(l) = &self.store {
+            return Ok(remote::listing(l)?.versions.into_iter().collect());
+        }
         let mut v = Vec::new();
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
@@ -388,13 +548,17 @@ impl Repo {
         Ok(v)
     }
 
-    /// A version's directory.
+    /// A version's directory (for a repository on an object store, its URL as a path; use
+    /// [`Repo::fetch_version`] for its files).
     pub fn version_dir(&self, v: u64) -> PathBuf {
         self.dir.join(v.to_string())
     }
 
     /// `labels.json` (empty when absent).
     pub fn labels(&self) -> Result<Labels> {
+        if let RepoStore::Remote(l) = &self.store {
+            return Ok(remote::labels(l)?.0);
+        }
         let p = self.dir.join(LABELS);
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b).map_err(|source| RegistryError::Json {
@@ -415,11 +579,16 @@ impl Repo {
             .map_err(|e| RegistryError::Write(Box::new(e)))
     }
 
-    /// Reads, changes and atomically rewrites `labels.json` under the repository lock.
+    /// Reads, changes and atomically rewrites `labels.json` under the repository lock (on
+    /// S3, by a conditional put: `f` is called again when another writer changed the file
+    /// meanwhile).
     pub fn update_labels<T, E: From<RegistryError>>(
         &self,
-        f: impl FnOnce(&mut Labels, &[u64]) -> Result<T, E>,
+        mut f: impl FnMut(&mut Labels, &[u64]) -> Result<T, E>,
     ) -> Result<T, E> {
+        if let RepoStore::Remote(l) = &self.store {
+            return remote::update_labels(l, f);
+        }
         let _g = self.lock()?;
         let mut labels = self.labels()?;
         let versions = self.versions()?;
@@ -430,6 +599,12 @@ impl Repo {
 
     /// A version's `lineage.json`.
     pub fn lineage(&self, v: u64) -> Option<Json> {
+        if let RepoStore::Remote(l) = &self.store {
+            return remote::get_opt(&l.child(&format!("{v}/{LINEAGE}")))
+                .ok()
+                .flatten()
+                .and_then(|(b, _)| serde_json::from_slice(&b).ok());
+        }
         std::fs::read(self.version_dir(v).join(LINEAGE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -453,7 +628,7 @@ impl Repo {
                     version: v,
                     labels: l,
                     rejected: labels.rejected.contains(&v),
-                    path: self.version_dir(v).display().to_string(),
+                    path: self.version_location(v),
                     lineage: self.lineage(v),
                 }
             })
@@ -473,6 +648,12 @@ impl Repo {
     /// [`STALE_TMP_AGE`]. Others (a live writer here, or a writer on another host sharing the
     /// storage) are left, with a line on stderr. Returns the removed directories.
     pub fn clean_stale_tmp(&self) -> Result<Vec<PathBuf>> {
+        if let RepoStore::Remote(l) = &self.store {
+            return Ok(remote::clean_stale(l)?
+                .into_iter()
+                .map(|v| PathBuf::from(l.child(&v.to_string()).url))
+                .collect());
+        }
         let mut removed = Vec::new();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return Ok(removed);
@@ -517,33 +698,28 @@ impl Repo {
         lineage: &Json,
         verify: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
     ) -> Result<u64> {
-        std::fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
-        self.clean_stale_tmp()?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
+        if let RepoStore::Remote(l) = &self.store {
+            self.clean_stale_tmp()?;
+            // Assembled and verified on local disk, then uploaded under a claimed number.
+            let tmp = std::env::temp_dir().join(scratch_name("kiln-publish", &nanos.to_string()));
+            let result = assemble(model_dir, lineage, &tmp, verify).and_then(|()| {
+                let v = remote::claim_version(l)?;
+                remote::upload_version(l, v, &tmp)?;
+                Ok(v)
+            });
+            if tmp.exists() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            return result;
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
+        self.clean_stale_tmp()?;
         let tmp = self.dir.join(scratch_name("tmp", &nanos.to_string()));
         let result = (|| -> Result<u64> {
-            std::fs::create_dir(&tmp).map_err(io("creating", &tmp))?;
-            copy_tree(model_dir, &tmp, &["checkpoints", SUMS, LINEAGE])?;
-            let mut l = to_json(lineage, &tmp.join(LINEAGE))?;
-            l.push(b'\n');
-            std::fs::write(tmp.join(LINEAGE), &l).map_err(io("writing", &tmp.join(LINEAGE)))?;
-            fsync(&tmp.join(LINEAGE))?;
-            let sums = checksums(&tmp, &[SUMS])?;
-            std::fs::write(tmp.join(SUMS), sums).map_err(io("writing", &tmp.join(SUMS)))?;
-            fsync(&tmp.join(SUMS))?;
-            verify_checksums(&tmp)?;
-            verify(&tmp).map_err(|source| RegistryError::Verify {
-                path: tmp.clone(),
-                source,
-            })?;
-            for sub in files(&tmp, &[])?.iter().filter_map(|p| p.parent()) {
-                if !sub.as_os_str().is_empty() {
-                    fsync(&tmp.join(sub))?;
-                }
-            }
-            fsync(&tmp)?;
+            assemble(model_dir, lineage, &tmp, verify)?;
             let _g = self.lock()?;
             let labels = self.labels()?;
             let mut v = self
@@ -568,7 +744,25 @@ impl Repo {
 
     /// Retention: removes versions that are neither among the newest `keep` nor labelled.
     /// Each is renamed away first, so it disappears atomically.
+    /// On an object store each version's `SHA256SUMS` is deleted first (it stops being a
+    /// version at once), then its other files; on HDFS under the repository lock.
     pub fn prune(&self, keep: usize) -> Result<Vec<u64>> {
+        if let RepoStore::Remote(l) = &self.store {
+            return remote::locked(l, "prune", |_| {
+                let versions = self.versions()?;
+                let keep_from = versions.len().saturating_sub(keep);
+                let mut removed = Vec::new();
+                for (i, v) in versions.iter().enumerate() {
+                    // Labels re-read before each deletion: a version labelled meanwhile stays.
+                    if i >= keep_from || self.labels()?.labelled().contains(v) {
+                        continue;
+                    }
+                    remote::delete_prefix(&l.child(&v.to_string()), &[SUMS])?;
+                    removed.push(*v);
+                }
+                Ok(removed)
+            });
+        }
         let _g = self.lock()?;
         let labels = self.labels()?;
         let versions = self.versions()?;

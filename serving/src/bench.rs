@@ -86,9 +86,10 @@ async fn run_in(opts: &BenchOptions, scratch: &Path) -> Result<Vec<BenchRow>> {
         policy: VersionPolicy::Labelled,
         max_body_bytes: 64 << 20,
         batching: opts.batching,
+        cache_dir: scratch.join("cache"),
     };
     let running = start(
-        vec![("bench".into(), repo.dir.clone())],
+        vec![("bench".into(), repo.clone())],
         config,
         std::future::pending(),
     )

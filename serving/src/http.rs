@@ -42,6 +42,14 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Server-side batching (`None`: off, the default).
     pub batching: Option<Batching>,
+    /// Where versions of repositories on object stores (`s3://`, `hdfs://`) are downloaded
+    /// before they are loaded (default: `kiln-serve-cache` in the temporary directory).
+    pub cache_dir: PathBuf,
+}
+
+/// `kiln-serve-cache` in the system's temporary directory.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::temp_dir().join("kiln-serve-cache")
 }
 
 impl Default for ServeConfig {
@@ -52,6 +60,7 @@ impl Default for ServeConfig {
             policy: VersionPolicy::Labelled,
             max_body_bytes: 16 << 20,
             batching: None,
+            cache_dir: default_cache_dir(),
         }
     }
 }
@@ -89,7 +98,7 @@ impl Running {
 /// Loads the models (a first poll), binds, and serves until `shutdown` completes or
 /// [`Running::stop`] is called; polls the repository every `config.poll` meanwhile.
 pub async fn start(
-    models: Vec<(String, PathBuf)>,
+    models: Vec<(String, kiln_registry::Repo)>,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running> {
@@ -99,6 +108,7 @@ pub async fn start(
         config.policy.clone(),
         config.batching,
         metrics,
+        &config.cache_dir,
     )?);
     {
         let m = manager.clone();

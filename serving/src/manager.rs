@@ -8,6 +8,13 @@
 //! swaps in a new snapshot: labels move to a new version once it is loaded, never before. A
 //! version that fails to verify or load is never served; it is reported in the version status
 //! (state `END`, the error) and not retried until the server restarts.
+//!
+//! A repository on an object store (`s3://`, `hdfs://`) is polled the same way (a version
+//! exists once its `SHA256SUMS` is uploaded, which happens last); a wanted version is first
+//! downloaded into the model's cache directory and verified against its `SHA256SUMS` there
+//! ([`Repo::fetch_version`]), then loaded from that copy. A download that fails for a reason
+//! other than the version's content (the store unreachable) is retried at the next poll; a
+//! version whose files do not match its `SHA256SUMS` is refused like a local one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -171,6 +178,8 @@ pub struct ServedModel {
     pub name: String,
     /// Its repository directory.
     pub repo: Repo,
+    /// Where versions of a repository on an object store are downloaded.
+    pub cache: PathBuf,
     snapshot: RwLock<Arc<Snapshot>>,
     failed: Mutex<BTreeMap<u64, String>>,
 }
@@ -299,10 +308,55 @@ pub struct Manager {
     pub metrics: Arc<Metrics>,
 }
 
-/// Model directories behind a target: a model directory (`<repo>/<name>`, which has
-/// `labels.json` or numbered version directories) is one model named after it; any other
-/// directory is a repository root whose model directories are served.
-pub fn discover(target: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// Model directories behind a target, a local path or an `s3://` / `hdfs://` URL: a model
+/// directory (`<repo>/<name>`, which has `labels.json` or numbered version directories) is
+/// one model named after it; any other directory is a repository root whose model
+/// directories are served.
+pub fn discover(target: &str) -> Result<Vec<(String, Repo)>> {
+    let repo = Repo::open(target).map_err(|source| ServeError::Repository {
+        dir: PathBuf::from(target),
+        source,
+    })?;
+    let kiln_registry::RepoStore::Remote(loc) = repo.store() else {
+        return Ok(discover_local(&repo.dir)?
+            .into_iter()
+            .map(|(name, dir)| (name, Repo::new(dir)))
+            .collect());
+    };
+    let found = kiln_registry::remote::discover(loc).map_err(|source| ServeError::Repository {
+        dir: PathBuf::from(&loc.url),
+        source,
+    })?;
+    let open = |url: &str| {
+        Repo::open(url).map_err(|source| ServeError::Repository {
+            dir: PathBuf::from(url),
+            source,
+        })
+    };
+    match found {
+        None => {
+            let name = loc
+                .url
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("model")
+                .to_string();
+            Ok(vec![(name, repo.clone())])
+        }
+        Some(names) if names.is_empty() => Err(ServeError::InvalidArgument(format!(
+            "{}: no model directories (`<name>/labels.json` or `<name>/<version>/SHA256SUMS`)",
+            loc.url
+        ))),
+        Some(names) => names
+            .into_iter()
+            .map(|n| Ok((n.clone(), open(&format!("{}/{n}", loc.url))?)))
+            .collect(),
+    }
+}
+
+/// [`discover`] on a local directory.
+fn discover_local(target: &Path) -> Result<Vec<(String, PathBuf)>> {
     let is_model = |d: &Path| {
         d.join(kiln_registry::LABELS).is_file()
             || std::fs::read_dir(d).is_ok_and(|rd| {
@@ -320,7 +374,7 @@ pub fn discover(target: &Path) -> Result<Vec<(String, PathBuf)>> {
     };
     if !target.is_dir() {
         return Err(ServeError::InvalidArgument(format!(
-            "{}: not a model directory or a model repository (local directories only)",
+            "{}: not a model directory or a model repository (a local directory, or an s3:// or hdfs:// URL)",
             target.display()
         )));
     }
@@ -350,26 +404,34 @@ pub fn discover(target: &Path) -> Result<Vec<(String, PathBuf)>> {
 }
 
 impl Manager {
-    /// A manager of `models` (name, directory); nothing loaded until [`Manager::poll`].
+    /// A manager of `models` (name, repository); nothing loaded until [`Manager::poll`].
+    /// Versions of repositories on object stores are downloaded under `cache`, one
+    /// directory per repository.
     pub fn new(
-        models: Vec<(String, PathBuf)>,
+        models: Vec<(String, Repo)>,
         policy: VersionPolicy,
         batching: Option<Batching>,
         metrics: Arc<Metrics>,
+        cache: &Path,
     ) -> Result<Self> {
         let mut map = BTreeMap::new();
-        for (name, dir) in models {
+        for (name, repo) in models {
             if map.contains_key(&name) {
                 return Err(ServeError::InvalidArgument(format!(
-                    "two models are named `{name}` (the second at {})",
-                    dir.display()
+                    "two models are named `{name}` (the second at {repo})"
                 )));
             }
+            let key: String = repo
+                .location()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
             map.insert(
                 name.clone(),
                 Arc::new(ServedModel {
                     name,
-                    repo: Repo::new(dir),
+                    cache: cache.join(key),
+                    repo,
                     snapshot: RwLock::new(Arc::new(Snapshot::default())),
                     failed: Mutex::new(BTreeMap::new()),
                 }),
@@ -441,7 +503,29 @@ impl Manager {
                 status: loading,
             });
             let t0 = Instant::now();
-            match load_version(&m.repo.version_dir(v), v, self.batching, &m.name) {
+            let fetched = match m.repo.fetch_version(v, &m.cache) {
+                Ok(dir) => Ok(dir),
+                // The version's content is wrong: refused for good, like a local one.
+                Err(
+                    e @ (kiln_registry::RegistryError::Fetched { .. }
+                    | kiln_registry::RegistryError::MalformedSums { .. }),
+                ) => Err(error_chain(&e)),
+                // The store could not be read: tried again at the next poll.
+                Err(e) => {
+                    let e = error_chain(&e);
+                    tracing::warn!(model = %m.name, version = v, error = %e, "downloading the version failed; retrying at the next poll");
+                    status.insert(
+                        v,
+                        VersionStatus {
+                            state: VersionState::End,
+                            error: Some(e),
+                        },
+                    );
+                    changed = true;
+                    continue;
+                }
+            };
+            match fetched.and_then(|dir| load_version(&dir, v, self.batching, &m.name)) {
                 Ok(l) => {
                     tracing::info!(model = %m.name, version = v, ms = t0.elapsed().as_millis() as u64, "loaded");
                     self.metrics.event(&m.name, v, VersionEvent::Load);

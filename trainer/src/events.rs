@@ -187,15 +187,97 @@ pub fn clear(dir: &Path) -> Result<()> {
 
 /// Reads every event of an event file (tests, tools).
 pub fn read_events(path: &Path) -> Result<Vec<Event>> {
+    let mut out = Vec::new();
+    for_each_event(path, false, |e| out.push(e))?;
+    Ok(out)
+}
+
+/// Decodes the events of one event file in order, handing each to `f`. With `allow_cut_tail`
+/// a last record cut short (a writer still writing it) ends the file (returns true) instead
+/// of being an error.
+fn for_each_event(path: &Path, allow_cut_tail: bool, mut f: impl FnMut(Event)) -> Result<bool> {
     let file = File::open(path).map_err(|e| Error::file(path, e))?;
     let mut r = kiln_connectors::tfrecord::TfRecordReader::new(
         std::io::BufReader::new(file),
         Compression::None,
         path.display().to_string(),
     );
-    let mut out = Vec::new();
-    while let Some(rec) = r.next_record().map_err(|e| Error::file(path, e))? {
-        out.push(Event::decode(rec).map_err(|e| Error::file(path, e))?);
+    loop {
+        match r.next_record() {
+            Ok(Some(rec)) => f(Event::decode(rec).map_err(|e| Error::file(path, e))?),
+            Ok(None) => return Ok(false),
+            Err(kiln_connectors::Error::Truncated { .. }) if allow_cut_tail => return Ok(true),
+            Err(e) => return Err(Error::file(path, e)),
+        }
+    }
+}
+
+/// One point of a scalar curve.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScalarPoint {
+    /// Global step.
+    pub step: i64,
+    /// Seconds since the Unix epoch when it was written.
+    pub wall_time: f64,
+    /// The value (a 32-bit `simple_value`).
+    pub value: f32,
+}
+
+/// The scalar curves of a `logs/` directory, by tag, as [`read_scalars`] reads them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scalars {
+    /// Event files read, in name (= creation) order.
+    pub files: Vec<PathBuf>,
+    /// Points of each tag in file order, then step order within a file (the order
+    /// TensorBoard plots them in).
+    pub curves: std::collections::BTreeMap<String, Vec<ScalarPoint>>,
+    /// A file whose last record was cut short (a writer still writing it): its complete
+    /// records are in `curves`.
+    pub truncated: Option<PathBuf>,
+}
+
+/// Reads the scalar summaries of every event file (`events.out.tfevents.*`) in `dir`, in
+/// name order (TensorBoard's order for the files of one directory), through the TFRecord
+/// framing of [`kiln_connectors::tfrecord`]. A missing `dir` has no curves. A file whose last
+/// record is cut short (a training job still writing it) keeps its complete records; any
+/// other damage (a CRC mismatch, a record that is not an `Event`) is an error naming the file.
+pub fn read_scalars(dir: &Path) -> Result<Scalars> {
+    let mut out = Scalars::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::file(dir, e)),
+    };
+    let mut files = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| Error::file(dir, e))?;
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("events.out.tfevents.")
+        {
+            files.push(e.path());
+        }
+    }
+    files.sort();
+    for path in files {
+        let curves = &mut out.curves;
+        let cut = for_each_event(&path, true, |event| {
+            if let Some(What::Summary(s)) = event.what {
+                for v in s.value {
+                    if let Some(value) = v.simple_value {
+                        curves.entry(v.tag).or_default().push(ScalarPoint {
+                            step: event.step,
+                            wall_time: event.wall_time,
+                            value,
+                        });
+                    }
+                }
+            }
+        })?;
+        if cut {
+            out.truncated = Some(path.clone());
+        }
+        out.files.push(path);
     }
     Ok(out)
 }
@@ -304,6 +386,47 @@ mod tests {
         let mut want = vec![0x10, 7, 0x2a, 10, 0x0a, 8, 0x0a, 1, b'a', 0x15];
         want.extend_from_slice(&2.0f32.to_le_bytes());
         assert_eq!(s.encode_to_vec(), want);
+    }
+
+    #[test]
+    fn read_scalars_collects_curves_across_files_and_tolerates_a_cut_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join(LOGS_DIR);
+        assert_eq!(read_scalars(&logs).unwrap(), Scalars::default());
+        let mut w = EventWriter::create(&logs).unwrap();
+        w.scalars(10, &[(tags::TRAIN_LOSS, 0.5), (tags::LEARNING_RATE, 1e-3)])
+            .unwrap();
+        w.scalars(20, &[(tags::TRAIN_LOSS, 0.25)]).unwrap();
+        let first = w.finish().unwrap();
+        let mut w = EventWriter::create(&logs).unwrap();
+        w.scalars(30, &[(tags::EVAL_AUC, 0.75)]).unwrap();
+        let second = w.finish().unwrap();
+        std::fs::write(logs.join("notes.txt"), "not an event file").unwrap();
+        let s = read_scalars(&logs).unwrap();
+        assert_eq!(s.files, [first.clone(), second.clone()]);
+        assert_eq!(s.truncated, None);
+        let loss: Vec<(i64, f32)> = s.curves[tags::TRAIN_LOSS]
+            .iter()
+            .map(|p| (p.step, p.value))
+            .collect();
+        assert_eq!(loss, [(10, 0.5), (20, 0.25)]);
+        assert_eq!(s.curves[tags::LEARNING_RATE].len(), 1);
+        assert_eq!(s.curves[tags::EVAL_AUC][0].step, 30);
+        assert!(s.curves[tags::EVAL_AUC][0].wall_time > 1.7e9);
+        // A writer cut off mid-record: the complete records stay readable.
+        let mut bytes = std::fs::read(&second).unwrap();
+        bytes.extend_from_slice(&[40, 0, 0, 0, 0]);
+        std::fs::write(&second, &bytes).unwrap();
+        let s = read_scalars(&logs).unwrap();
+        assert_eq!(s.truncated.as_deref(), Some(second.as_path()));
+        assert_eq!(s.curves[tags::EVAL_AUC].len(), 1);
+        // A corrupted record is an error naming the file.
+        let mut bytes = std::fs::read(&first).unwrap();
+        let n = bytes.len();
+        bytes[n - 6] ^= 0xff;
+        std::fs::write(&first, &bytes).unwrap();
+        let e = read_scalars(&logs).unwrap_err().to_string();
+        assert!(e.contains(&first.display().to_string()), "{e}");
     }
 
     #[test]

@@ -331,7 +331,7 @@ async fn put_manifest(
     manifest: &Manifest,
     timing: &CommitLockTiming,
 ) -> Result<Option<String>> {
-    let lock = CommitLock::acquire(location, &manifest.run_id, timing).await?;
+    let lock = CommitLock::acquire(location, COMMIT_LOCK_FILE, &manifest.run_id, timing).await?;
     let result = put_manifest_attempts(location, manifest, lock.as_ref()).await;
     if let Some(lock) = lock {
         lock.release().await;
@@ -468,25 +468,26 @@ enum CommitLock {
 impl CommitLock {
     async fn acquire(
         location: &Location,
+        file: &str,
         run_id: &str,
         timing: &CommitLockTiming,
     ) -> Result<Option<CommitLock>> {
         if location.url.starts_with("file://") {
             Ok(Some(CommitLock::Local(
-                Self::acquire_local(location).await?,
+                Self::acquire_local(location, file).await?,
             )))
         } else if location.url.starts_with("hdfs://") {
             Ok(Some(CommitLock::Hdfs(
-                RenameLock::acquire(location, run_id, timing).await?,
+                RenameLock::acquire(location, file, run_id, timing).await?,
             )))
         } else {
             Ok(None)
         }
     }
 
-    async fn acquire_local(location: &Location) -> Result<std::fs::File> {
+    async fn acquire_local(location: &Location, file: &str) -> Result<std::fs::File> {
         let dir = std::path::PathBuf::from(format!("/{}", location.path.as_ref()));
-        let path = dir.join(COMMIT_LOCK_FILE);
+        let path = dir.join(file);
         let url = location.url.clone();
         tokio::task::spawn_blocking(move || {
             let io = |e: std::io::Error| {
@@ -522,6 +523,41 @@ impl CommitLock {
     }
 }
 
+/// A lock serializing read-modify-writes of the files of one directory of a store, as the
+/// dataset commit serializes manifest replacements (the model repository's `labels.json` and
+/// version numbers use it): on `file://` an exclusive `File::lock` on `<dir>/<file>`
+/// (released when dropped or the process dies); on `hdfs://`, which has no conditional put,
+/// the file `<dir>/<file>` itself, created by an atomic rename-if-absent, waited for and
+/// broken when stale as [`CommitLockTiming`] says, deleted on [`release`](Self::release).
+/// Other object stores get no lock ([`acquire`](Self::acquire) returns `None`): writers there
+/// use conditional puts (`PutMode::Create`, `PutMode::Update`) instead.
+pub struct DirLock(CommitLock);
+
+impl DirLock {
+    /// Takes the lock `<dir>/<file>` for `holder` (written into an HDFS lock file, named when
+    /// another process waits for it); `None` on stores with conditional puts.
+    pub async fn acquire(
+        dir: &Location,
+        file: &str,
+        holder: &str,
+        timing: &CommitLockTiming,
+    ) -> Result<Option<DirLock>> {
+        Ok(CommitLock::acquire(dir, file, holder, timing)
+            .await?
+            .map(DirLock))
+    }
+
+    /// Fails if this process no longer holds the lock (an HDFS lock broken as stale).
+    pub async fn check_held(&self) -> Result<()> {
+        self.0.check_held().await
+    }
+
+    /// Releases the lock (an HDFS lock file is deleted if it is still this holder's).
+    pub async fn release(self) {
+        self.0.release().await
+    }
+}
+
 /// A lock file read back: its content and its modification time (name node clock).
 struct HeldLock {
     content: String,
@@ -549,6 +585,7 @@ struct RenameLock {
 impl RenameLock {
     async fn acquire(
         location: &Location,
+        file: &str,
         run_id: &str,
         timing: &CommitLockTiming,
     ) -> Result<RenameLock> {
@@ -573,9 +610,9 @@ impl RenameLock {
             "acquired_at": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "token": token,
         });
-        let lock = location.child(COMMIT_LOCK_FILE);
+        let lock = location.child(file);
         let tmp = location.child(&format!(
-            "{COMMIT_LOCK_FILE}.{}.tmp",
+            "{file}.{}.tmp",
             token.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
         ));
         tmp.store

@@ -18,8 +18,14 @@ pub struct FeaturesArgs {
     pub overrides: OverrideArgs,
     /// Run on the Ballista cluster whose scheduler is at df://HOST:PORT (`kiln scheduler`);
     /// shards are written by the executors and committed here once all succeeded.
-    #[arg(long, value_name = "df://HOST:PORT")]
+    #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "engine")]
     pub cluster: Option<String>,
+    /// Run the feature SQL on the Spark Connect server at sc://HOST:PORT (Spark Connect URL
+    /// syntax, `;token=...` included): sources and statements become temporary views of one
+    /// Spark session, and each output's rows stream back into the same shard writers,
+    /// manifest and commit as a local run. Sources must be parquet or spark.
+    #[arg(long, value_name = "sc://HOST:PORT")]
+    pub engine: Option<String>,
     /// Read every Kafka source's exact offset ranges from this earlier run's manifest (a
     /// dataset location or its `_manifest.json`) instead of looking the day window up by
     /// timestamp: the rerun gives the same shards however far the topics have grown.
@@ -166,9 +172,10 @@ fn run_features(
         out: args.overrides.out,
         kafka_replay,
     };
-    let mode = match args.cluster {
-        Some(url) => kiln_engine::Mode::Cluster(url),
-        None => kiln_engine::Mode::Local,
+    let mode = match (args.cluster, args.engine) {
+        (Some(url), _) => kiln_engine::Mode::Cluster(url),
+        (None, Some(url)) => kiln_engine::Mode::Spark(url),
+        (None, None) => kiln_engine::Mode::Local,
     };
     let runtime = super::runtime()?;
     let report = runtime

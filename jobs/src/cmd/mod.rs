@@ -21,6 +21,7 @@ pub mod scheduler;
 pub mod serve;
 pub mod stats;
 pub mod train;
+pub mod ui;
 
 /// Logs go to stderr (`RUST_LOG` to tune; default `info`), so stdout stays machine-readable.
 pub fn init_logging() {

@@ -1,45 +1,49 @@
-//! `kiln models list|show|promote|rollback|verify`: the model repository
-//! (`<models_dir>/<name>/<version>/`, `labels.json`).
+//! `kiln models list|show|promote|rollback|verify|prune`: the model repository
+//! (`<models_dir>/<name>/<version>/`, `labels.json`), on a local disk, `s3://` or `hdfs://`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde_json::json;
 
 use kiln_pipeline::config;
-use kiln_registry::{self as registry, Repo};
+use kiln_registry::Repo;
 
-/// A job spec (its `[pipeline]` model repository) or a model's directory
-/// (`<models_dir>/<name>`).
-fn repo_of(target: &Path) -> anyhow::Result<Repo> {
-    if target.is_file() {
-        let (_, p) = config::load(target)?;
-        Ok(Repo::new(p.repo_dir))
-    } else if target.is_dir() {
-        Ok(Repo::new(target))
+/// A job spec (its `[pipeline]` model repository), a model's directory
+/// (`<models_dir>/<name>`) or its `s3://` / `hdfs://` URL.
+fn repo_of(target: &str) -> anyhow::Result<Repo> {
+    if target.contains("://") && !target.starts_with("file://") {
+        return Ok(Repo::open(target)?);
+    }
+    let path = Path::new(target.strip_prefix("file://").unwrap_or(target));
+    if path.is_file() {
+        let (_, p) = config::load(path)?;
+        Ok(p.repo()?)
+    } else if path.is_dir() {
+        Ok(Repo::new(path))
     } else {
-        bail!(
-            "{}: neither a job spec nor a model directory",
-            target.display()
-        )
+        bail!("{target}: neither a job spec nor a model directory (nor an s3:// or hdfs:// URL)")
     }
 }
+
+/// The help text of a TARGET argument.
+const TARGET: &str = "Job spec, model directory (`models/<name>`), or its s3:// / hdfs:// URL";
 
 /// `kiln models ...`.
 #[derive(clap::Subcommand, Debug)]
 pub enum ModelsCommand {
     /// Versions with labels (stable, canary), rejected candidates, date and metrics.
     List {
-        /// Job spec or model directory (`models/<name>`).
-        target: PathBuf,
+        #[arg(help = TARGET)]
+        target: String,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// One version: lineage (job, date, run, data, metrics, gate), files, labels.
     Show {
-        /// Job spec or model directory.
-        target: PathBuf,
+        #[arg(help = TARGET)]
+        target: String,
         /// Version number.
         version: u64,
         /// JSON instead of text.
@@ -48,8 +52,8 @@ pub enum ModelsCommand {
     },
     /// Point a label (stable or canary) at a version.
     Promote {
-        /// Job spec or model directory.
-        target: PathBuf,
+        #[arg(help = TARGET)]
+        target: String,
         /// Version number.
         version: u64,
         /// Label to move.
@@ -61,15 +65,27 @@ pub enum ModelsCommand {
     },
     /// Move `stable` back to the previous stable version that still exists.
     Rollback {
-        /// Job spec or model directory.
-        target: PathBuf,
+        #[arg(help = TARGET)]
+        target: String,
     },
-    /// Recompute SHA256SUMS and load the model, for one version or all.
+    /// Recompute SHA256SUMS and load the model, for one version or all (a version on
+    /// s3:// or hdfs:// is checked where it is stored, then downloaded to load it).
     Verify {
-        /// Job spec or model directory.
-        target: PathBuf,
+        #[arg(help = TARGET)]
+        target: String,
         /// Version (default: every version).
         version: Option<u64>,
+    },
+    /// Retention: remove versions that are neither among the newest N nor labelled.
+    Prune {
+        #[arg(help = TARGET)]
+        target: String,
+        /// Versions to keep besides the labelled ones.
+        #[arg(long)]
+        keep: usize,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -81,11 +97,11 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
             if json {
                 println!(
                     "{}",
-                    json!({"repository": repo.dir, "labels": repo.labels()?, "versions": list})
+                    json!({"repository": repo.location(), "labels": repo.labels()?, "versions": list})
                 );
                 return Ok(());
             }
-            println!("{}", repo.dir.display());
+            println!("{repo}");
             println!(
                 "{:>7}  {:<14} {:<10} {:>6}  {:>8}  {:>8}",
                 "version", "labels", "date", "run", "auc", "logloss"
@@ -120,16 +136,14 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
                 .list()?
                 .into_iter()
                 .find(|v| v.version == version)
-                .with_context(|| format!("{}: no version {version}", repo.dir.display()))?;
-            let sums = std::fs::read_to_string(repo.version_dir(version).join(registry::SUMS))
-                .unwrap_or_default();
+                .with_context(|| format!("{repo}: no version {version}"))?;
+            let sums = repo.read_sums(version)?;
             if json {
                 println!("{}", json!({"version": info, "sha256sums": sums}));
                 return Ok(());
             }
             println!(
-                "{} version {version}{}{}",
-                repo.dir.display(),
+                "{repo} version {version}{}{}",
                 if info.labels.is_empty() {
                     String::new()
                 } else {
@@ -153,10 +167,8 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
             let repo = repo_of(&target)?;
             let l = repo.promote(version, label, force)?;
             println!(
-                "{}: {label} -> {version} (stable {:?}, canary {:?})",
-                repo.dir.display(),
-                l.stable,
-                l.canary
+                "{repo}: {label} -> {version} (stable {:?}, canary {:?})",
+                l.stable, l.canary
             );
             Ok(())
         }
@@ -164,8 +176,7 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
             let repo = repo_of(&target)?;
             let (from, to) = repo.rollback()?;
             println!(
-                "{}: stable {} -> {to}",
-                repo.dir.display(),
+                "{repo}: stable {} -> {to}",
                 from.map_or("-".into(), |v| v.to_string())
             );
             Ok(())
@@ -177,14 +188,17 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
                 None => repo.versions()?,
             };
             if versions.is_empty() {
-                bail!("{}: no versions", repo.dir.display());
+                bail!("{repo}: no versions");
             }
+            // Versions on an object store are loaded from a verified download.
+            let scratch = tempfile::tempdir().context("creating a scratch directory")?;
             let mut bad = Vec::new();
             for v in versions {
-                let dir = repo.version_dir(v);
-                let r = registry::verify_checksums(&dir)
+                let r = repo
+                    .verify_version(v)
+                    .and_then(|n| Ok((n, repo.fetch_version(v, scratch.path())?)))
                     .map_err(anyhow::Error::from)
-                    .and_then(|n| {
+                    .and_then(|(n, dir)| {
                         kiln_trainer::export::load(&dir)?;
                         Ok(n)
                     });
@@ -197,7 +211,24 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
                 }
             }
             if !bad.is_empty() {
-                bail!("verification failed for versions {bad:?}");
+                bail!("{repo}: verification failed for versions {bad:?}");
+            }
+            Ok(())
+        }
+        ModelsCommand::Prune { target, keep, json } => {
+            if keep == 0 {
+                bail!("--keep 0: keep at least 1 version");
+            }
+            let repo = repo_of(&target)?;
+            let removed = repo.prune(keep)?;
+            let left = repo.versions()?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"repository": repo.location(), "removed": removed, "versions": left})
+                );
+            } else {
+                println!("{repo}: removed versions {removed:?}; versions now {left:?}");
             }
             Ok(())
         }

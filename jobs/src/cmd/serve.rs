@@ -12,9 +12,11 @@ use kiln_serving::manager::{VersionPolicy, discover};
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Job specs (their `[pipeline]` model repository), model directories
-    /// (`<models_dir>/<name>`) or repository roots (every model under it). Local paths.
+    /// (`<models_dir>/<name>`) or repository roots (every model under it): local paths, or
+    /// `s3://bucket/prefix` / `hdfs://namenode:port/path` URLs (versions are downloaded into
+    /// --cache-dir, verified, then loaded).
     #[arg(required = true)]
-    pub targets: Vec<PathBuf>,
+    pub targets: Vec<String>,
     /// Address to listen on (port 0: a free port, printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8501")]
     pub bind: std::net::SocketAddr,
@@ -28,6 +30,10 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (HTTP 413 above).
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Where versions of repositories on `s3://` / `hdfs://` are downloaded before loading
+    /// (default: `kiln-serve-cache` in the temporary directory).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     #[command(flatten)]
     pub batching: BatchingArgs,
 }
@@ -111,14 +117,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut models = Vec::new();
     for t in &args.targets {
-        let dir = if t.is_file() {
-            let (_, p) = kiln_pipeline::config::load(t)
-                .with_context(|| format!("reading job spec {}", t.display()))?;
-            p.repo_dir
+        let target = if !t.contains("://") && std::path::Path::new(t).is_file() {
+            let (_, p) = kiln_pipeline::config::load(std::path::Path::new(t))
+                .with_context(|| format!("reading job spec {t}"))?;
+            p.repo_url
         } else {
             t.clone()
         };
-        models.extend(discover(&dir)?);
+        models.extend(discover(&target)?);
     }
     let config = ServeConfig {
         bind: args.bind,
@@ -126,6 +132,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         policy,
         max_body_bytes: args.max_body_bytes,
         batching: args.batching.settings(),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(kiln_serving::http::default_cache_dir),
     };
     super::runtime()?.block_on(async move {
         let running = start(models, config, termination()).await?;

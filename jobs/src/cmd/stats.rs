@@ -1,11 +1,9 @@
 //! `kiln stats`: a committed dataset's statistics (`_stats.json`, computed while its shards
 //! were written) as a table or JSON, and with `--baseline` the drift against another dataset.
 
-use anyhow::{Context, bail};
-use kiln_connectors::stats::{ColumnStats, DatasetStats, drift};
-use kiln_connectors::{Dataset, OpenOptions};
-use object_store::ObjectStoreExt;
-use sha2::Digest;
+use anyhow::Context;
+use kiln_connectors::stats::{ColumnStats, drift};
+use kiln_pipeline::datastats::load;
 
 /// Arguments of `kiln stats`.
 #[derive(clap::Args)]
@@ -23,31 +21,6 @@ pub struct StatsArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Reads and checks (size, SHA-256) a dataset's `_stats.json` through its manifest.
-pub fn load(url: &str) -> anyhow::Result<DatasetStats> {
-    let ds = Dataset::open_blocking(url, OpenOptions::default())
-        .with_context(|| format!("opening {url}"))?;
-    let Some(file) = ds.manifest().stats.clone() else {
-        bail!("{url}: the manifest lists no statistics (written by a Kiln before statistics)");
-    };
-    let location = kiln_connectors::store::resolve(url)?.child(&file.path);
-    let bytes = kiln_connectors::store::block_on(async {
-        location.store.get(&location.path).await?.bytes().await
-    })
-    .with_context(|| format!("reading {}", location.url))?;
-    let sha = hex::encode(sha2::Sha256::digest(&bytes));
-    if bytes.len() as u64 != file.bytes || sha != file.sha256 {
-        bail!(
-            "{}: {} bytes with SHA-256 {sha}, the manifest says {} bytes with {}",
-            location.url,
-            bytes.len(),
-            file.bytes,
-            file.sha256
-        );
-    }
-    DatasetStats::from_json(&bytes).with_context(|| format!("parsing {}", location.url))
 }
 
 fn number(x: Option<f64>) -> String {

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod pipeline;
 pub mod reference;
+pub mod serving;
 pub mod training;
 
 use std::path::{Path, PathBuf};

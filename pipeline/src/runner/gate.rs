@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use kiln_registry::Repo;
 use kiln_trainer::ShardSource;
 use kiln_trainer::source::{BatchIter, DatasetSource};
 use kiln_trainer::transform::{Prepared, RowFilter, Transform};
@@ -36,11 +35,14 @@ fn stable(
     candidate_rows: Option<u64>,
     cancel: &Cancel,
 ) -> anyhow::Result<Option<Baseline>> {
-    let repo = Repo::new(&ctx.pipeline.repo_dir);
+    let repo = ctx.pipeline.repo()?;
     let Some(v) = repo.labels()?.stable else {
         return Ok(None);
     };
-    let dir = repo.version_dir(v);
+    // A repository on an object store: a verified copy in the run's staging directory.
+    let dir = repo
+        .fetch_version(v, &ctx.staging.join("stable-versions"))
+        .with_context(|| format!("stable version {v}: fetching it from {repo}"))?;
     let p = dir.join("metrics.json");
     let m = std::fs::read(&p)
         .with_context(|| format!("stable version {v}: reading {}", p.display()))?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use kiln_registry::{self as registry, Repo};
+use kiln_registry as registry;
 use serde_json::{Value as Json, json};
 
 use super::ctx::{Cancel, Ctx, Upstream, in_process, output, sha};
@@ -108,7 +108,7 @@ impl Task<TaskId> for PublishTask {
     fn fingerprint(&self, up: &Upstream) -> anyhow::Result<String> {
         Ok(sha(&[
             KIND.as_str(),
-            &self.ctx.pipeline.repo_dir.display().to_string(),
+            &self.ctx.pipeline.repo_url,
             output(up, TaskKind::Train)["model_sha256"]
                 .as_str()
                 .unwrap_or(""),
@@ -117,11 +117,13 @@ impl Task<TaskId> for PublishTask {
         ]))
     }
     fn still_valid(&self, out: &Json) -> bool {
-        let repo = Repo::new(&self.ctx.pipeline.repo_dir);
+        let Ok(repo) = self.ctx.pipeline.repo() else {
+            return false;
+        };
         match out["version"].as_u64() {
             // Present, or pruned by retention after newer versions appeared.
             Some(v) => {
-                repo.version_dir(v).is_dir()
+                repo.has_version(v).unwrap_or(false)
                     || repo.versions().ok().and_then(|vs| vs.last().copied()) > Some(v)
             }
             None => false,
@@ -141,7 +143,7 @@ impl Task<TaskId> for PublishTask {
 /// The publish task's body (see [`PublishTask`]).
 fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel, lock: &LockCheck) -> anyhow::Result<Json> {
     lock.check()?;
-    let repo = Repo::new(&ctx.pipeline.repo_dir);
+    let repo = ctx.pipeline.repo()?;
     let (features, train) = (output(up, TaskKind::Features), output(up, TaskKind::Train));
     let (evaluate, gate) = (output(up, TaskKind::Evaluate), output(up, TaskKind::Gate));
     let decision: Decision = serde_json::from_value(gate.clone())?;
@@ -167,7 +169,7 @@ fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel, lock: &LockCheck) -> anyho
     let mut verified_rows = None;
     let version = match repo.find_by_lineage("publish_key", &publish_key)? {
         Some(v) => {
-            registry::verify_checksums(&repo.version_dir(v))?;
+            repo.verify_version(v)?;
             v
         }
         None => {
@@ -228,7 +230,7 @@ fn publish(ctx: &Ctx, up: &Upstream, cancel: &Cancel, lock: &LockCheck) -> anyho
     }
     Ok(json!({
         "version": version,
-        "path": repo.version_dir(version).display().to_string(),
+        "path": repo.version_location(version),
         "status": if decision.passed { "published" } else { "rejected" },
         "label": if decision.passed { Some(label) } else { None },
         "labels": labels,
