@@ -20,6 +20,9 @@ Runs Kiln's whole test suite, installing what it needs on the way:
                      cached in $KILN_CACHE/maven, Java 17+ and Maven (apt-get, if missing)
   hdfs               a throwaway HDFS 3.5 MiniDFSCluster (1 namenode, 1 datanode) on 127.0.0.1
                      for the HDFS tests (KILN_TEST_HDFS), the same way
+  spark              a throwaway Spark 4.3 Connect server (local[2], Hive catalog in a temporary
+                     Derby metastore) on 127.0.0.1 on a free port for the Spark bridge tests
+                     (KILN_TEST_SPARK=sc://127.0.0.1:PORT), from the venv's pyspark wheel
   promtool           Debian's prometheus (apt-get, if promtool is missing): promtool checks
                      the --metrics-textfile output (TensorBoard, in the venv, the event files)
   browser            Debian's chromium, nodejs and npm (apt-get, if missing) and npm's
@@ -42,7 +45,7 @@ summed over the test groups and peer checks; exits non-zero if anything failed.
 
 Options:
   --fast      the inner loop: no external servers and no Python peers. Skips the venv,
-              PostgreSQL, Kafka, HDFS and the peer checks, and runs the same test groups with
+              PostgreSQL, Kafka, HDFS, Spark and the peer checks, and runs the same test groups with
               KILN_TEST_FAST=1 set, which skip the tests that need servers.
               The full command (no options) stays the one to run before pushing.
   -h, --help  this help
@@ -87,6 +90,8 @@ source scripts/lib/java.sh
 source scripts/lib/kafka.sh
 # shellcheck source=scripts/lib/hdfs.sh
 source scripts/lib/hdfs.sh
+# shellcheck source=scripts/lib/spark.sh
+source scripts/lib/spark.sh
 # shellcheck source=scripts/lib/browser.sh
 source scripts/lib/browser.sh
 
@@ -118,6 +123,7 @@ cleanup() {
   kiln_pg_stop
   kiln_kafka_stop
   kiln_hdfs_stop
+  kiln_spark_stop
   if [ -n "$tmp" ]; then rm -rf "$tmp"; fi
   exit "$rc"
 }
@@ -361,6 +367,15 @@ else
     0) phase_done ;;
     2) missing hdfs "no Java 17+ (javac) or Maven, and no apt-get, or not root and no passwordless sudo" ;;
     *) abort "HDFS did not start" ;;
+  esac
+
+  phase "spark"
+  rc=0
+  kiln_spark_start "$venv/bin/python" || rc=$?
+  case $rc in
+    0) phase_done ;;
+    2) missing spark "no Java 17+ or no pyspark in the venv, and no apt-get, or not root and no passwordless sudo" ;;
+    *) abort "the Spark Connect server did not start" ;;
   esac
 
   # promtool checks the --metrics-textfile files (jobs/tests/observability.rs).

@@ -607,9 +607,8 @@ fn table_root(location: &str, column: &str) -> String {
     }
 }
 
-/// Registers a committed output's Parquet shards (`<location>/run-<id>/*.parquet`) as
-/// partition `COLUMN = <date>` of the output's `spark_table`: creates the table (external,
-/// Parquet, `pathGlobFilter '*.parquet'` so the TFRecord shards beside them are not read) if
+/// Registers a committed Parquet-only output's shards (`<location>/run-<id>/`) as partition
+/// `COLUMN = <date>` of the output's `spark_table`: creates the table (external, Parquet) if
 /// it does not exist, checks an existing table's columns against the dataset's, then adds the
 /// partition or moves it to this run. A rerun therefore re-points the partition.
 pub async fn register_output_partition(
@@ -672,7 +671,7 @@ pub async fn register_output_partition(
     };
     run(format!(
         "CREATE TABLE IF NOT EXISTS {quoted} ({}, {} STRING) USING parquet \
-         OPTIONS (pathGlobFilter '*.parquet') PARTITIONED BY ({}) LOCATION {}",
+         PARTITIONED BY ({}) LOCATION {}",
         columns.join(", "),
         quote_spark_name(column),
         quote_spark_name(column),

@@ -569,9 +569,13 @@ impl JobSpec {
             )));
         };
         kiln_connectors::spark::SparkAddress::parse(url).map_err(|e| err(e.to_string()))?;
-        if !o.formats.contains(&kiln_connectors::ShardFormat::Parquet) {
+        if o.formats != [kiln_connectors::ShardFormat::Parquet] {
             return Err(err(format!(
-                "spark_table `{table}` registers the Parquet shards: add \"parquet\" to formats"
+                "spark_table `{table}` needs formats = [\"parquet\"]: the partition is the run's \
+                 directory of shards, and Spark's catalog reads every file in a partition \
+                 directory (it ignores pathGlobFilter there), so TFRecord shards beside the \
+                 Parquet ones would fail its scans. Write the TFRecord shards from a second \
+                 [[outputs]] of the same statement"
             )));
         }
         Ok(())

@@ -298,3 +298,137 @@ fn spark_as_the_engine_commits_the_local_runs_shards() {
         "nothing committed at {examples}"
     );
 }
+
+/// `spark_table`: each committed run becomes partition `dt = D` of an external Spark table;
+/// Spark reads back the committed rows and values; a rerun moves the partition to the new run.
+#[test]
+fn outputs_registered_as_spark_partitions_read_back_and_move_on_rerun() {
+    let Some(url) = server() else { return };
+    let rt = runtime();
+    let spark = session(&rt, &url);
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    common::gen_events(&events, 40_000, 3);
+    let table = unique("ctr_examples");
+    let both = std::fs::read_to_string(common::example_spec())
+        .unwrap()
+        .replacen(
+            "parquet_compression = \"zstd\"\n",
+            &format!(
+                "parquet_compression = \"zstd\"\nspark_table = \"{table}\"\nspark_url = \"{url}\"\n"
+            ),
+            1,
+        );
+    assert!(both.contains("spark_table"));
+    let spec = dir.path().join("registered.toml");
+    let source = format!("events={}", events.display());
+    // TFRecord shards in the partition's directory would break Spark's scans: refused.
+    std::fs::write(&spec, &both).unwrap();
+    let refused = common::kiln(&["features", spec.to_str().unwrap(), "--date", DATE]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(err.contains("needs formats = [\"parquet\"]"), "{err}");
+    let text = both.replacen(
+        "formats = [\"tfrecord\", \"parquet\"]",
+        "formats = [\"parquet\"]",
+        1,
+    );
+    std::fs::write(&spec, text).unwrap();
+    let out = dir.path().join("out");
+    let out_s = out.display().to_string();
+    let run = || {
+        let stdout = common::kiln_ok(&[
+            "features",
+            spec.to_str().unwrap(),
+            "--date",
+            DATE,
+            "--source",
+            &source,
+            "--out",
+            &out_s,
+            "--json",
+        ]);
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let first = run();
+    let registered = &first["outputs"][0]["spark"];
+    assert_eq!(registered["table"], table.as_str(), "{first}");
+    assert_eq!(registered["partition"], format!("dt={DATE}"));
+    let run_id = first["run_id"].as_str().unwrap();
+    assert!(
+        registered["location"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/examples/run-{run_id}"))
+    );
+
+    // What Spark reads equals the committed Parquet shards: rows, and sums over every row.
+    let ds = format!("{out_s}/examples/");
+    let batches = common::read_dataset(&ds, kiln_connectors::ShardFormat::Parquet);
+    let column_sum = |name: &str| -> i64 {
+        batches
+            .iter()
+            .map(|b| {
+                let c = b.column_by_name(name).unwrap();
+                let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap();
+                arrow::compute::sum(
+                    c.as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .unwrap(),
+                )
+                .unwrap_or(0)
+            })
+            .sum()
+    };
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let want = (
+        rows as i64,
+        column_sum("event_id"),
+        column_sum("label"),
+        column_sum("u_views_7d"),
+    );
+    let spark_view = || {
+        let b = spark_sql(
+            &rt,
+            &spark,
+            &format!(
+                "SELECT count(*), sum(event_id), sum(label), sum(u_views_7d), count(DISTINCT f), \
+                 min(f) FROM (SELECT *, input_file_name() AS f FROM {table} WHERE dt = '{DATE}')"
+            ),
+        );
+        let b = &b[0];
+        let i = |c: usize| {
+            let col =
+                arrow::compute::cast(b.column(c), &arrow::datatypes::DataType::Int64).unwrap();
+            col.as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .value(0)
+        };
+        let file = arrow::compute::cast(b.column(5), &arrow::datatypes::DataType::Utf8).unwrap();
+        let file = file
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap()
+            .value(0)
+            .to_string();
+        ((i(0), i(1), i(2), i(3)), i(4), file)
+    };
+    let (got, files, file) = spark_view();
+    assert_eq!(got, want, "Spark reads the committed rows");
+    assert_eq!(rows as u64, first["outputs"][0]["rows"].as_u64().unwrap());
+    assert_eq!(files, 16, "the 16 Parquet shards");
+    assert!(file.contains(&format!("run-{run_id}/part-")), "{file}");
+
+    // A rerun commits a new run and re-points the partition at it.
+    let second = run();
+    let run2 = second["run_id"].as_str().unwrap();
+    assert_ne!(run2, run_id);
+    let (got, files, file) = spark_view();
+    assert_eq!(got, want, "the rerun's rows are the same rows");
+    assert_eq!(files, 16);
+    assert!(
+        file.contains(&format!("run-{run2}/part-")),
+        "partition moved: {file}"
+    );
+}
