@@ -32,6 +32,9 @@ pub enum BenchCommand {
     /// Events/s read from a Kafka topic on loopback (JSON values checked against the example
     /// job's schema) next to the same events read as Parquet, in one run.
     Kafka(super::bench_kafka::BenchKafkaArgs),
+    /// Rows/s of a Spark table through Spark Connect, as an Arrow stream and as its files,
+    /// next to the same events read as plain Parquet, in one run.
+    Spark(super::bench_spark::BenchSparkArgs),
 }
 
 /// Arguments of `kiln bench train`.
@@ -142,6 +145,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::AllreduceRank(a) => allreduce_rank(a),
         BenchCommand::Serve(a) => super::serve::bench(a),
         BenchCommand::Kafka(a) => super::bench_kafka::run(a),
+        BenchCommand::Spark(a) => super::bench_spark::run(a),
         BenchCommand::Allreduce(a) => {
             let r = kiln_trainer::bench::bench_allreduce(
                 &ALLREDUCE_SIZES,

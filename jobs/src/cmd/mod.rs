@@ -4,6 +4,7 @@ pub mod backfill;
 pub mod bench;
 pub mod bench_kafka;
 pub mod bench_peers;
+pub mod bench_spark;
 pub mod cluster;
 pub mod executor;
 pub mod features;
