@@ -231,6 +231,93 @@ pub struct GenConfig {
     pub keep_truth: bool,
     /// The day whose views the ceiling AUC is computed on (default: [`Self::ceiling_day`]).
     pub ceiling_date: Option<NaiveDate>,
+    /// Defects planted on single days, to test data validation (none by default).
+    pub plants: Vec<Plant>,
+}
+
+/// A defect planted on one day of generated events ([`GenConfig::plants`]), so that data
+/// validation can be tested against a known drift or breakage. Which events it touches is a
+/// hash of the event (seed, time, user, item), so the other days stay byte-identical to an
+/// unplanted run and the planted day is reproducible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plant {
+    /// What changes.
+    pub kind: PlantKind,
+    /// The day it changes on.
+    pub date: NaiveDate,
+}
+
+/// The kinds of [`Plant`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantKind {
+    /// Half of the day's events report `tablet` whatever their device: the tablet share
+    /// goes from about a tenth to over a half.
+    DeviceMix,
+    /// 30 % of the day's events lose their price (NULL), on top of the usual missing prices.
+    NullPrice,
+}
+
+impl PlantKind {
+    /// The name used on the command line (`--plant NAME@DATE`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantKind::DeviceMix => "device-mix",
+            PlantKind::NullPrice => "null-price",
+        }
+    }
+
+    /// Every kind, in documentation order.
+    pub const ALL: [PlantKind; 2] = [PlantKind::DeviceMix, PlantKind::NullPrice];
+}
+
+impl std::str::FromStr for Plant {
+    type Err = String;
+
+    /// Parses `KIND@YYYY-MM-DD`, e.g. `device-mix@2026-11-20`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let names = || {
+            PlantKind::ALL
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (kind, date) = s
+            .split_once('@')
+            .ok_or_else(|| format!("`{s}`: expected KIND@YYYY-MM-DD (KIND: {})", names()))?;
+        let kind = PlantKind::ALL
+            .into_iter()
+            .find(|k| k.name() == kind)
+            .ok_or_else(|| format!("`{s}`: unknown kind `{kind}` (known: {})", names()))?;
+        let date = NaiveDate::parse_from_str(date, "%Y-%m-%d")
+            .map_err(|e| format!("`{s}`: bad date `{date}`: {e}"))?;
+        Ok(Plant { kind, date })
+    }
+}
+
+/// Applies the plants of `day` (days since the epoch) to its events.
+fn apply_plants(plants: &[Plant], seed: u64, day: i64, events: &mut [Event]) {
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+    for p in plants {
+        if p.date.signed_duration_since(epoch).num_days() != day {
+            continue;
+        }
+        for e in events.iter_mut() {
+            let id = e.ts ^ e.user.rotate_left(21) ^ e.item.rotate_left(42);
+            match p.kind {
+                PlantKind::DeviceMix => {
+                    if unit(h64(seed, TAG_PLANT_DEVICE, id)) < 0.5 {
+                        e.device = 2;
+                    }
+                }
+                PlantKind::NullPrice => {
+                    if unit(h64(seed, TAG_PLANT_PRICE, id)) < 0.3 {
+                        e.price = f64::NAN;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl GenConfig {
@@ -250,6 +337,7 @@ impl GenConfig {
             threads: 0,
             keep_truth: false,
             ceiling_date: None,
+            plants: Vec::new(),
         }
     }
 
@@ -281,6 +369,19 @@ impl GenConfig {
         let Some(start) = self.start_date() else {
             return bad("--days", "the day range starts before the year 1");
         };
+        for p in &self.plants {
+            if p.date < start || p.date > self.end_date {
+                return bad(
+                    "--plant",
+                    &format!(
+                        "{}@{} is outside the generated days {start} .. {}",
+                        p.kind.name(),
+                        p.date,
+                        self.end_date
+                    ),
+                );
+            }
+        }
         let c = self.ceiling_day();
         if c < start || c > self.end_date {
             return bad(
@@ -528,6 +629,8 @@ const TAG_ITEM_B: u64 = 11;
 const TAG_ITEM_PRICE: u64 = 12;
 const TAG_ITEM_HAS_PRICE: u64 = 13;
 const TAG_ITEM_DWELL: u64 = 14;
+const TAG_PLANT_DEVICE: u64 = 21;
+const TAG_PLANT_PRICE: u64 = 22;
 
 /// Persistent attributes of a user.
 struct UserLatent {
@@ -1074,6 +1177,7 @@ pub fn generate(cfg: &GenConfig, sink: &dyn Sink) -> Result<GenReport, GenError>
                     let mut events = draw.own;
                     events.extend_from_slice(&incoming);
                     drop(incoming);
+                    apply_plants(&cfg.plants, cfg.seed, day, &mut events);
                     let out = finish_day(cfg, sink, &schema, day, events, first_id, |ev| {
                         if day == ceiling_day {
                             let mut c = ceiling_input.lock().expect("ceiling lock");

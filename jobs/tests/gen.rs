@@ -774,3 +774,93 @@ fn example_figures() {
         score(&|k| smooth(u7.get(&ev.user_id[k])) + smooth(i7.get(&ev.item_id[k])))
     );
 }
+
+#[test]
+fn planted_defects_change_only_their_day() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gen_to = |name: &str, plants: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "--rows",
+            "60000",
+            "--days",
+            "3",
+            "--end-date",
+            "2026-11-21",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        for p in plants {
+            args.extend(["--plant", p]);
+        }
+        kiln_gen(&args);
+        out
+    };
+    let clean = gen_to("clean", &[]);
+    let planted = gen_to(
+        "planted",
+        &["device-mix@2026-11-20", "null-price@2026-11-20"],
+    );
+    let (hc, hp) = (sha256_of_tree(&clean), sha256_of_tree(&planted));
+    for (c, p) in hc.iter().zip(&hp) {
+        let planted_day = c.0.starts_with("dt=2026-11-20");
+        assert_eq!(
+            c.1 != p.1,
+            planted_day,
+            "{}: changed iff planted",
+            c.0.display()
+        );
+    }
+    let day = |dir: &Path| {
+        let ev = read_events(dir);
+        let d = day_number("2026-11-20");
+        let idx: Vec<usize> = (0..ev.dt.len()).filter(|&i| ev.dt[i] == d).collect();
+        let tablet = idx.iter().filter(|&&i| ev.device[i] == "tablet").count() as f64;
+        let null_price = idx.iter().filter(|&&i| ev.price[i].is_none()).count() as f64;
+        let n = idx.len() as f64;
+        (
+            tablet / n,
+            null_price / n,
+            ev.event_id.clone(),
+            ev.user_id.clone(),
+        )
+    };
+    let (tablet_c, null_c, ids_c, users_c) = day(&clean);
+    let (tablet_p, null_p, ids_p, users_p) = day(&planted);
+    assert!(
+        tablet_c < 0.2 && tablet_p > 0.5,
+        "tablet share {tablet_c} -> {tablet_p}"
+    );
+    // 30% of the prices that were present are removed.
+    let expected = null_c + 0.3 * (1.0 - null_c);
+    assert!(
+        (null_p - expected).abs() < 0.02,
+        "null price share {null_c} -> {null_p}, expected about {expected}"
+    );
+    assert_eq!(ids_c, ids_p, "same events");
+    assert_eq!(users_c, users_p, "same users");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["gen", "events", "--rows", "100", "--days", "2", "--out"])
+        .arg(tmp.path().join("bad"))
+        .args(["--plant", "device-mix@2026-10-01"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("--plant") && stderr.contains("device-mix@2026-10-01 is outside"),
+        "{stderr}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["gen", "events", "--rows", "100", "--out"])
+        .arg(tmp.path().join("bad"))
+        .args(["--plant", "nulls@2026-11-20"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("unknown kind `nulls` (known: device-mix, null-price)"),
+        "{stderr}"
+    );
+}

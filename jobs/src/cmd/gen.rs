@@ -77,6 +77,11 @@ pub struct EventsArgs {
     /// --end-date, the example job's run date; --end-date itself when --days is 1).
     #[arg(long)]
     pub ceiling_date: Option<NaiveDate>,
+    /// Plant a defect on one day, to test data validation: `device-mix@YYYY-MM-DD` (half of
+    /// that day's events report `tablet`) or `null-price@YYYY-MM-DD` (30% more NULL prices).
+    /// Repeatable. The other days are byte-identical to a run without it.
+    #[arg(long = "plant", value_name = "KIND@DATE")]
+    pub plants: Vec<generator::Plant>,
     /// Also write (event_id, p_click) of every view, as parquet, to this local path.
     #[arg(long, hide = true)]
     pub truth: Option<PathBuf>,
@@ -107,6 +112,7 @@ fn events(a: EventsArgs) -> anyhow::Result<()> {
     cfg.threads = a.threads;
     cfg.keep_truth = a.truth.is_some();
     cfg.ceiling_date = a.ceiling_date;
+    cfg.plants = a.plants;
 
     let mut produced = None;
     let report = if a.out.starts_with("kafka://") {
