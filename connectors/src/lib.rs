@@ -76,7 +76,7 @@ pub mod wire;
 pub use codec::{EncodeOptions, ExampleDecoder, ExampleEncoder, infer_schema};
 pub use dataset::{
     Dataset, DatasetWriter, OpenOptions, ShardOptions, ShardWriter, commit_dataset,
-    write_empty_shard,
+    commit_dataset_validated, write_empty_shard,
 };
 pub use error::{Error, Result};
 pub use manifest::{

@@ -412,6 +412,11 @@ pub struct Manifest {
     /// writers computed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsFile>,
+    /// The statistics checked against the output's expectations and its baseline
+    /// ([`crate::stats::validate`]): anomalies are recorded here, and the dataset still
+    /// commits. Absent when the commit was not asked to validate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<crate::stats::Validation>,
 }
 
 impl Manifest {

@@ -65,6 +65,10 @@ pub struct OutputReport {
     /// The Spark table partition this run was registered as (`spark_table`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spark: Option<crate::spark::SparkRegistration>,
+    /// The statistics checked against the expectations and the baseline, as recorded in the
+    /// manifest (absent with `statistics = false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<kiln_connectors::stats::Validation>,
 }
 
 /// Where a feature job runs.
@@ -485,7 +489,8 @@ async fn run_features_once(
     let rejects_file = write_rejects(&ctx, &job, &ledger).await?;
     let mut outputs = Vec::new();
     for (o, w) in job.outputs.iter().zip(written) {
-        let (manifest, mut report) = commit_output(o, w, &run_id, &lineage_base, &counts).await?;
+        let (manifest, mut report) =
+            commit_output(o, w, &run_id, &lineage_base, &counts, date).await?;
         if o.spark_table.is_some() {
             report.spark =
                 Some(crate::spark::register_output_partition(o, &manifest, &run_id, date).await?);
@@ -586,24 +591,50 @@ async fn commit_output(
     run_id: &str,
     lineage_base: &serde_json::Value,
     bad_rows: &std::collections::BTreeMap<String, RowCounts>,
+    date: chrono::NaiveDate,
 ) -> Result<(Manifest, OutputReport)> {
     let mut lineage = lineage_base.clone();
     lineage["statement"] = json!(o.statement);
     lineage["written_at"] = json!(chrono::Utc::now().to_rfc3339());
     lineage["bad_rows"] = json!(bad_rows);
-    let manifest = kiln_connectors::commit_dataset(
-        &w.location,
-        run_id,
-        w.data_schema,
-        &w.options,
-        w.files,
-        lineage,
-        true,
-    )
-    .await
-    .map_err(|e| {
-        EngineError::output_failed(&o.statement, format!("commit of {} failed", o.location), e)
-    })?;
+    let failed =
+        |e| EngineError::output_failed(&o.statement, format!("commit of {} failed", o.location), e);
+    let manifest = if o.statistics {
+        // Read before the commit: the default baseline may be this very location.
+        let plan = kiln_connectors::stats::ValidationPlan {
+            expectations: o.expect.clone(),
+            baseline: load_baseline(o, date).await,
+        };
+        kiln_connectors::commit_dataset_validated(
+            &w.location,
+            run_id,
+            w.data_schema,
+            &w.options,
+            w.files,
+            lineage,
+            true,
+            &plan,
+        )
+        .await
+        .map_err(failed)?
+    } else {
+        kiln_connectors::commit_dataset(
+            &w.location,
+            run_id,
+            w.data_schema,
+            &w.options,
+            w.files,
+            lineage,
+            true,
+        )
+        .await
+        .map_err(failed)?
+    };
+    if let Some(v) = &manifest.validation {
+        for a in &v.anomalies {
+            tracing::warn!(statement = %o.statement, "anomaly: {a}");
+        }
+    }
     let report = OutputReport {
         statement: o.statement.clone(),
         location: o.location.clone(),
@@ -612,8 +643,41 @@ async fn commit_output(
         formats: o.formats.iter().map(|f| f.to_string()).collect(),
         bytes: manifest.shards.iter().map(|s| s.bytes).sum(),
         spark: None,
+        validation: manifest.validation.clone(),
     };
     Ok((manifest, report))
+}
+
+/// The statistics of `o`'s baseline (its URL and statistics), or why there is none: the
+/// default baseline (the output's location for the day before) must hold a dataset of that
+/// day, which matters when the location does not change with the date (`--out`).
+async fn load_baseline(
+    o: &OutputSpec,
+    date: chrono::NaiveDate,
+) -> std::result::Result<(String, kiln_connectors::stats::DatasetStats), String> {
+    let url = o
+        .baseline
+        .clone()
+        .expect("rendered outputs have a baseline");
+    let (manifest, stats) = match kiln_connectors::stats::load_committed(&url).await {
+        Ok(x) => x,
+        Err(kiln_connectors::Error::NotCommitted { .. }) => {
+            return Err(format!("no committed dataset at {url}"));
+        }
+        Err(e) => return Err(format!("{url}: {e}")),
+    };
+    if o.baseline_is_previous_day {
+        let previous = date.pred_opt().map(|d| d.to_string());
+        let found = manifest.lineage["date"].as_str().map(String::from);
+        if found != previous {
+            return Err(format!(
+                "the dataset at {url} is of date {}, not the previous day {}",
+                found.as_deref().unwrap_or("<none recorded>"),
+                previous.as_deref().unwrap_or("-")
+            ));
+        }
+    }
+    Ok((url, stats))
 }
 
 /// The innermost message of a DataFusion error (a failed cluster job's task error,

@@ -389,6 +389,21 @@ pub struct OutputSpec {
     /// The partition column of `spark_table` (default `dt`).
     #[serde(default)]
     pub spark_partition_column: Option<String>,
+    /// Expectations checked on the statistics at commit (`[[outputs.expect]]`; see
+    /// `docs/validation.md`). After loading, the entries of `expect_file` come first.
+    #[serde(default)]
+    pub expect: Vec<kiln_connectors::stats::Expectation>,
+    /// A file of `[[expect]]` entries (e.g. written by `kiln schema infer`), relative to the
+    /// spec's directory.
+    #[serde(default)]
+    pub expect_file: Option<String>,
+    /// The dataset drift and relative checks compare with (templated URL). Default: this
+    /// output's location for the day before the run date. After rendering: the absolute URL.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Set by rendering: `baseline` is the default (the previous day of this output).
+    #[serde(skip)]
+    pub baseline_is_previous_day: bool,
 }
 
 impl OutputSpec {
@@ -460,7 +475,66 @@ impl JobSpec {
         spec.path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         spec.sha256 = hex::encode(Sha256::digest(&bytes));
         spec.check_names()?;
+        spec.load_expectations()?;
         Ok(spec)
+    }
+
+    /// Reads each output's `expect_file` (its entries go before the inline ones) and checks
+    /// every expectation, naming the output, the entry and the key.
+    fn load_expectations(&mut self) -> Result<(), SpecError> {
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        for i in 0..self.outputs.len() {
+            let statement = self.outputs[i].statement.clone();
+            let mut entries = Vec::new();
+            if let Some(file) = &self.outputs[i].expect_file {
+                let path = dir.join(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.error_caused(
+                        format!("outputs `{statement}`: expect_file {}", path.display()),
+                        e,
+                    )
+                })?;
+                let parsed: kiln_connectors::stats::ExpectationsFile = toml::from_str(&text)
+                    .map_err(|e| {
+                        self.error_caused(
+                            format!("outputs `{statement}`: expect_file {}", path.display()),
+                            e,
+                        )
+                    })?;
+                for (k, e) in parsed.expect.iter().enumerate() {
+                    e.check().map_err(|m| {
+                        self.error(format!(
+                            "outputs `{statement}`: expect_file {} entry {}: {m}",
+                            path.display(),
+                            k + 1
+                        ))
+                    })?;
+                }
+                entries = parsed.expect;
+            }
+            for (k, e) in self.outputs[i].expect.iter().enumerate() {
+                e.check().map_err(|m| {
+                    self.error(format!(
+                        "outputs `{statement}`: [[outputs.expect]] entry {}: {m}",
+                        k + 1
+                    ))
+                })?;
+            }
+            let o = &mut self.outputs[i];
+            entries.append(&mut o.expect);
+            o.expect = entries;
+            if !o.statistics && (!o.expect.is_empty() || o.baseline.is_some()) {
+                return Err(self.error(format!(
+                    "outputs `{statement}`: expectations and baseline are checked on the \
+                     statistics: they need statistics = true"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Builds an error naming this spec's file.
@@ -795,6 +869,7 @@ impl JobSpec {
         let mut outputs = Vec::new();
         for o in &self.outputs {
             let mut o = o.clone();
+            let template_location = o.location.clone();
             let location = render(&format!("outputs `{}` location", o.statement), &o.location)?;
             let location = match &overrides.out {
                 Some(base) => format!("{}/{}/", base.trim_end_matches('/'), o.statement),
@@ -803,6 +878,21 @@ impl JobSpec {
             o.location = self
                 .absolute_url(&location)
                 .map_err(|e| self.error_caused(format!("outputs `{}` location", o.statement), e))?;
+            let what = format!("outputs `{}` baseline", o.statement);
+            let baseline = match &o.baseline {
+                Some(b) => render(&what, b)?,
+                None => match (&overrides.out, date.pred_opt()) {
+                    (Some(_), _) => o.location.clone(),
+                    (None, Some(previous)) => template::render(&template_location, previous)
+                        .map_err(|e| self.error(format!("{what}: {e}")))?,
+                    (None, None) => o.location.clone(),
+                },
+            };
+            o.baseline_is_previous_day = o.baseline.is_none();
+            o.baseline = Some(
+                self.absolute_url(&baseline)
+                    .map_err(|e| self.error_caused(&what, e))?,
+            );
             outputs.push(o);
         }
         let rejects_location = match &self.rejects_location {

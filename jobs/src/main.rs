@@ -28,6 +28,9 @@ enum Command {
     /// A committed dataset's column statistics (computed while it was written) and, with
     /// --baseline, its drift against another dataset.
     Stats(cmd::stats::StatsArgs),
+    /// Expectations files for data validation (`kiln schema infer DATASET`).
+    #[command(subcommand)]
+    Schema(cmd::schema::SchemaCommand),
     /// Train the spec's model on a committed dataset, on one or several workers.
     Train(cmd::train::TrainArgs),
     /// Apply an exported model (and its saved feature transform) to a dataset.
@@ -80,6 +83,7 @@ fn main() -> std::process::ExitCode {
         Command::Features(a) => cmd::features::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Stats(a) => cmd::stats::run(a),
+        Command::Schema(c) => cmd::schema::run(c),
         Command::Train(a) => cmd::train::run(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::Serve(a) => cmd::serve::run(a),

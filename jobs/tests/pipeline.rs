@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 mod common;
-use common::pipeline::{gen_events_seeded, write_spec};
+use common::pipeline::{gen_events_seeded, hook, write_spec};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
@@ -56,66 +56,6 @@ fn ok_json(args: &[&str]) -> Json {
 /// 11 days of events ending 2026-11-22: run dates 2026-11-19 ..= 2026-11-21 are complete.
 fn gen_events(dir: &Path) {
     gen_events_seeded(dir, 7);
-}
-
-/// A local HTTP server recording POST bodies; answers 500 to the first `fail_first`.
-struct Hook {
-    url: String,
-    bodies: Arc<Mutex<Vec<Json>>>,
-    hits: Arc<Mutex<usize>>,
-}
-
-fn hook(fail_first: usize) -> Hook {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hooks/kiln", l.local_addr().unwrap());
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let hits = Arc::new(Mutex::new(0));
-    let (b, h) = (bodies.clone(), hits.clone());
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut len = 0usize;
-            let mut line = String::new();
-            let mut request_line = String::new();
-            r.read_line(&mut request_line).unwrap();
-            loop {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0u8; len];
-            r.read_exact(&mut body).unwrap();
-            assert!(
-                request_line.starts_with("POST /hooks/kiln"),
-                "{request_line}"
-            );
-            let n = {
-                let mut h = h.lock().unwrap();
-                *h += 1;
-                *h
-            };
-            let status = if n <= fail_first {
-                "500 Internal Server Error"
-            } else {
-                b.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap());
-                "200 OK"
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-        }
-    });
-    Hook { url, bodies, hits }
 }
 
 fn versions(repo: &Path) -> Vec<u64> {

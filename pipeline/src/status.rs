@@ -49,16 +49,23 @@ closed_set! {
         Success => "success",
         /// The gate refused the model (kept as a rejected candidate).
         Rejected => "rejected",
+        /// Data validation found anomalies in the day's outputs: nothing was trained
+        /// (`kiln run --accept` overrides).
+        Anomalies => "anomalies",
         /// A task failed, or the run could not be planned.
         Failed => "failed",
     }
 }
 
 impl RunStatus {
-    /// Whether the run completed its date (`success` or `rejected`): backfill and the
-    /// scheduler do not run such a date again.
+    /// Whether the run completed its date (`success`, `rejected`, or `anomalies`, which
+    /// waits for a human's `kiln run --accept`): backfill and the scheduler do not run such a
+    /// date again.
     pub fn is_done(self) -> bool {
-        matches!(self, RunStatus::Success | RunStatus::Rejected)
+        matches!(
+            self,
+            RunStatus::Success | RunStatus::Rejected | RunStatus::Anomalies
+        )
     }
 }
 
@@ -81,6 +88,8 @@ closed_set! {
         Lock => "lock",
         /// An alert was sent (or could not be).
         Alert => "alert",
+        /// Anomalies were accepted (`kiln run --accept`).
+        Accept => "accept",
     }
 }
 
@@ -108,13 +117,15 @@ mod tests {
         check(RunStatus::Success, "success");
         check(RunStatus::Rejected, "rejected");
         check(RunStatus::Failed, "failed");
+        check(RunStatus::Anomalies, "anomalies");
         check(Trigger::Run, "run");
         check(Trigger::Backfill, "backfill");
         check(Trigger::Schedule, "schedule");
         check(EventKind::Lock, "lock");
         check(EventKind::Alert, "alert");
+        check(EventKind::Accept, "accept");
         assert_eq!(TaskStatus::ALL.len(), 5);
-        assert_eq!(RunStatus::ALL.len(), 4);
+        assert_eq!(RunStatus::ALL.len(), 5);
         for s in TaskStatus::ALL {
             assert_eq!(s.as_str().parse::<TaskStatus>().unwrap(), *s);
             let back: TaskStatus = serde_json::from_str(&format!("\"{s}\"")).unwrap();

@@ -14,6 +14,9 @@ closed_set! {
     pub enum TaskKind ("task") {
         /// `kiln features`: the day's examples dataset.
         Features => "features",
+        /// The anomalies recorded at commit (expectations, drift) stop the run unless
+        /// accepted.
+        Validate => "validate",
         /// `kiln train`: the candidate model.
         Train => "train",
         /// `kiln predict --eval-split`: held-out metrics and predictions.
@@ -66,6 +69,7 @@ impl fmt::Display for TaskId {
 /// Every name a task may have, for error messages ([`TaskKind::NAMES`], then sensors).
 const TASK_NAMES: &[&str] = &[
     "features",
+    "validate",
     "train",
     "evaluate",
     "gate",
@@ -118,7 +122,12 @@ mod tests {
     #[test]
     fn names_round_trip_as_before() {
         let names: Vec<&str> = TaskKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["features", "train", "evaluate", "gate", "publish"]);
+        assert_eq!(
+            names,
+            [
+                "features", "validate", "train", "evaluate", "gate", "publish"
+            ]
+        );
         assert_eq!(&TASK_NAMES[..TaskKind::NAMES.len()], TaskKind::NAMES);
         for k in TaskKind::ALL {
             let id = TaskId::from(*k);
@@ -144,7 +153,7 @@ mod tests {
         let e = "trian".parse::<TaskKind>().unwrap_err().to_string();
         assert_eq!(
             e,
-            "unknown task `trian` (expected one of: features, train, evaluate, gate, publish)"
+            "unknown task `trian` (expected one of: features, validate, train, evaluate, gate, publish)"
         );
         let e = "trian".parse::<TaskId>().unwrap_err().to_string();
         assert!(e.contains("`trian`") && e.contains("sensor:<name>"), "{e}");

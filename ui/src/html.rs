@@ -74,7 +74,8 @@ pub fn duration(seconds: Option<f64>) -> String {
 
 /// The colour of a status name (task, attempt or run status), as Airflow colours them:
 /// success green, failed red, running light blue, skipped pink, upstream_failed orange;
-/// rejected (the gate refused the model) purple; the labels stable blue and canary teal.
+/// rejected (the gate refused the model) purple; anomalies (data validation stopped the run)
+/// amber; the labels stable blue and canary teal.
 /// Unknown names are grey.
 pub fn status_colour(status: &str) -> &'static str {
     match status {
@@ -84,6 +85,7 @@ pub fn status_colour(status: &str) -> &'static str {
         "skipped" => "#e91e8c",
         "upstream_failed" => "#f57c00",
         "rejected" => "#7b1fa2",
+        "anomalies" => "#f9a825",
         "stable" => "#1565c0",
         "canary" => "#00897b",
         _ => "#757575",

@@ -41,14 +41,16 @@ pub struct GridColumn {
     pub runs: usize,
 }
 
-/// The statuses the grid's legend lists, in Airflow's order, with ours (`rejected`) added.
-const LEGEND: [&str; 6] = [
+/// The statuses the grid's legend lists, in Airflow's order, with ours (`rejected`,
+/// `anomalies`) added.
+const LEGEND: [&str; 7] = [
     "success",
     "failed",
     "upstream_failed",
     "skipped",
     "running",
     "rejected",
+    "anomalies",
 ];
 
 /// The grid: one row per task (sensors first, then the fixed tasks in the order they run),

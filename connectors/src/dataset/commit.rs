@@ -38,6 +38,7 @@ use crate::manifest::{
     CREATED_BY, FORMAT_VERSION, MANIFEST_FILE, Manifest, SUCCESS_FILE, SchemaJson, ShardFile,
     ShardFormat,
 };
+use crate::stats::ValidationPlan;
 use crate::store::Location;
 
 /// Commit a run: check that every shard 0..N of every format is present exactly once (with
@@ -79,6 +80,63 @@ pub async fn commit_dataset_with(
     lineage: Value,
     fill_missing_empty_shards: bool,
     lock_timing: &CommitLockTiming,
+) -> Result<Manifest> {
+    commit_inner(
+        location,
+        run_id,
+        schema,
+        options,
+        shard_files,
+        lineage,
+        fill_missing_empty_shards,
+        lock_timing,
+        None,
+    )
+    .await
+}
+
+/// [`commit_dataset`] that also checks the merged statistics against `plan` (expectations,
+/// baseline) and records the [`Validation`](crate::stats::Validation) in the manifest. The
+/// dataset commits whatever the anomalies: they are recorded, not enforced here. Without
+/// statistics on the shards (`statistics = false`) this is an error: there is nothing to
+/// check.
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_dataset_validated(
+    location: &Location,
+    run_id: &str,
+    schema: SchemaRef,
+    options: &ShardOptions,
+    shard_files: Vec<ShardFile>,
+    lineage: Value,
+    fill_missing_empty_shards: bool,
+    plan: &ValidationPlan,
+) -> Result<Manifest> {
+    let timing = CommitLockTiming::from_env(&location.url)?;
+    commit_inner(
+        location,
+        run_id,
+        schema,
+        options,
+        shard_files,
+        lineage,
+        fill_missing_empty_shards,
+        &timing,
+        Some(plan),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn commit_inner(
+    location: &Location,
+    run_id: &str,
+    schema: SchemaRef,
+    options: &ShardOptions,
+    shard_files: Vec<ShardFile>,
+    lineage: Value,
+    fill_missing_empty_shards: bool,
+    lock_timing: &CommitLockTiming,
+    plan: Option<&ValidationPlan>,
 ) -> Result<Manifest> {
     validate_run_id(run_id)?;
     options.validate(&schema)?;
@@ -175,6 +233,17 @@ pub async fn commit_dataset_with(
         total_rows += rows[0];
     }
     let stats = write_stats(location, run_id, &schema, &mut files).await?;
+    let validation = match (plan, &stats) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::dataset(
+                &loc_url,
+                "cannot validate: the shards carry no statistics (statistics = false?)",
+            ));
+        }
+        (Some(plan), Some((_, merged))) => Some(plan.validate(merged)),
+    };
+    let stats = stats.map(|(file, _)| file);
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         created_by: CREATED_BY.to_string(),
@@ -185,6 +254,7 @@ pub async fn commit_dataset_with(
         shards: files.into_values().collect(),
         lineage,
         stats,
+        validation,
     };
     if location.url.starts_with("file://") {
         remove_stray_local_files(location, run_id, &manifest);
@@ -207,7 +277,7 @@ pub async fn commit_dataset_with(
 
 /// Merges the shards' statistics states in shard order (so the same shards give the same
 /// bytes) into `run-<id>/_stats.json`, takes the states off the shard files (they are not part
-/// of the manifest) and returns the file's entry. `None` when no shard carried a state (shards
+/// of the manifest) and returns the file's entry and the statistics. `None` when no shard carried a state (shards
 /// written by an older writer), and an error when only some did: statistics that silently
 /// covered part of the rows would look complete.
 async fn write_stats(
@@ -215,7 +285,7 @@ async fn write_stats(
     run_id: &str,
     schema: &SchemaRef,
     files: &mut BTreeMap<(u32, ShardFormat), ShardFile>,
-) -> Result<Option<crate::manifest::StatsFile>> {
+) -> Result<Option<(crate::manifest::StatsFile, crate::stats::DatasetStats)>> {
     let mut states: BTreeMap<u32, String> = BTreeMap::new();
     let mut without: Vec<u32> = Vec::new();
     let mut indices = std::collections::BTreeSet::new();
@@ -247,8 +317,8 @@ async fn write_stats(
             .merge(&other)
             .map_err(|e| Error::dataset(&location.url, format!("statistics of shard {i}: {e}")))?;
     }
-    let bytes = merged
-        .finish()
+    let finished = merged.finish();
+    let bytes = finished
         .to_json()
         .map_err(|e| Error::dataset(&location.url, format!("statistics: {e}")))?;
     let path = format!("run-{run_id}/{}", crate::stats::STATS_FILE);
@@ -263,11 +333,14 @@ async fn write_stats(
         .put(&target.path, PutPayload::from(bytes))
         .await
         .map_err(|e| Error::store(format!("writing {}", target.url), e))?;
-    Ok(Some(crate::manifest::StatsFile {
-        path,
-        bytes: size,
-        sha256,
-    }))
+    Ok(Some((
+        crate::manifest::StatsFile {
+            path,
+            bytes: size,
+            sha256,
+        },
+        finished,
+    )))
 }
 
 /// How often a commit re-reads the manifest after losing a race before giving up.

@@ -29,7 +29,7 @@ pub mod reader;
 pub mod shard_writer;
 pub mod writer;
 
-pub use commit::commit_dataset;
+pub use commit::{commit_dataset, commit_dataset_validated};
 pub use options::{ShardOptions, new_run_id};
 pub use reader::{Dataset, OpenOptions, ShardBatches, SkippedInShard};
 pub use shard_writer::{ShardWriter, write_empty_shard};

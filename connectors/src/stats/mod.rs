@@ -9,6 +9,9 @@
 //!   ([`STATS_FILE`]); [`DatasetStats::to_tfdv_proto`] exports TFDV's
 //!   `DatasetFeatureStatisticsList` (see [`tfdv`]).
 //! * [`drift()`]: L-infinity (strings) and Jensen–Shannon (numbers) between two statistics.
+//! * [`expect`]: expectations (`[[outputs.expect]]`) checked on the statistics, and
+//!   [`validate`] -> [`Validation`] (anomalies, drift), recorded in the manifest.
+//! * [`load_committed`]: a committed dataset's statistics, checked against its manifest.
 //!
 //! ## What is computed (per column, in schema order)
 //!
@@ -87,13 +90,19 @@ use crate::error::{Error, Result};
 
 mod accum;
 pub mod drift;
+pub mod expect;
 pub mod kll;
+mod load;
 mod state;
 #[cfg(test)]
 mod tests;
 pub mod tfdv;
 
 pub use drift::{ColumnDrift, DriftMeasure, drift};
+pub use expect::{
+    Anomaly, CheckKind, Expectation, ExpectationsFile, Validation, ValidationPlan, validate,
+};
+pub use load::load_committed;
 
 use accum::ColumnAcc;
 

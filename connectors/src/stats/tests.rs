@@ -622,3 +622,236 @@ fn states_can_cross_threads() {
     assert_send_sync::<DatasetStatsBuilder>();
     assert_send_sync::<DatasetStats>();
 }
+
+/// Statistics of a small table: `device` (strings), `price` (floats, some null), `label`.
+fn validation_stats(devices: &[&str], prices: &[Option<f64>], labels: &[i32]) -> DatasetStats {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device", DataType::Utf8, false),
+        Field::new("price", DataType::Float64, true),
+        Field::new("label", DataType::Int32, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(devices.to_vec())),
+            Arc::new(Float64Array::from(prices.to_vec())),
+            Arc::new(Int32Array::from(labels.to_vec())),
+        ],
+    )
+    .unwrap();
+    let mut b = DatasetStatsBuilder::new(&schema);
+    b.update(&batch).unwrap();
+    b.finish()
+}
+
+fn expectation(toml_text: &str) -> Vec<Expectation> {
+    let f: ExpectationsFile = toml::from_str(toml_text).unwrap();
+    for e in &f.expect {
+        e.check().unwrap();
+    }
+    f.expect
+}
+
+#[test]
+fn expectations_report_each_failed_check_with_both_values() {
+    let stats = validation_stats(
+        &["mobile", "mobile", "desktop", "tv"],
+        &[Some(1.0), None, None, Some(250.0)],
+        &[0, 1, 0, 0],
+    );
+    let exp = expectation(
+        r#"
+[[expect]]
+min_rows = 5
+[[expect]]
+column = "device"
+type = "Utf8"
+values = ["mobile", "desktop", "tablet"]
+max_unexpected_fraction = 0.1
+[[expect]]
+column = "price"
+type = "Int64"
+max_null_fraction = 0.25
+min = 0.0
+max = 100.0
+[[expect]]
+column = "label"
+min_mean = 0.3
+[[expect]]
+column = "city"
+"#,
+    );
+    let v = validate(&stats, &exp, Err("first day".into()));
+    let got: Vec<String> = v.anomalies.iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            "row count: rows expected >= 5, found 4",
+            "column `device`: unexpected_values expected <= 0.1000 outside 3 allowed values, found 0.2500 (1 of 4 values: \"tv\" x1)",
+            "column `price`: type expected Int64, found Float64",
+            "column `price`: null_fraction expected <= 0.2500, found 0.5000 (2 of 4 rows)",
+            "column `price`: max expected <= 100, found 250",
+            "column `label`: mean expected >= 0.3000, found 0.2500",
+            "column `city`: missing_column expected present, found absent (columns: device, price, label)",
+        ]
+    );
+    assert_eq!(v.baseline_missing.as_deref(), Some("first day"));
+    assert!(v.skipped.is_empty());
+    // The same table within its bounds: no anomaly.
+    let ok = expectation(
+        r#"
+[[expect]]
+min_rows = 4
+max_rows = 4
+[[expect]]
+column = "device"
+values = ["mobile", "desktop", "tv"]
+[[expect]]
+column = "price"
+max_null_fraction = 0.5
+min = 1.0
+max = 250.0
+"#,
+    );
+    let v = validate(&stats, &ok, Err("none".into()));
+    assert!(v.anomalies.is_empty(), "{:?}", v.anomalies);
+    assert_eq!(v.checks, 4);
+}
+
+#[test]
+fn drift_and_row_ratio_need_a_baseline_and_accept_covers_subjects() {
+    let base = validation_stats(
+        &["mobile"; 8]
+            .iter()
+            .chain(&["desktop"; 2])
+            .copied()
+            .collect::<Vec<_>>(),
+        &[Some(1.0); 10],
+        &[0; 10],
+    );
+    let today = validation_stats(
+        &["tablet"; 4]
+            .iter()
+            .chain(&["mobile"; 2])
+            .copied()
+            .collect::<Vec<_>>(),
+        &[Some(1.0); 6],
+        &[0; 6],
+    );
+    let exp = expectation(
+        r#"
+[[expect]]
+min_rows_ratio = 0.7
+[[expect]]
+column = "device"
+max_drift = 0.1
+"#,
+    );
+    let v = validate(&today, &exp, Err("no committed dataset".into()));
+    assert!(v.anomalies.is_empty());
+    assert_eq!(v.skipped, ["@rows: rows_ratio", "device: drift"]);
+    let v = validate(
+        &today,
+        &exp,
+        Ok(expect::Baseline {
+            url: "file:///d/dt=2026-11-19/",
+            stats: &base,
+        }),
+    );
+    let got: Vec<String> = v.anomalies.iter().map(|a| a.to_string()).collect();
+    // L-infinity: tablet 4/6 vs 0.
+    assert_eq!(
+        got,
+        [
+            "row count: rows_ratio expected >= 0.7000, found 0.6000 (6 rows, baseline 10)",
+            "column `device`: drift expected LInfinity <= 0.1000, found 0.6667",
+        ]
+    );
+    assert_eq!(v.baseline.as_deref(), Some("file:///d/dt=2026-11-19/"));
+    assert_eq!(v.unaccepted(&["device".into()]).len(), 1);
+    assert_eq!(v.unaccepted(&["device".into(), "@rows".into()]).len(), 0);
+    assert_eq!(v.unaccepted(&["@all".into()]).len(), 0);
+    // Round trip through the manifest's JSON.
+    let back: Validation = serde_json::from_value(serde_json::to_value(&v).unwrap()).unwrap();
+    assert_eq!(back, v);
+}
+
+#[test]
+fn bad_expectations_are_refused_naming_the_key() {
+    let err = |t: &str| {
+        let f: ExpectationsFile = toml::from_str(t).unwrap();
+        f.expect[0].check().unwrap_err()
+    };
+    assert_eq!(
+        err("[[expect]]\nmax_null_fraction = 0.1"),
+        "`max_null_fraction` needs a `column`"
+    );
+    assert_eq!(
+        err("[[expect]]\ncolumn = \"a\"\nmin_rows = 1"),
+        "`min_rows` is a table-level key: put it in an entry without `column` (this one is for `a`)"
+    );
+    assert_eq!(
+        err("[[expect]]\ncolumn = \"a\"\nmax_null_fraction = 1.5"),
+        "max_null_fraction = 1.5 is not a fraction in [0, 1]"
+    );
+    assert_eq!(
+        err("[[expect]]\ncolumn = \"a\"\nmin = 3.0\nmax = 1.0"),
+        "min = 3 is above max = 1"
+    );
+    let unknown = toml::from_str::<ExpectationsFile>("[[expect]]\ncolumn = \"a\"\nmax_nulls = 1");
+    assert!(
+        unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `max_nulls`"),
+        "typos are errors"
+    );
+}
+
+#[test]
+fn inferred_expectations_pass_on_their_own_day_and_round_trip() {
+    let stats = validation_stats(
+        &["mobile", "desktop", "mobile", "tablet"],
+        &[Some(1.0), None, Some(3.0), Some(4.0)],
+        &[0, 1, 0, 0],
+    );
+    let file = expect::infer(&stats, Some("label"));
+    let text = toml::to_string(&file).unwrap();
+    let back: ExpectationsFile = toml::from_str(&text).unwrap();
+    assert_eq!(back, file);
+    for e in &back.expect {
+        e.check().unwrap();
+    }
+    let device = back
+        .expect
+        .iter()
+        .find(|e| e.column.as_deref() == Some("device"))
+        .unwrap();
+    assert_eq!(
+        device.values.as_deref().unwrap(),
+        ["desktop", "mobile", "tablet"]
+    );
+    assert_eq!(device.max_drift, Some(0.1));
+    let price = back
+        .expect
+        .iter()
+        .find(|e| e.column.as_deref() == Some("price"))
+        .unwrap();
+    // 0.25 * 1.5 + 0.02 = 0.395 -> 0.40.
+    assert_eq!(price.max_null_fraction, Some(0.4));
+    let label = back
+        .expect
+        .iter()
+        .find(|e| e.column.as_deref() == Some("label"))
+        .unwrap();
+    assert_eq!((label.min_mean, label.max_mean), (Some(0.125), Some(0.5)));
+    let v = validate(
+        &stats,
+        &back.expect,
+        Ok(expect::Baseline {
+            url: "x",
+            stats: &stats,
+        }),
+    );
+    assert!(v.anomalies.is_empty(), "{:?}", v.anomalies);
+}

@@ -80,11 +80,12 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
                 out: args.overrides.out.clone(),
                 force: args.force,
                 trigger: Trigger::Backfill,
+                accept: Vec::new(),
             });
             match r {
                 Ok(s) => {
                     super::run::print_summary(&s, args.json)?;
-                    if s.status == RunStatus::Failed {
+                    if matches!(s.status, RunStatus::Failed | RunStatus::Anomalies) {
                         failed.push(d.clone());
                         if !args.keep_going {
                             bail!(

@@ -200,6 +200,9 @@ fn run_features(
             super::human_bytes(o.bytes),
             o.location
         );
+        if let Some(v) = &o.validation {
+            super::stats::print_validation(&o.statement, v);
+        }
     }
     for (source, c) in &report.bad_rows {
         println!(

@@ -19,6 +19,7 @@ pub mod run;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;
+pub mod schema;
 pub mod serve;
 pub mod stats;
 pub mod train;

@@ -20,6 +20,11 @@ pub struct RunArgs {
     /// Rerun tasks that already succeeded for this date with the same inputs.
     #[arg(long)]
     pub force: bool,
+    /// Accept the data validation's anomalies of COLUMN (repeatable; `@rows` for the row
+    /// counts, `@all` for every anomaly), after a person checked the data: the `validate`
+    /// task passes them and the run records who accepted what. See `docs/validation.md`.
+    #[arg(long, value_name = "COLUMN")]
+    pub accept: Vec<String>,
     /// Print one JSON object (the run summary) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -39,7 +44,7 @@ pub(crate) fn summary_metrics(s: &Summary) -> crate::metrics::Exposition {
         "run",
         &[("kiln_job", job)],
         s.seconds,
-        s.status != RunStatus::Failed,
+        matches!(s.status, RunStatus::Success | RunStatus::Rejected),
     );
     for t in &s.tasks {
         let task = t.name.to_string();
@@ -101,6 +106,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         out: args.overrides.out,
         force: args.force,
         trigger: Trigger::Run,
+        accept: args.accept.clone(),
     });
     let summary = match result {
         Ok(s) => {
@@ -127,12 +133,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     print_summary(&summary, args.json)?;
-    if summary.status == RunStatus::Failed {
-        anyhow::bail!(
+    match summary.status {
+        RunStatus::Failed => anyhow::bail!(
             "run {} failed: {}",
             summary.run_id,
             summary.error.as_deref().unwrap_or("")
-        );
+        ),
+        RunStatus::Anomalies => anyhow::bail!(
+            "run {} stopped before training: {}",
+            summary.run_id,
+            summary.error.as_deref().unwrap_or("")
+        ),
+        _ => {}
     }
     Ok(())
 }

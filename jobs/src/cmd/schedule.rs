@@ -145,11 +145,14 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
                 out: args.overrides.out.clone(),
                 force: false,
                 trigger: Trigger::Schedule,
+                accept: Vec::new(),
             });
             metrics.started += 1;
             match r {
                 Ok(s) => {
-                    if s.status == kiln_pipeline::status::RunStatus::Failed {
+                    if !s.status.is_done()
+                        || s.status == kiln_pipeline::status::RunStatus::Anomalies
+                    {
                         metrics.failed += 1;
                     }
                     metrics.last_run = Some(super::run::summary_metrics(&s));

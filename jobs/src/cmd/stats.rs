@@ -2,8 +2,8 @@
 //! were written) as a table or JSON, and with `--baseline` the drift against another dataset.
 
 use anyhow::Context;
-use kiln_connectors::stats::{ColumnStats, drift};
-use kiln_pipeline::datastats::load;
+use kiln_connectors::stats::{ColumnStats, Validation, drift};
+use kiln_pipeline::datastats::{load, load_with_manifest};
 
 /// Arguments of `kiln stats`.
 #[derive(clap::Args)]
@@ -63,7 +63,7 @@ fn describe(c: &ColumnStats) -> String {
 
 /// Runs `kiln stats`.
 pub fn run(a: StatsArgs) -> anyhow::Result<()> {
-    let stats = load(&a.dataset)?;
+    let (manifest, stats) = load_with_manifest(&a.dataset)?;
     if let Some(path) = &a.tfdv {
         let name = a.dataset.trim_end_matches('/');
         std::fs::write(path, stats.to_tfdv_proto(name))
@@ -74,7 +74,11 @@ pub fn run(a: StatsArgs) -> anyhow::Result<()> {
         None => None,
     };
     if a.json {
-        let mut out = serde_json::json!({ "dataset": a.dataset, "statistics": stats });
+        let mut out = serde_json::json!({
+            "dataset": a.dataset,
+            "statistics": stats,
+            "validation": manifest.validation,
+        });
         if let Some(d) = &drifts {
             out["baseline"] = serde_json::json!(a.baseline);
             out["drift"] = serde_json::to_value(d)?;
@@ -100,6 +104,9 @@ pub fn run(a: StatsArgs) -> anyhow::Result<()> {
             describe(c),
         );
     }
+    if let Some(v) = &manifest.validation {
+        print_validation("recorded at commit", v);
+    }
     if let Some(d) = drifts {
         println!(
             "drift against {}:",
@@ -110,4 +117,27 @@ pub fn run(a: StatsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints a recorded validation: baseline, checks, anomalies (one per line).
+pub(crate) fn print_validation(what: &str, v: &Validation) {
+    let baseline = match (&v.baseline, &v.baseline_missing) {
+        (Some(b), _) => format!("baseline {b}"),
+        (None, Some(why)) => format!("no baseline ({why})"),
+        (None, None) => "no baseline".into(),
+    };
+    println!(
+        "{what}: {} checks, {} anomal{}, {baseline}{}",
+        v.checks,
+        v.anomalies.len(),
+        if v.anomalies.len() == 1 { "y" } else { "ies" },
+        if v.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(", skipped without a baseline: {}", v.skipped.join(", "))
+        }
+    );
+    for a in &v.anomalies {
+        println!("  ANOMALY {a}");
+    }
 }

@@ -152,7 +152,7 @@ pub struct AttemptRecord {
 pub struct EventRecord {
     /// When.
     pub at: String,
-    /// `alert` or `lock`.
+    /// `alert`, `lock` or `accept`.
     pub kind: EventKind,
     /// What happened.
     pub message: String,

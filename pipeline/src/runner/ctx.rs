@@ -119,6 +119,8 @@ pub(super) struct Ctx {
     pub run_id: i64,
     /// Whether stderr is a terminal (progress lines).
     pub tty: bool,
+    /// `--accept`: anomaly subjects (columns, `@rows`, `@all`) a human accepted.
+    pub accept: Vec<String>,
 }
 
 impl Ctx {

@@ -19,6 +19,7 @@ use super::publish::PublishTask;
 use super::recorder::StoreRecorder;
 use super::sensor::SensorTask;
 use super::train::TrainTask;
+use super::validate::{ANOMALIES_FOUND, ValidateTask};
 use super::{AlreadyRunning, Request, Summary};
 use crate::alert;
 use crate::config;
@@ -107,7 +108,11 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
             std::process::id()
         ));
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-    let overrides = json!({"sources": req.sources, "out": req.out});
+    let overrides = if req.accept.is_empty() {
+        json!({"sources": req.sources, "out": req.out})
+    } else {
+        json!({"sources": req.sources, "out": req.out, "accept": req.accept})
+    };
     let hyperparams = serde_json::to_value(&spec.train)?;
     let run_id = store.start_run(&NewRun {
         job: spec.name.clone(),
@@ -168,6 +173,7 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
         staging,
         run_id,
         tty: std::io::stderr().is_terminal(),
+        accept: req.accept.clone(),
     });
     let mut tasks: Vec<Box<dyn Task<TaskId>>> = Vec::new();
     let mut sensor_names = Vec::new();
@@ -180,6 +186,7 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
         ctx: ctx.clone(),
         deps: sensor_names,
     }));
+    tasks.push(Box::new(ValidateTask { ctx: ctx.clone() }));
     tasks.push(Box::new(TrainTask { ctx: ctx.clone() }));
     tasks.push(Box::new(EvaluateTask { ctx: ctx.clone() }));
     tasks.push(Box::new(GateTask { ctx: ctx.clone() }));
@@ -231,7 +238,54 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
     let gate: Option<Decision> =
         out_of(TaskKind::Gate).and_then(|g| serde_json::from_value(g).ok());
     let publish = out_of(TaskKind::Publish);
-    let status = if error.is_some() {
+    let found_anomalies = failed.is_some_and(|t| {
+        t.name == TaskId::Step(TaskKind::Validate)
+            && t.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(ANOMALIES_FOUND))
+    });
+    // Every anomaly recorded for the day's outputs, accepted or not (also on success).
+    let anomalies: Vec<serde_json::Value> = match out_of(TaskKind::Features) {
+        Some(f) => super::validate::anomalies(&f)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(statement, a)| {
+                json!({
+                    "statement": statement,
+                    "column": a.column,
+                    "check": a.check,
+                    "expected": a.expected,
+                    "actual": a.actual,
+                    "accepted": a.accepted_by(&req.accept),
+                    "message": a.to_string(),
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    if !req.accept.is_empty() {
+        let accepted: Vec<&serde_json::Value> =
+            anomalies.iter().filter(|a| a["accepted"] == true).collect();
+        let msg = format!(
+            "--accept {}: {} anomal{} accepted{}",
+            req.accept.join(","),
+            accepted.len(),
+            if accepted.len() == 1 { "y" } else { "ies" },
+            accepted
+                .iter()
+                .map(|a| format!(
+                    "; {}: {}",
+                    a["statement"].as_str().unwrap_or(""),
+                    a["message"].as_str().unwrap_or("")
+                ))
+                .collect::<String>()
+        );
+        rec.say(&format!("  {msg}"));
+        rec.store.add_event(run_id, EventKind::Accept, &msg)?;
+    }
+    let status = if found_anomalies {
+        RunStatus::Anomalies
+    } else if error.is_some() {
         RunStatus::Failed
     } else if gate.as_ref().is_some_and(|g| !g.passed) {
         RunStatus::Rejected
@@ -263,6 +317,11 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
             model_version.map_or("-".into(), |v| v.to_string()),
             gate.as_ref().map(|g| g.failures()).unwrap_or_default()
         )),
+        RunStatus::Anomalies => rec.say(&format!(
+            "{} {date}: ANOMALIES in the data, nothing trained: {}",
+            spec.name,
+            error.as_deref().unwrap_or("")
+        )),
         RunStatus::Failed | RunStatus::Running => rec.say(&format!(
             "{} {date}: FAILED: {}",
             spec.name,
@@ -273,7 +332,12 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
     let mut alert_result = None;
     if status != RunStatus::Success {
         let payload = json!({
-            "kind": if status == RunStatus::Rejected { "rejected" } else { "failure" },
+            "kind": match status {
+                RunStatus::Rejected => "rejected",
+                RunStatus::Anomalies => "anomalies",
+                _ => "failure",
+            },
+            "anomalies": anomalies.iter().filter(|a| a["accepted"] == false).collect::<Vec<_>>(),
             "job": spec.name,
             "date": date,
             "run_id": run_id,
@@ -314,6 +378,7 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
         job: spec.name.clone(),
         date,
         status,
+        anomalies,
         model_version,
         model_path: publish.and_then(|p| p["path"].as_str().map(String::from)),
         metrics,

@@ -45,16 +45,34 @@ impl Task<TaskId> for FeaturesTask {
         self.ctx.policy(KIND)
     }
     fn fingerprint(&self, _: &Upstream) -> anyhow::Result<String> {
-        Ok(sha(&[
+        let text = features_spec_text(&self.ctx.spec)?;
+        let date = self.ctx.date();
+        // The overrides' Debug text: an input to the hash (not a name), kept as earlier
+        // versions wrote it so recorded fingerprints stay valid.
+        let sources = format!("{:?}", self.ctx.sources);
+        let mut parts = vec![
             KIND.as_str(),
-            &features_spec_text(&self.ctx.spec)?,
-            &self.ctx.date(),
-            // The overrides' Debug text: an input to the hash (not a name), kept as earlier
-            // versions wrote it so recorded fingerprints stay valid.
-            &format!("{:?}", self.ctx.sources),
+            &text,
+            &date,
+            &sources,
             self.ctx.out.as_deref().unwrap_or(""),
             env!("CARGO_PKG_VERSION"),
-        ]))
+        ];
+        // Expectations files are checked at commit: editing one reruns the task. (Added only
+        // when there is one, so other specs keep their recorded fingerprints.)
+        let files = self
+            .ctx
+            .spec
+            .outputs
+            .iter()
+            .filter(|o| o.expect_file.is_some())
+            .map(|o| serde_json::to_string(&o.expect))
+            .collect::<Result<Vec<_>, _>>()?
+            .join("\n");
+        if !files.is_empty() {
+            parts.push(&files);
+        }
+        Ok(sha(&parts))
     }
     fn still_valid(&self, out: &Json) -> bool {
         match (out["examples"].as_str(), out["manifest_sha256"].as_str()) {
@@ -91,6 +109,10 @@ impl Task<TaskId> for FeaturesTask {
             "shards": examples["shards"],
             "feature_run_id": report["run_id"],
             "inputs": report["inputs"],
+            "outputs": outputs
+                .iter()
+                .map(|o| json!({"statement": o["statement"], "location": o["location"]}))
+                .collect::<Vec<_>>(),
         }))
     }
 }

@@ -1,9 +1,10 @@
 //! One daily run (`kiln run SPEC --date D`): lock, DAG of tasks, records, alerts.
 //!
-//! Tasks, in order: `sensor:<name>`... -> `features` -> `train` -> `evaluate` -> `gate` ->
-//! `publish`. `features`, `train` and `evaluate` run as child processes of this binary
+//! Tasks, in order: `sensor:<name>`... -> `features` -> `validate` -> `train` -> `evaluate`
+//! -> `gate` -> `publish`. `features`, `train` and `evaluate` run as child processes of this binary
 //! (`kiln features|train|predict --json`) with logs per attempt; `gate` and `publish` run in
-//! process. Training uses a staging model directory that is stable across reruns of the same
+//! process; so does `validate`, which reads the anomalies recorded in the outputs'
+//! manifests. Training uses a staging model directory that is stable across reruns of the same
 //! job and date (`<work_dir>/staging/<job>/<date>/model`), so a rerun after a crash resumes
 //! from its checkpoint.
 //!
@@ -23,6 +24,7 @@ mod publish;
 mod recorder;
 mod sensor;
 mod train;
+mod validate;
 
 use std::path::PathBuf;
 
@@ -53,6 +55,8 @@ pub struct Request {
     pub force: bool,
     /// `run`, `backfill` or `schedule`.
     pub trigger: Trigger,
+    /// `--accept`: anomaly subjects (columns, `@rows`, `@all`) accepted by a human.
+    pub accept: Vec<String>,
 }
 
 /// The result of a run (`kiln run --json`).
@@ -64,8 +68,11 @@ pub struct Summary {
     pub job: String,
     /// Run date.
     pub date: String,
-    /// `success`, `rejected` (the gate refused the model) or `failed`.
+    /// `success`, `rejected` (the gate refused the model), `anomalies` (data validation
+    /// stopped the run) or `failed`.
     pub status: RunStatus,
+    /// The anomalies recorded for the day's outputs (`statement`, anomaly), accepted or not.
+    pub anomalies: Vec<Json>,
     /// The version published (or kept as a rejected candidate).
     pub model_version: Option<u64>,
     /// Its directory.

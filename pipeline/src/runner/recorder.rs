@@ -50,6 +50,32 @@ fn summarize(task: &TaskId, out: &Json) -> String {
             out["rows"],
             out["manifest_sha256"].as_str().unwrap_or("")
         ),
+        TaskKind::Validate => {
+            let outs = out["outputs"].as_array().cloned().unwrap_or_default();
+            let checks: u64 = outs.iter().filter_map(|o| o["checks"].as_u64()).sum();
+            let accepted: usize = outs
+                .iter()
+                .map(|o| o["accepted"].as_array().map_or(0, Vec::len))
+                .sum();
+            let no_baseline: Vec<&str> = outs
+                .iter()
+                .filter(|o| !o["baseline_missing"].is_null())
+                .filter_map(|o| o["statement"].as_str())
+                .collect();
+            format!(
+                "{checks} checks passed{}{}",
+                if accepted > 0 {
+                    format!(", {accepted} anomalies accepted")
+                } else {
+                    String::new()
+                },
+                if no_baseline.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (no baseline for {})", no_baseline.join(", "))
+                }
+            )
+        }
         TaskKind::Train => format!(
             "{} steps{}, held-out auc {} logloss {}",
             out["steps"],

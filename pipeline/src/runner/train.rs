@@ -34,7 +34,7 @@ impl Task<TaskId> for TrainTask {
         KIND.into()
     }
     fn deps(&self) -> Vec<TaskId> {
-        vec![TaskKind::Features.into()]
+        vec![TaskKind::Validate.into()]
     }
     fn policy(&self) -> TaskPolicy {
         self.ctx.policy(KIND)
