@@ -44,7 +44,7 @@ enum Command {
     /// Inspect a Kiln Ballista cluster (`kiln cluster status --cluster df://HOST:PORT`).
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),
-    /// The daily pipeline for one date: sensors, features, train, evaluate, gate, publish.
+    /// The daily pipeline for one date: sensors, features, validate, train, evaluate, gate, publish.
     Run(cmd::run::RunArgs),
     /// Records of pipeline runs (`kiln runs list|show`).
     #[command(subcommand)]

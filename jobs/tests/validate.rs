@@ -200,6 +200,24 @@ fn planted_drift_and_nulls_stop_the_run_a_clean_day_passes_and_accept_overrides(
     ]);
     let shown: Json = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["status"], "anomalies", "{shown}");
+    assert_eq!(shown["lineage"]["anomalies"][0]["column"], "device");
+    let html = d.join("stats.html");
+    let o = kiln(&[
+        "stats",
+        d.join("out/daily_ctr/examples/dt=2026-11-20").to_str().unwrap(),
+        "--baseline",
+        d.join("out/daily_ctr/examples/dt=2026-11-19").to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.starts_with("<!doctype html>") && page.contains("<svg") && page.contains("device"),
+        "{}",
+        &page[..page.len().min(400)]
+    );
+    assert!(page.contains("l_infinity"), "the drift of each column is shown");
     let stats = kiln(&[
         "stats",
         d.join("out/daily_ctr/examples/dt=2026-11-20")

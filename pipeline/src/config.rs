@@ -815,7 +815,7 @@ mod tests {
         check(
             "[pipeline.tasks.train]",
             "[pipeline.tasks.trian]",
-            "[pipeline.tasks.trian]: unknown task (tasks: features, train, evaluate, gate, publish)",
+            "[pipeline.tasks.trian]: unknown task (tasks: features, validate, train, evaluate, gate, publish)",
         );
         check("\"auc >= 0.60\"", "\"auc => 0.60\"", "rule `auc => 0.60`");
         check("Europe/Berlin", "Europe/Berln", "timezone `Europe/Berln`");

@@ -139,7 +139,7 @@ mod tests {
         let e = "succeeded".parse::<RunStatus>().unwrap_err().to_string();
         assert_eq!(
             e,
-            "unknown run status `succeeded` (expected one of: running, success, rejected, failed)"
+            "unknown run status `succeeded` (expected one of: running, success, rejected, anomalies, failed)"
         );
         let e = serde_json::from_str::<TaskStatus>("\"upstream-failed\"")
             .unwrap_err()

@@ -277,7 +277,10 @@ pub fn run(job: &str, d: &RunDetail, links: &RunLinks) -> String {
     if let Some(g) = &r.gate {
         out.push_str(&gate(g));
     }
-    out.push_str(&anomalies(&d.tasks));
+    out.push_str(&anomalies(
+        &d.tasks,
+        r.lineage.as_ref().unwrap_or(&Json::Null),
+    ));
     if let Some(m) = &r.metrics {
         out.push_str("<h2>Held-out metrics</h2>");
         out.push_str(&metrics_table(&[("candidate", m)]));
@@ -590,9 +593,23 @@ fn gate(g: &Json) -> String {
     out
 }
 
-/// Anomalies any task recorded in its output (`"anomalies": [...]`).
-fn anomalies(tasks: &[TaskDetail]) -> String {
+/// Anomalies the run recorded (data validation: `lineage.anomalies`, as `kiln run` records
+/// them) or any task recorded in its output (`"anomalies": [...]`).
+fn anomalies(tasks: &[TaskDetail], lineage: &Json) -> String {
     let mut items = Vec::new();
+    if let Some(list) = lineage["anomalies"].as_array() {
+        for a in list {
+            let accepted = if a["accepted"] == true {
+                " (accepted)"
+            } else {
+                ""
+            };
+            items.push((
+                format!("validate · {}", a["statement"].as_str().unwrap_or("")),
+                format!("{}{accepted}", a["message"].as_str().unwrap_or("")),
+            ));
+        }
+    }
     for t in tasks {
         let Some(a) = t.task.output.as_ref().map(|o| &o["anomalies"]) else {
             continue;

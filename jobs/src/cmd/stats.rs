@@ -18,6 +18,11 @@ pub struct StatsArgs {
     /// TFDV and Facets).
     #[arg(long, value_name = "PATH")]
     pub tfdv: Option<std::path::PathBuf>,
+    /// Also write the statistics as a standalone HTML page to PATH: a histogram or the top
+    /// values of every column, drawn over the baseline's when --baseline is given (the
+    /// dataset page of `kiln ui`).
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<std::path::PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -69,10 +74,22 @@ pub fn run(a: StatsArgs) -> anyhow::Result<()> {
         std::fs::write(path, stats.to_tfdv_proto(name))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let drifts = match &a.baseline {
-        Some(b) => Some(drift(&stats, &load(b)?)),
+    let baseline = match &a.baseline {
+        Some(b) => Some((b.clone(), load(b)?)),
         None => None,
     };
+    let drifts = baseline.as_ref().map(|(_, b)| drift(&stats, b));
+    if let Some(path) = &a.html {
+        let title = format!("Dataset {}", a.dataset);
+        let body = kiln_ui::pages::dataset(
+            &title,
+            &a.dataset,
+            &stats,
+            baseline.as_ref().map(|(u, s)| (u.as_str(), s)),
+        );
+        std::fs::write(path, kiln_ui::html::page(&title, &[], &body, None))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if a.json {
         let mut out = serde_json::json!({
             "dataset": a.dataset,

@@ -476,7 +476,7 @@ fn names_a_row_with_an_unknown_status() {
         "{e}"
     );
     assert!(e.contains("unknown run status `finished`"), "{e}");
-    assert!(e.contains("running, success, rejected, failed"), "{e}");
+    assert!(e.contains("running, success, rejected, anomalies, failed"), "{e}");
 }
 
 #[test]

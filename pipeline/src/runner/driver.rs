@@ -302,6 +302,7 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
         "inputs": features.as_ref().map(|f| f["inputs"].clone()),
         "model_sha256": out_of(TaskKind::Train).map(|t| t["model_sha256"].clone()),
         "overrides": overrides,
+        "anomalies": anomalies,
     });
     match status {
         RunStatus::Success => rec.say(&format!(
