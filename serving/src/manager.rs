@@ -597,6 +597,12 @@ impl Manager {
         if new_labels != old.labels {
             changed = true;
         }
+        let unloaded: Vec<u64> = old
+            .loaded
+            .keys()
+            .filter(|v| !loaded.contains_key(v))
+            .copied()
+            .collect();
         if changed {
             self.metrics.set_current(&m.name, &loaded, &new_labels);
             m.swap(Snapshot {
@@ -604,6 +610,23 @@ impl Manager {
                 labels: new_labels,
                 status,
             });
+        }
+        // A downloaded copy of a version no longer served is deleted (after the swap: no new
+        // request reaches it, and the ones in flight score from memory); served again later,
+        // it is downloaded and verified again. So the cache holds what is served.
+        if m.repo.is_remote() {
+            for v in unloaded {
+                let dir = m.cache.join(v.to_string());
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {
+                        tracing::info!(model = %m.name, version = v, dir = %dir.display(), "deleted the cached copy")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(model = %m.name, version = v, dir = %dir.display(), error = %e, "could not delete the cached copy")
+                    }
+                }
+            }
         }
         Ok(())
     }

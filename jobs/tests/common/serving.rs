@@ -289,6 +289,19 @@ pub fn remote_repository_round_trip(base: &str) {
     remote_server.wait_for(&body, 1, poll + Duration::from_secs(10));
     let (_, _, back) = remote_server.predict("/v1/models/ctr:predict", &body);
     assert_eq!(back, local_preds);
+    // The cache holds the served version only: 2 was deleted when unloaded, 1 downloaded again.
+    let repo_cache = std::fs::read_dir(dir.path().join("cache-r"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut cached: Vec<String> = std::fs::read_dir(&repo_cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    cached.sort();
+    assert_eq!(cached, ["1"], "{}", repo_cache.display());
 
     // A tampered version: refused by `kiln models verify` and by the server.
     assert_eq!(publish(&remote, &model_a, "tampered"), 3);
