@@ -142,7 +142,7 @@ impl Drop for Server {
 }
 
 /// The first `n` rows of a dataset's first batch as raw JSON instances.
-fn instances(data: &str, n: usize) -> Vec<Value> {
+pub fn instances(data: &str, n: usize) -> Vec<Value> {
     use arrow::array::{Array, AsArray};
     use arrow::compute::cast;
     use arrow::datatypes::{DataType, Float64Type, Int64Type};
