@@ -285,6 +285,9 @@ pub struct ManifestOptions {
     pub formats: Vec<ShardFormat>,
     /// Stream compression of TFRecord shards.
     pub tfrecord_compression: Compression,
+    /// Its DEFLATE level when not the default 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tfrecord_compression_level: Option<u32>,
     /// Codec of Parquet shards.
     pub parquet_compression: ParquetCompression,
     /// Column hashed to assign rows to shards (None: round-robin by row number).

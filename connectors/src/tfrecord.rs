@@ -169,8 +169,12 @@ pub fn frame_record(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&masked_crc32c(payload).to_le_bytes());
 }
 
-/// A writer that optionally compresses (GZIP / ZLIB, default level, deterministic output: the
-/// gzip header carries no timestamp or file name).
+/// The DEFLATE level TFRecord writers use unless told otherwise: zlib's default, what
+/// TensorFlow's `TFRecordOptions` uses.
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
+
+/// A writer that optionally compresses (GZIP / ZLIB at a DEFLATE level 0..=9, deterministic
+/// output: the gzip header carries no timestamp or file name).
 pub enum CompressWriter<W: Write> {
     /// No compression.
     None(W),
@@ -181,9 +185,14 @@ pub enum CompressWriter<W: Write> {
 }
 
 impl<W: Write> CompressWriter<W> {
-    /// Wrap `w`.
+    /// Wrap `w` (level [`DEFAULT_COMPRESSION_LEVEL`]).
     pub fn new(w: W, compression: Compression) -> Self {
-        let level = flate2::Compression::default();
+        Self::with_level(w, compression, DEFAULT_COMPRESSION_LEVEL)
+    }
+
+    /// Wrap `w`, compressing at DEFLATE `level` (0 = stored .. 9 = smallest; clamped to 9).
+    pub fn with_level(w: W, compression: Compression, level: u32) -> Self {
+        let level = flate2::Compression::new(level.min(9));
         match compression {
             Compression::None => CompressWriter::None(w),
             Compression::Gzip => CompressWriter::Gzip(GzEncoder::new(w, level)),
@@ -253,8 +262,13 @@ pub struct TfRecordWriter<W: Write> {
 impl<W: Write> TfRecordWriter<W> {
     /// A writer over `w` with the given stream compression.
     pub fn new(w: W, compression: Compression) -> Self {
+        Self::with_level(w, compression, DEFAULT_COMPRESSION_LEVEL)
+    }
+
+    /// A writer compressing at DEFLATE `level` (0..=9).
+    pub fn with_level(w: W, compression: Compression, level: u32) -> Self {
         TfRecordWriter {
-            out: CompressWriter::new(w, compression),
+            out: CompressWriter::with_level(w, compression, level),
             records: 0,
             uncompressed_bytes: 0,
         }
@@ -615,6 +629,48 @@ mod tests {
             assert_eq!(recs[1], b"hello");
             assert_eq!(recs[2].len(), 100_000);
         }
+    }
+
+    #[test]
+    fn compression_levels_trade_size_and_read_back_the_same() {
+        // Records like Examples: repetitive but not constant.
+        let records: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| {
+                format!(
+                    "user {} item {} device mobile price {}.99",
+                    i % 97,
+                    i * 7 % 1013,
+                    i % 50
+                )
+                .into_bytes()
+            })
+            .collect();
+        let mut sizes = Vec::new();
+        for level in [0, 1, 6, 9] {
+            let mut w = TfRecordWriter::with_level(Vec::new(), Compression::Gzip, level);
+            for r in &records {
+                w.write_record(r).unwrap();
+            }
+            let bytes = w.finish().unwrap();
+            let back: Vec<Vec<u8>> = TfRecordReader::new(&bytes[..], Compression::Gzip, "mem")
+                .collect::<Result<_>>()
+                .unwrap();
+            assert_eq!(back, records, "level {level}");
+            sizes.push(bytes.len());
+        }
+        assert!(
+            sizes[0] > sizes[1] && sizes[1] > sizes[2] && sizes[2] >= sizes[3],
+            "{sizes:?}"
+        );
+        let mut default = TfRecordWriter::new(Vec::new(), Compression::Gzip);
+        for r in &records {
+            default.write_record(r).unwrap();
+        }
+        assert_eq!(
+            default.finish().unwrap().len(),
+            sizes[2],
+            "the default is level 6"
+        );
     }
 
     #[test]

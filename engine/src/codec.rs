@@ -262,6 +262,7 @@ mod tests {
             shards: 16,
             formats: vec![ShardFormat::TfRecord, ShardFormat::Parquet],
             tfrecord_compression: kiln_connectors::Compression::Gzip,
+            tfrecord_compression_level: 1,
             parquet_compression: crate::spec::ParquetCodec::Zstd,
             statistics: true,
         }

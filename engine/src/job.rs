@@ -527,6 +527,7 @@ pub fn sink_spec(o: &OutputSpec, run_id: &str) -> Result<SinkSpec> {
         shards: o.shards,
         formats: o.formats.clone(),
         tfrecord_compression: o.tfrecord_compression,
+        tfrecord_compression_level: o.tfrecord_compression_level,
         parquet_compression: o.parquet_compression,
         statistics: o.statistics,
     })

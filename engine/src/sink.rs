@@ -118,6 +118,9 @@ pub struct SinkSpec {
     pub formats: Vec<ShardFormat>,
     /// TFRecord compression.
     pub tfrecord_compression: Compression,
+    /// Its DEFLATE level.
+    #[serde(default = "crate::spec::default_tfrecord_compression_level")]
+    pub tfrecord_compression_level: u32,
     /// Parquet compression.
     pub parquet_compression: crate::spec::ParquetCodec,
     /// Column statistics in the write pass (`_stats.json`).
@@ -132,6 +135,7 @@ impl SinkSpec {
             num_shards: self.shards,
             formats: self.formats.clone(),
             tfrecord_compression: self.tfrecord_compression,
+            tfrecord_compression_level: self.tfrecord_compression_level,
             parquet_compression: self.parquet_compression.compression(),
             key_column: Some(self.key.clone()),
             statistics: self.statistics,
@@ -503,6 +507,7 @@ mod tests {
                     shards: 1,
                     formats: vec![ShardFormat::Parquet],
                     tfrecord_compression: Compression::None,
+                    tfrecord_compression_level: 6,
                     parquet_compression: crate::spec::ParquetCodec::default(),
                     statistics: true,
                 };

@@ -371,6 +371,10 @@ pub struct OutputSpec {
     /// TFRecord compression: none | gzip | zlib (default gzip).
     #[serde(default = "default_tfrecord_compression")]
     pub tfrecord_compression: kiln_connectors::Compression,
+    /// DEFLATE level 0..=9 of gzip/zlib TFRecord shards (default 6, TensorFlow's; 1 writes
+    /// several times faster for somewhat larger files: docs/datasets.md).
+    #[serde(default = "default_tfrecord_compression_level")]
+    pub tfrecord_compression_level: u32,
     /// Parquet compression: none | snappy | zstd | gzip (default zstd).
     #[serde(default)]
     pub parquet_compression: ParquetCodec,
@@ -411,6 +415,11 @@ impl OutputSpec {
     pub fn spark_partition_column(&self) -> &str {
         self.spark_partition_column.as_deref().unwrap_or("dt")
     }
+}
+
+/// TensorFlow's (and zlib's) default DEFLATE level.
+pub(crate) fn default_tfrecord_compression_level() -> u32 {
+    kiln_connectors::tfrecord::DEFAULT_COMPRESSION_LEVEL
 }
 
 fn default_tfrecord_compression() -> kiln_connectors::Compression {
@@ -781,6 +790,12 @@ impl JobSpec {
                 return Err(self.error(format!(
                     "outputs `{}`: formats is empty (use [\"tfrecord\"], [\"parquet\"] or both)",
                     o.statement
+                )));
+            }
+            if o.tfrecord_compression_level > 9 {
+                return Err(self.error(format!(
+                    "outputs `{}`: tfrecord_compression_level must be in 0..=9, got {}",
+                    o.statement, o.tfrecord_compression_level
                 )));
             }
             self.check_spark_table(o)?;

@@ -17,6 +17,8 @@ pub struct ShardOptions {
     pub formats: Vec<ShardFormat>,
     /// Stream compression of TFRecord shards (default GZIP, file suffix `.tfrecord.gz`).
     pub tfrecord_compression: Compression,
+    /// DEFLATE level 0..=9 of GZIP/ZLIB TFRecord shards (default 6, TensorFlow's).
+    pub tfrecord_compression_level: u32,
     /// Parquet codec (default Snappy).
     pub parquet_compression: ParquetCompression,
     /// Column whose hash assigns rows to shards; None = round-robin by row number.
@@ -35,6 +37,7 @@ impl Default for ShardOptions {
             num_shards: 1,
             formats: vec![ShardFormat::TfRecord],
             tfrecord_compression: Compression::Gzip,
+            tfrecord_compression_level: crate::tfrecord::DEFAULT_COMPRESSION_LEVEL,
             parquet_compression: ParquetCompression::Snappy,
             key_column: None,
             encode: EncodeOptions::default(),
@@ -95,6 +98,9 @@ impl ShardOptions {
             num_shards: self.num_shards,
             formats: self.formats.clone(),
             tfrecord_compression: self.tfrecord_compression,
+            tfrecord_compression_level: (self.tfrecord_compression != Compression::None
+                && self.tfrecord_compression_level != crate::tfrecord::DEFAULT_COMPRESSION_LEVEL)
+                .then_some(self.tfrecord_compression_level),
             parquet_compression: self.parquet_compression,
             key_column: self.key_column.clone(),
             null_defaults: self.encode.null_defaults.clone(),

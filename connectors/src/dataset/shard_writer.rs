@@ -328,9 +328,10 @@ impl ShardWriter {
                 ShardFormat::TfRecord => {
                     tf = Some(TfOut {
                         enc: ExampleEncoder::new(schema.clone(), &options.encode)?,
-                        z: CompressWriter::new(
+                        z: CompressWriter::with_level(
                             Vec::with_capacity(FLUSH_BYTES + (1 << 20)),
                             options.tfrecord_compression,
+                            options.tfrecord_compression_level,
                         ),
                         framed: Vec::with_capacity(1 << 20),
                         sink: Sink::new(&loc),
