@@ -1046,6 +1046,38 @@ formats = ["tfrecord", "parquet"]
         assert!(e.contains("offsets must be within"), "{e}");
         let e = load_err(&GOOD.replace("shards = 4", "shards = 100000"));
         assert!(e.contains("shards must be in 1..=99999"), "{e}");
+        let e =
+            load_err(&GOOD.replace("shards = 4", "shards = 4\ntfrecord_compression_level = 10"));
+        assert!(
+            e.contains("outputs `x`: tfrecord_compression_level must be in 0..=9, got 10"),
+            "{e}"
+        );
+        let e = load_err(&format!(
+            "{GOOD}[[outputs.expect]]\nmax_null_fraction = 0.1\n"
+        ));
+        assert!(
+            e.contains(
+                "outputs `x`: [[outputs.expect]] entry 1: `max_null_fraction` needs a `column`"
+            ),
+            "{e}"
+        );
+        let e = load_err(&format!("{GOOD}expect_file = \"missing.toml\"\n"));
+        assert!(
+            e.contains("outputs `x`: expect_file") && e.contains("missing.toml"),
+            "{e}"
+        );
+        let e = load_err(&format!(
+            "{GOOD}statistics = false\n[[outputs.expect]]\ncolumn = \"a\"\nmax_null_fraction = 0.1\n"
+        ));
+        assert!(e.contains("they need statistics = true"), "{e}");
+        // The default baseline is the output's location for the day before.
+        let p = write_spec(dir.path(), GOOD);
+        let spec = JobSpec::load(&p).unwrap();
+        let d = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+        let r = spec.render(d, &Overrides::default()).unwrap();
+        let b = r.outputs[0].baseline.as_deref().unwrap();
+        assert!(b.ends_with("/out/x/dt=2026-11-19/"), "{b}");
+        assert!(r.outputs[0].baseline_is_previous_day);
         let csv = GOOD.replace(
             "format = \"parquet\"",
             "format = \"csv\"\nschema = [\"event_id int64\"]\ncsv = { delimiter = \"é\" }",
