@@ -100,12 +100,16 @@ fn planted_drift_and_nulls_stop_the_run_a_clean_day_passes_and_accept_overrides(
     let spec = write_spec(d, 20, "0.01", &pipeline);
     let text = std::fs::read_to_string(&spec).unwrap();
 
-    // Day 1: no expectations yet, no baseline (nothing committed the day before).
+    // Day 1: the example's own expectations, no baseline (nothing committed the day before).
     let (o, s) = run(&spec, "2026-11-18", &[]);
     assert!(o.status.success(), "{s}");
     assert_eq!(s["status"], "success");
     let v = &manifest(d, "2026-11-18")["validation"];
-    assert_eq!(v["checks"], 0);
+    assert_eq!(v["checks"], 4, "{v}");
+    assert_eq!(
+        v["skipped"],
+        serde_json::json!(["@rows: rows_ratio", "device: drift"])
+    );
     assert!(
         v["baseline_missing"]
             .as_str()
@@ -175,7 +179,9 @@ fn planted_drift_and_nulls_stop_the_run_a_clean_day_passes_and_accept_overrides(
     assert_eq!(task(&s, "validate")["attempts"], 1, "no retries");
     assert_eq!(task(&s, "train")["status"], "upstream_failed");
     assert!(s["model_version"].is_null());
-    assert_eq!(flagged(&s), [("device".to_string(), "drift".to_string())]);
+    // Flagged by the example's bound (0.2) and by the inferred one (0.1).
+    let drift_of_device = ("device".to_string(), "drift".to_string());
+    assert_eq!(flagged(&s), [drift_of_device.clone(), drift_of_device]);
     let drift: f64 = s["anomalies"][0]["actual"]
         .as_str()
         .unwrap()
@@ -249,7 +255,7 @@ fn planted_drift_and_nulls_stop_the_run_a_clean_day_passes_and_accept_overrides(
         events.iter().any(|e| e["kind"] == "accept"
             && e["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("--accept device: 1 anomaly accepted"))),
+                .is_some_and(|m| m.contains("--accept device: 2 anomalies accepted"))),
         "{shown}"
     );
 
