@@ -210,9 +210,13 @@ fn planted_drift_and_nulls_stop_the_run_a_clean_day_passes_and_accept_overrides(
     let html = d.join("stats.html");
     let o = kiln(&[
         "stats",
-        d.join("out/daily_ctr/examples/dt=2026-11-20").to_str().unwrap(),
+        d.join("out/daily_ctr/examples/dt=2026-11-20")
+            .to_str()
+            .unwrap(),
         "--baseline",
-        d.join("out/daily_ctr/examples/dt=2026-11-19").to_str().unwrap(),
+        d.join("out/daily_ctr/examples/dt=2026-11-19")
+            .to_str()
+            .unwrap(),
         "--html",
         html.to_str().unwrap(),
     ]);
@@ -223,7 +227,10 @@ fn planted_drift_and_nulls_stop_the_run_a_clean_day_passes_and_accept_overrides(
         "{}",
         &page[..page.len().min(400)]
     );
-    assert!(page.contains("l_infinity"), "the drift of each column is shown");
+    assert!(
+        page.contains("l_infinity"),
+        "the drift of each column is shown"
+    );
     let stats = kiln(&[
         "stats",
         d.join("out/daily_ctr/examples/dt=2026-11-20")

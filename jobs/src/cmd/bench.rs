@@ -296,6 +296,16 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     // The statistics' cost: the full job without them.
     let no_stats_spec = work.join("job-full-no-statistics.toml");
     std::fs::write(&no_stats_spec, without_statistics(&spec_text)?)?;
+    // The DEFLATE level's cost: the full job at level 1 instead of TensorFlow's 6.
+    let level1_spec = work.join("job-full-gzip-level-1.toml");
+    let gzip = "tfrecord_compression = \"gzip\"\n";
+    if !spec_text.contains(gzip) {
+        bail!("the example spec no longer sets {gzip:?}");
+    }
+    std::fs::write(
+        &level1_spec,
+        spec_text.replace(gzip, &format!("{gzip}tfrecord_compression_level = 1\n")),
+    )?;
     let mut results = Vec::new();
     let cluster = if a.cluster {
         Some(super::local_cluster::LocalCluster::start(
@@ -311,6 +321,11 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
         (
             "tfrecord_gzip+parquet, no statistics".to_string(),
             &no_stats_spec,
+            None,
+        ),
+        (
+            "tfrecord_gzip level 1+parquet".to_string(),
+            &level1_spec,
             None,
         ),
     ];

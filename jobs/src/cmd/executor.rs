@@ -1,13 +1,27 @@
 //! `kiln executor`: a Ballista executor that runs Kiln's plan nodes — the sharded
-//! TFRecord/Parquet writer included — with object stores built from its own environment.
+//! TFRecord/Parquet writer included — with object stores built from its own environment;
+//! with `--metrics-bind`, Prometheus' `GET /metrics` (tasks by outcome, task durations,
+//! tasks running, slots, process start time, CPU and memory).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
+use ballista_core::JobId;
+use ballista_core::serde::protobuf::ShuffleWritePartition;
+use ballista_executor::execution_engine::{
+    DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
+};
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::prelude::SessionConfig;
 use kiln_engine::codec::{KilnLogicalCodec, KilnPhysicalCodec};
+
+use crate::metrics::{DurationHistogram, Exposition, MetricsServer};
 
 /// Arguments of `kiln executor`.
 #[derive(clap::Args)]
@@ -35,6 +49,13 @@ pub struct ExecutorArgs {
     /// Executor id [default: a fresh unique id].
     #[arg(long)]
     pub id: Option<String>,
+    /// Serve Prometheus metrics at `http://HOST:PORT/metrics` (port 0 picks a free one; the
+    /// address is logged): tasks succeeded and failed, task durations, tasks running, slots,
+    /// process start time, CPU and memory. Counting tasks wraps Ballista's default execution
+    /// engine, whose pool of connections to other executors is private to it: with this flag
+    /// each shuffle fetch opens its own connection (Ballista's `client_ttl = 0` behaviour).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_bind: Option<String>,
 }
 
 pub fn run(args: ExecutorArgs) -> anyhow::Result<()> {
@@ -89,6 +110,18 @@ pub fn run(args: ExecutorArgs) -> anyhow::Result<()> {
     if let Some(id) = args.id {
         config.executor_id = id;
     }
+    if let Some(bind) = &args.metrics_bind {
+        let tasks = Arc::new(TaskMetrics::default());
+        config.override_execution_engine = Some(Arc::new(CountingEngine {
+            inner: DefaultExecutionEngine::new(),
+            tasks: Arc::clone(&tasks),
+        }));
+        let slots = args.slots.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let addr = serve_metrics(bind, tasks, slots, &config.executor_id)?;
+        tracing::info!("kiln executor: metrics at http://{addr}/metrics");
+    }
     tracing::info!(
         "kiln executor {} on {}, scheduler {}:{}, work dir {work_dir_text}",
         config.executor_id,
@@ -101,4 +134,165 @@ pub fn run(args: ExecutorArgs) -> anyhow::Result<()> {
         .block_on(start_executor_process(Arc::new(config)))
         .context("executor")?;
     Ok(())
+}
+
+/// Tasks this executor ran, counted by [`CountingEngine`].
+#[derive(Default)]
+struct TaskMetrics {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    running: AtomicU64,
+    durations: DurationHistogram,
+}
+
+/// Serves `GET /metrics` on `bind`.
+fn serve_metrics(
+    bind: &str,
+    tasks: Arc<TaskMetrics>,
+    slots: usize,
+    id: &str,
+) -> anyhow::Result<std::net::SocketAddr> {
+    crate::metrics::process_start();
+    let id = id.to_string();
+    MetricsServer::start_live(bind, move || {
+        let mut m = Exposition::new();
+        let l = [("executor", id.as_str())];
+        crate::metrics::add_process(&mut m, "executor");
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        m.counter(
+            "kiln_executor_tasks_succeeded_total",
+            "Tasks (one partition of a query stage) this executor ran to success.",
+            &l,
+            load(&tasks.succeeded),
+        );
+        m.counter(
+            "kiln_executor_tasks_failed_total",
+            "Tasks this executor ran that failed.",
+            &l,
+            load(&tasks.failed),
+        );
+        m.gauge(
+            "kiln_executor_tasks_running",
+            "Tasks running now.",
+            &l,
+            load(&tasks.running),
+        );
+        m.gauge(
+            "kiln_executor_slots",
+            "Tasks this executor runs at once (--slots).",
+            &l,
+            slots as f64,
+        );
+        tasks.durations.add_to(
+            &mut m,
+            "kiln_executor_task_duration_seconds",
+            "Wall time of a task, successful or not.",
+            &l,
+        );
+        m
+    })
+}
+
+/// Ballista's default execution engine, with every task's outcome and duration counted.
+struct CountingEngine {
+    inner: DefaultExecutionEngine,
+    tasks: Arc<TaskMetrics>,
+}
+
+impl ExecutionEngine for CountingEngine {
+    fn create_query_stage_exec(
+        &self,
+        job_id: JobId,
+        stage_id: usize,
+        task_id: usize,
+        global_output_partition_ids: Vec<usize>,
+        plan: Arc<dyn ExecutionPlan>,
+        work_dir: &str,
+        config: &SessionConfig,
+    ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
+        let inner = self.inner.create_query_stage_exec(
+            job_id,
+            stage_id,
+            task_id,
+            global_output_partition_ids,
+            plan,
+            work_dir,
+            config,
+        )?;
+        Ok(Arc::new(CountedStage {
+            inner,
+            tasks: Arc::clone(&self.tasks),
+        }))
+    }
+}
+
+/// A query stage whose executions are counted in [`TaskMetrics`].
+struct CountedStage {
+    inner: Arc<dyn QueryStageExecutor>,
+    tasks: Arc<TaskMetrics>,
+}
+
+impl std::fmt::Debug for CountedStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl std::fmt::Display for CountedStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+/// Decrements `running` when the task ends, however it ends (an aborted task is dropped).
+struct Running<'a>(&'a AtomicU64);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait::async_trait]
+impl QueryStageExecutor for CountedStage {
+    async fn execute_query_stage(
+        &self,
+        task_id: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::error::Result<Vec<ShuffleWritePartition>> {
+        self.tasks.running.fetch_add(1, Ordering::Relaxed);
+        let _running = Running(&self.tasks.running);
+        let started = std::time::Instant::now();
+        let result = self.inner.execute_query_stage(task_id, context).await;
+        self.tasks
+            .durations
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() {
+            &self.tasks.succeeded
+        } else {
+            &self.tasks.failed
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    fn collect_plan_metrics(&self) -> Vec<MetricsSet> {
+        self.inner.collect_plan_metrics()
+    }
+
+    fn collect_runtime_stats_reports(
+        &self,
+    ) -> Vec<ballista_core::serde::protobuf::RuntimeStatsReport> {
+        self.inner.collect_runtime_stats_reports()
+    }
+
+    fn collect_window_state_reports(
+        &self,
+    ) -> datafusion::error::Result<Vec<ballista_core::serde::protobuf::WindowStateReport>> {
+        self.inner.collect_window_state_reports()
+    }
+
+    fn collect_column_stats(&self) -> Vec<ballista_core::serde::protobuf::TaskColumnStats> {
+        self.inner.collect_column_stats()
+    }
 }

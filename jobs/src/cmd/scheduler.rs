@@ -1,15 +1,21 @@
 //! `kiln scheduler`: a Ballista scheduler that knows Kiln's plan nodes, functions and object
-//! stores, plus a small JSON status endpoint for `kiln cluster status`.
+//! stores, plus a small JSON status endpoint for `kiln cluster status` and, with
+//! `--metrics-bind`, Prometheus' `GET /metrics` (jobs by outcome and their durations, from
+//! Ballista's `SchedulerMetricsCollector` hooks; running jobs, pending tasks, live executors).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use ballista_core::JobId;
+use ballista_core::serde::BallistaCodec;
 use ballista_core::serde::protobuf::job_status;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_scheduler::metrics::SchedulerMetricsCollector;
+use ballista_scheduler::scheduler_process::start_grpc_service_with_listener;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::task_manager::JobOverview;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
@@ -17,6 +23,7 @@ use kiln_engine::codec::{KilnLogicalCodec, KilnPhysicalCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cluster::{ClusterStatus, ExecutorStatus, JobProgress, STATUS_PATH};
+use crate::metrics::{DurationHistogram, Exposition, MetricsServer};
 
 /// Arguments of `kiln scheduler`.
 #[derive(clap::Args)]
@@ -51,6 +58,11 @@ pub struct SchedulerArgs {
     /// (0 keeps them).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub cleanup_delay: u64,
+    /// Serve Prometheus metrics at `http://HOST:PORT/metrics` (port 0 picks a free one; the
+    /// address is logged): jobs submitted, completed, failed and cancelled, job durations,
+    /// running jobs, pending tasks, live executors, process start time, CPU and memory.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_bind: Option<String>,
 }
 
 /// Default host name: the bind host, or this machine's name for a wildcard bind.
@@ -99,8 +111,25 @@ async fn serve(args: SchedulerArgs) -> anyhow::Result<()> {
     let config = Arc::new(config);
     config.validate()?;
     let cluster = BallistaCluster::new_from_config(&config).await?;
-    let scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> =
-        create_scheduler(cluster, Arc::clone(&config)).await?;
+    // Ballista's `create_scheduler`, with Kiln's metrics collector in place of its default
+    // (a no-op without Ballista's `prometheus` feature).
+    let metrics = Arc::new(JobMetrics::default());
+    let codec = BallistaCodec::new(
+        Arc::new(KilnLogicalCodec::default()),
+        Arc::new(KilnPhysicalCodec::default()),
+    );
+    let mut scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> = SchedulerServer::new(
+        config.scheduler_endpoint(),
+        cluster,
+        codec,
+        Arc::clone(&config),
+        Arc::clone(&metrics) as Arc<dyn SchedulerMetricsCollector>,
+    );
+    scheduler.init().await?;
+    if let Some(bind) = &args.metrics_bind {
+        let addr = serve_metrics(bind, &scheduler, metrics)?;
+        tracing::info!("kiln scheduler: metrics at http://{addr}/metrics");
+    }
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("binding the scheduler to {}", args.bind))?;
@@ -131,6 +160,124 @@ async fn serve(args: SchedulerArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The scheduler's job events, counted: Ballista's event loop calls these hooks as jobs are
+/// submitted and end.
+#[derive(Default)]
+struct JobMetrics {
+    submitted: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    pending_tasks: AtomicU64,
+    /// From queued to completed or failed.
+    durations: DurationHistogram,
+    /// Executors alive at the last refresh (every second; the executor list is async).
+    executors: AtomicU64,
+}
+
+impl SchedulerMetricsCollector for JobMetrics {
+    fn record_submitted(&self, _job: &JobId, _queued_at: u64, _submitted_at: u64) {
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_completed(&self, _job: &JobId, queued_at: u64, completed_at: u64) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.durations
+            .observe(completed_at.saturating_sub(queued_at) as f64 / 1e3);
+    }
+
+    fn record_failed(&self, _job: &JobId, queued_at: u64, failed_at: u64) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.durations
+            .observe(failed_at.saturating_sub(queued_at) as f64 / 1e3);
+    }
+
+    fn record_cancelled(&self, _job: &JobId) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set_pending_tasks_queue_size(&self, value: u64) {
+        self.pending_tasks.store(value, Ordering::Relaxed);
+    }
+
+    fn gather_metrics(&self) -> ballista_core::error::Result<Option<(Vec<u8>, String)>> {
+        Ok(None)
+    }
+}
+
+/// Starts `GET /metrics` on `bind`, and the task refreshing the count of live executors.
+fn serve_metrics(
+    bind: &str,
+    scheduler: &SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    metrics: Arc<JobMetrics>,
+) -> anyhow::Result<SocketAddr> {
+    crate::metrics::process_start();
+    let refreshed = Arc::clone(&metrics);
+    let state = Arc::clone(&scheduler.state);
+    tokio::spawn(async move {
+        loop {
+            if let Ok(alive) = state.executor_manager.get_executors_state().await {
+                refreshed
+                    .executors
+                    .store(alive.len() as u64, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let state = Arc::clone(&scheduler.state);
+    MetricsServer::start_live(bind, move || {
+        let mut m = Exposition::new();
+        crate::metrics::add_process(&mut m, "scheduler");
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        for (outcome, n, help) in [
+            (
+                "submitted",
+                &metrics.submitted,
+                "Jobs planned and queued for executors.",
+            ),
+            ("completed", &metrics.completed, "Jobs that succeeded."),
+            ("failed", &metrics.failed, "Jobs that failed."),
+            (
+                "cancelled",
+                &metrics.cancelled,
+                "Jobs cancelled (by a client or on executor loss).",
+            ),
+        ] {
+            m.counter(
+                &format!("kiln_scheduler_jobs_{outcome}_total"),
+                help,
+                &[],
+                load(n),
+            );
+        }
+        metrics.durations.add_to(
+            &mut m,
+            "kiln_scheduler_job_duration_seconds",
+            "Time from a job's submission to its success or failure.",
+            &[],
+        );
+        m.gauge(
+            "kiln_scheduler_jobs_running",
+            "Jobs running now.",
+            &[],
+            state.task_manager.get_running_job_cache().len() as f64,
+        );
+        m.gauge(
+            "kiln_scheduler_pending_tasks",
+            "Tasks ready to run that wait for a free executor slot.",
+            &[],
+            load(&metrics.pending_tasks),
+        );
+        m.gauge(
+            "kiln_scheduler_executors",
+            "Executors registered and alive (refreshed every second).",
+            &[],
+            load(&metrics.executors),
+        );
+        m
+    })
 }
 
 /// Cancels every running job when an executor leaves the cluster; the Kiln client then

@@ -476,7 +476,10 @@ fn names_a_row_with_an_unknown_status() {
         "{e}"
     );
     assert!(e.contains("unknown run status `finished`"), "{e}");
-    assert!(e.contains("running, success, rejected, anomalies, failed"), "{e}");
+    assert!(
+        e.contains("running, success, rejected, anomalies, failed"),
+        "{e}"
+    );
 }
 
 #[test]
