@@ -8,11 +8,13 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use kiln_connectors::{EncodeOptions, ExampleEncoder, Manifest};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::progress::{ProgressHook, WriteProgress};
 use crate::sink::{KilnShardUdf, SinkSpec, shard_files_from_batches};
 use crate::sources::{SourceLineage, register_sources};
 use crate::spec::{BadRowPolicy, JobSpec, OutputSpec, Overrides, RenderedJob, SourceFormat};
@@ -475,7 +477,7 @@ async fn run_features_once(
             }
             None => ctx.table(o.statement.as_str()).await?,
         };
-        written.push(write_shards(&ctx, df, o, &run_id).await?);
+        written.push(write_shards(&ctx, df, o, &run_id, overrides.progress.as_ref()).await?);
     }
     let counts = ledger.counts();
     for (source, c) in &counts {
@@ -541,12 +543,14 @@ struct WrittenOutput {
     files: Vec<kiln_connectors::ShardFile>,
 }
 
-/// Runs the write of one output's shards (locally or on the cluster).
+/// Runs the write of one output's shards (locally or on the cluster), reporting its progress
+/// to `progress` while it runs and once at the end.
 async fn write_shards(
     ctx: &SessionContext,
     df: DataFrame,
     o: &OutputSpec,
     run_id: &str,
+    progress: Option<&ProgressHook>,
 ) -> Result<WrittenOutput> {
     let spec = sink_spec(o, run_id)?;
     let options = spec.options()?;
@@ -559,7 +563,7 @@ async fn write_shards(
         o.statement,
         write.logical_plan().display_indent()
     );
-    let results = write.collect().await.map_err(|e| {
+    let failed = |e: datafusion::error::DataFusionError| {
         let message = root_message(&e);
         if let Some(crate::cluster::ClusterJobFailure::Cancelled { .. }) =
             crate::cluster::ClusterJobFailure::from_error(&e)
@@ -575,14 +579,78 @@ async fn write_shards(
                 cause: Some(e.into()),
             }
         }
-    })?;
-    let files = shard_files_from_batches(&results)?;
+    };
+    let task_ctx = Arc::new(write.task_ctx());
+    let physical = write.create_physical_plan().await.map_err(failed)?;
+    let start = WriteProgress {
+        statement: o.statement.clone(),
+        shards: o.shards,
+        rows: 0,
+        shards_written: 0,
+        bytes: 0,
+        done: false,
+    };
+    // A local plan's sink counts as it writes: report its counters while it runs.
+    let ticker = match (progress, find_sink(&physical)) {
+        (Some(hook), Some(sink)) => {
+            let hook = hook.clone();
+            let start = start.clone();
+            Some(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    let Some(m) = sink.metrics() else { continue };
+                    let count = |name| m.sum_by_name(name).map_or(0, |v| v.as_usize() as u64);
+                    hook.report(&WriteProgress {
+                        rows: count(crate::sink::SINK_ROWS_WRITTEN),
+                        shards_written: count(crate::sink::SINK_SHARDS_WRITTEN),
+                        bytes: count(crate::sink::SINK_BYTES_WRITTEN),
+                        ..start.clone()
+                    });
+                }
+            }))
+        }
+        _ => None,
+    };
+    let results = datafusion::physical_plan::collect(physical, task_ctx).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let files = shard_files_from_batches(&results.map_err(failed)?)?;
+    if let Some(hook) = progress {
+        let first = o.formats.first();
+        let rows = files
+            .iter()
+            .filter(|f| Some(&f.format) == first)
+            .map(|f| f.rows)
+            .sum();
+        let shards = files
+            .iter()
+            .map(|f| f.index)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64;
+        hook.report(&WriteProgress {
+            rows,
+            shards_written: shards,
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            done: true,
+            ..start
+        });
+    }
     Ok(WrittenOutput {
         options,
         location,
         data_schema,
         files,
     })
+}
+
+/// The shard sink of a local write plan (its root, or below it), whose metrics count the
+/// write as it runs; `None` for a cluster plan, whose sink runs in the executors.
+fn find_sink(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    if plan.is::<crate::sink::ShardSinkExec>() {
+        return Some(Arc::clone(plan));
+    }
+    plan.children().into_iter().find_map(find_sink)
 }
 
 /// Commits one output's written shards with its manifest.

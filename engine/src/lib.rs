@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod codec;
 pub mod job;
 pub mod kafka;
+pub mod progress;
 pub mod retry;
 pub mod schema;
 pub mod sink;

@@ -38,6 +38,9 @@ use datafusion::physical_expr::{
     PhysicalSortExpr,
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
@@ -166,7 +169,17 @@ pub struct ShardSinkExec {
     /// Rows grouped by shard and ordered by key inside each partition.
     ordering: LexOrdering,
     properties: Arc<PlanProperties>,
+    /// Live counters of the write ([`SINK_ROWS_WRITTEN`], [`SINK_SHARDS_WRITTEN`],
+    /// [`SINK_BYTES_WRITTEN`]), read while it runs for progress.
+    metrics: ExecutionPlanMetricsSet,
 }
+
+/// [`ShardSinkExec`]'s metric: rows handed to the shard writers so far.
+pub const SINK_ROWS_WRITTEN: &str = "rows_written";
+/// [`ShardSinkExec`]'s metric: shards finished (every format's file written).
+pub const SINK_SHARDS_WRITTEN: &str = "shards_written";
+/// [`ShardSinkExec`]'s metric: bytes of the finished shard files.
+pub const SINK_BYTES_WRITTEN: &str = "bytes_written";
 
 impl ShardSinkExec {
     /// A sink writing `input` (which carries [`SHARD_COLUMN`] as its last column).
@@ -199,6 +212,7 @@ impl ShardSinkExec {
             options,
             ordering,
             properties,
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 
@@ -312,12 +326,37 @@ impl ExecutionPlan for ShardSinkExec {
             key: self.spec.key.clone(),
             data_schema: Arc::clone(&self.data_schema),
             options: self.options.clone(),
+            counters: SinkCounters {
+                rows: MetricBuilder::new(&self.metrics).counter(SINK_ROWS_WRITTEN, partition),
+                shards: MetricBuilder::new(&self.metrics).counter(SINK_SHARDS_WRITTEN, partition),
+                bytes: MetricBuilder::new(&self.metrics).counter(SINK_BYTES_WRITTEN, partition),
+            },
         };
         let stream = futures::stream::once(writer.write_all(input));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             result_schema(),
             stream,
         )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// One partition's share of [`ShardSinkExec`]'s metrics.
+struct SinkCounters {
+    rows: Count,
+    shards: Count,
+    bytes: Count,
+}
+
+impl SinkCounters {
+    /// Counts a finished shard's files.
+    fn finished(&self, files: &[ShardFile]) {
+        self.shards.add(1);
+        self.bytes
+            .add(files.iter().map(|f| f.bytes as usize).sum::<usize>());
     }
 }
 
@@ -330,6 +369,7 @@ struct PartitionWriter {
     key: String,
     data_schema: SchemaRef,
     options: ShardOptions,
+    counters: SinkCounters,
 }
 
 impl PartitionWriter {
@@ -395,7 +435,9 @@ impl PartitionWriter {
                         if let Some(rest) = ties.finish()? {
                             w.write_batch(&rest).await.map_err(io_error)?;
                         }
-                        files.extend(w.finish().await.map_err(io_error)?);
+                        let finished = w.finish().await.map_err(io_error)?;
+                        self.counters.finished(&finished);
+                        files.extend(finished);
                     }
                     let w = ShardWriter::new(
                         &self.location,
@@ -412,6 +454,7 @@ impl PartitionWriter {
                     w.write_batch(&ready).await.map_err(io_error)?;
                 }
                 self.reservation.try_resize(w.buffered_bytes())?;
+                self.counters.rows.add(end - start);
                 start = end;
             }
         }
@@ -419,7 +462,9 @@ impl PartitionWriter {
             if let Some(rest) = ties.finish()? {
                 w.write_batch(&rest).await.map_err(io_error)?;
             }
-            files.extend(w.finish().await.map_err(io_error)?);
+            let finished = w.finish().await.map_err(io_error)?;
+            self.counters.finished(&finished);
+            files.extend(finished);
         }
         Ok(files)
     }

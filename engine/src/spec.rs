@@ -448,6 +448,8 @@ pub struct Overrides {
     /// `--replay MANIFEST`: per Kafka source, the offset ranges an earlier run read (read
     /// again exactly, no timestamp lookup).
     pub kafka_replay: std::collections::BTreeMap<String, Vec<kiln_connectors::kafka::OffsetRange>>,
+    /// Where each output's write reports its progress (a terminal's bar); `None`: nowhere.
+    pub progress: Option<crate::progress::ProgressHook>,
 }
 
 /// A spec rendered for one date: templates expanded, URLs absolute, names checked.

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod metrics;
+mod progress;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -12,6 +13,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "kiln", version, about, long_about = None)]
 struct Cli {
+    /// No progress bars or progress lines on stderr (results and errors still print).
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,6 +82,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     cmd::init_logging();
     let cli = Cli::parse();
+    progress::set_quiet(cli.quiet);
     let result = match cli.command {
         Command::Gen(c) => cmd::r#gen::run(c),
         Command::Features(a) => cmd::features::run(a),

@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::cluster::Cluster;
+use common::prom::{promtool_check, sample};
 
 const DATE: &str = "2026-11-20";
 
@@ -137,6 +138,32 @@ fn example_job_on_cluster_matches_local_run() {
     );
     assert_eq!(after["executors"].as_array().unwrap().len(), 2);
 
+    // Prometheus metrics: the scheduler counted one completed job, the executors its tasks.
+    let (sched, execs) = metrics_when(&cluster, |s, _| {
+        sample(s, "kiln_scheduler_jobs_completed_total") == 1.0
+    });
+    assert_eq!(sample(&sched, "kiln_scheduler_jobs_submitted_total"), 1.0);
+    assert_eq!(sample(&sched, "kiln_scheduler_jobs_failed_total"), 0.0);
+    assert_eq!(sample(&sched, "kiln_scheduler_jobs_running"), 0.0);
+    assert_eq!(sample(&sched, "kiln_scheduler_executors"), 2.0);
+    assert_eq!(
+        sample(&sched, "kiln_scheduler_job_duration_seconds_count"),
+        1.0
+    );
+    assert!(sched.contains("kiln_build_info{component=\"scheduler\",version=\""));
+    let succeeded = total(&execs, "kiln_executor_tasks_succeeded_total");
+    assert!(
+        succeeded >= 2.0,
+        "tasks on both executors' shard writers: {execs:?}"
+    );
+    assert_eq!(
+        total(&execs, "kiln_executor_task_duration_seconds_count"),
+        succeeded
+    );
+    assert_eq!(total(&execs, "kiln_executor_tasks_failed_total"), 0.0);
+    assert_eq!(total(&execs, "kiln_executor_tasks_running"), 0.0);
+    assert_eq!(total(&execs, "kiln_executor_slots"), 4.0);
+
     // A job that cannot succeed fails with its root cause, and commits nothing.
     let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, b"a file").unwrap();
@@ -150,6 +177,53 @@ fn example_job_on_cluster_matches_local_run() {
     );
     assert!(err.contains("Not a directory"), "the OS error: {err}");
     assert!(!err.contains("Plan(\""), "not a planner error: {err}");
+    let (sched, execs) = metrics_when(&cluster, |s, _| {
+        sample(s, "kiln_scheduler_jobs_failed_total") >= 1.0
+    });
+    assert_eq!(sample(&sched, "kiln_scheduler_jobs_completed_total"), 1.0);
+    assert!(
+        total(&execs, "kiln_executor_tasks_failed_total") >= 1.0,
+        "{execs:?}"
+    );
+}
+
+/// The cluster's `/metrics` (scheduler, executors) once `ok` holds for them, polled every
+/// 200 ms for up to 30 s (job events reach the scheduler's counters asynchronously), each
+/// checked by `promtool check metrics`.
+fn metrics_when(cluster: &Cluster, ok: impl Fn(&str, &[String]) -> bool) -> (String, Vec<String>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut all: Vec<String> = cluster.metrics().into_iter().map(|(_, m)| m).collect();
+        let execs = all.split_off(1);
+        let sched = all.pop().unwrap();
+        if ok(&sched, &execs) {
+            promtool_check("kiln scheduler's /metrics", &sched);
+            for e in &execs {
+                promtool_check("kiln executor's /metrics", e);
+            }
+            return (sched, execs);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics did not reach the expected values in 30 s:\n{sched}\n{execs:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The sum over executors of the (single-series) sample `name{executor="..."}`.
+fn total(execs: &[String], name: &str) -> f64 {
+    execs
+        .iter()
+        .map(|m| {
+            m.lines()
+                .find_map(|l| {
+                    let rest = l.strip_prefix(name)?.strip_prefix("{executor=\"")?;
+                    rest.split_once("} ")?.1.parse::<f64>().ok()
+                })
+                .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+        })
+        .sum()
 }
 
 const CSV_SPEC: &str = r#"

@@ -13,6 +13,8 @@ use std::process::Command;
 
 mod common;
 
+use common::prom::{Prometheus, http_get, promtool_check, sample};
+
 use common::training::{json_of, write_config, write_dataset};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -64,53 +66,6 @@ fn tensorboard_python() -> Option<PathBuf> {
         }
     }
     skip_or_fail("tensorboard", "no Python with `import tensorboard`")
-}
-
-/// `promtool` on `PATH`.
-fn promtool() -> Option<PathBuf> {
-    match Command::new("promtool").arg("--version").output() {
-        Ok(o) if o.status.success() => Some("promtool".into()),
-        _ => skip_or_fail(
-            "promtool",
-            "Debian: apt-get install prometheus (scripts/test.sh does)",
-        ),
-    }
-}
-
-/// `promtool check metrics` of a textfile: no errors and no lint warnings.
-fn promtool_check(promtool: &Path, file: &Path) {
-    let text = std::fs::read_to_string(file).unwrap();
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics {}:\n{}{}\n--- file:\n{text}",
-        file.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The value of the sample `line_prefix` (`name{labels}`) in a textfile.
-fn sample(text: &str, line_prefix: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {line_prefix} in:\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 /// `(step, loss)` of every `step N/T  loss X ...` line `kiln train` printed.
@@ -176,9 +131,7 @@ fn tensorboard_reads_the_event_files_and_promtool_the_train_metrics() {
     assert_eq!(sample(&text, &format!("kiln_train_steps{l}")), 60.0);
     assert!(sample(&text, &format!("kiln_train_duration_seconds{l}")) > 0.0);
     assert!(sample(&text, &format!("kiln_train_examples_per_second{l}")) > 0.0);
-    if let Some(p) = promtool() {
-        promtool_check(&p, &prom);
-    }
+    promtool_check(&prom.display().to_string(), &text);
 
     // The event file, loaded by TensorBoard.
     let Some(python) = tensorboard_python() else {
@@ -236,9 +189,7 @@ fn a_failed_train_writes_its_outcome() {
     let text = std::fs::read_to_string(&prom).unwrap();
     assert_eq!(sample(&text, "kiln_train_success{kiln_job=\"train\"}"), 0.0);
     assert!(!text.contains("kiln_train_eval_auc"), "{text}");
-    if let Some(p) = promtool() {
-        promtool_check(&p, &prom);
-    }
+    promtool_check(&prom.display().to_string(), &text);
 }
 
 /// The example job, small: 4 shards, a small model, 20 steps; a gate every model passes.
@@ -272,16 +223,26 @@ fn features_and_run_write_promtool_clean_metrics() {
     if fast() {
         return;
     }
-    let Some(promtool) = promtool() else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     common::gen_events(&dir.path().join("data/events"), 20_000, 7);
     let spec = small_spec(dir.path());
     let s = spec.to_str().unwrap();
 
+    // --quiet: no progress lines, only the result.
+    let quiet = common::kiln(&[
+        "--quiet",
+        "features",
+        s,
+        "--date",
+        "2026-11-20",
+        "--out",
+        dir.path().join("quiet").to_str().unwrap(),
+    ]);
+    assert!(quiet.status.success());
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
+
     let prom = dir.path().join("features.prom");
-    common::kiln_ok(&[
+    let out = common::kiln(&[
         "features",
         s,
         "--date",
@@ -289,8 +250,10 @@ fn features_and_run_write_promtool_clean_metrics() {
         "--metrics-textfile",
         prom.to_str().unwrap(),
     ]);
-    promtool_check(&promtool, &prom);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     let text = std::fs::read_to_string(&prom).unwrap();
+    promtool_check(&prom.display().to_string(), &text);
     assert_eq!(
         sample(&text, "kiln_features_success{kiln_job=\"daily_ctr\"}"),
         1.0
@@ -300,6 +263,16 @@ fn features_and_run_write_promtool_clean_metrics() {
         "kiln_features_output_rows_total{kiln_job=\"daily_ctr\",output=\"examples\"}",
     );
     assert!(rows > 0.0, "{text}");
+    // Not a terminal: a plain progress line per output when it is written, counts that match
+    // the metrics.
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("kiln features: `examples` written: "))
+        .unwrap_or_else(|| panic!("no progress line in {stderr}"));
+    assert!(
+        line.contains(&format!(": {rows} rows, 4/4 shards written, ")),
+        "{line}"
+    );
     assert!(
         sample(
             &text,
@@ -318,8 +291,8 @@ fn features_and_run_write_promtool_clean_metrics() {
         prom.to_str().unwrap(),
     ]);
     let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    promtool_check(&promtool, &prom);
     let text = std::fs::read_to_string(&prom).unwrap();
+    promtool_check(&prom.display().to_string(), &text);
     let l = "{kiln_job=\"daily_ctr\"}";
     assert_eq!(sample(&text, &format!("kiln_run_success{l}")), 1.0);
     assert_eq!(
@@ -346,28 +319,11 @@ fn features_and_run_write_promtool_clean_metrics() {
     common::kiln_ok(&["models", "verify", s]);
 }
 
-/// `GET path` on `addr`; the response body, or `None` if it did not answer 200.
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).ok()?;
-    c.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .ok()?;
-    let mut out = String::new();
-    c.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
 #[test]
 fn schedule_serves_metrics() {
     if fast() {
         return;
     }
-    let Some(promtool) = promtool() else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     // A daily cron at midnight: today's run is due at once, the next one tomorrow. Its sensor
     // never sees its path, so the run fails within a second.
@@ -425,7 +381,6 @@ fn schedule_serves_metrics() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    drop(child);
     let l = "{kiln_job=\"daily_ctr\"}";
     assert_eq!(
         sample(&body, &format!("kiln_schedule_runs_started_total{l}")),
@@ -452,7 +407,23 @@ fn schedule_serves_metrics() {
         .unwrap()
         .as_secs_f64();
     assert!(next > now && next <= now + 86_400.0, "{next} vs {now}");
-    let file = dir.path().join("scraped.prom");
-    std::fs::write(&file, &body).unwrap();
-    promtool_check(&promtool, &file);
+    promtool_check("kiln schedule's /metrics", &body);
+
+    // A real Prometheus scrapes it: the target is up and the samples arrive as served.
+    let Some(prometheus) = Prometheus::start(&[&addr], dir.path()) else {
+        return;
+    };
+    let up = prometheus.wait_for("up{job=\"kiln\"}", |r| r.len() == 1 && r[0].1 == 1.0);
+    assert_eq!(up[0].0["instance"], addr.as_str(), "{up:?}");
+    let failed = prometheus.wait_for("kiln_schedule_runs_failed_total", |r| !r.is_empty());
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0["kiln_job"], "daily_ctr");
+    assert_eq!(failed[0].1, 1.0);
+    let sensor = prometheus.query("kiln_run_task_status{status=\"failed\"}");
+    assert_eq!(sensor.len(), 1, "{sensor:?}");
+    assert_eq!(sensor[0].0["task"], "sensor:never");
+    let scraped_next = prometheus.query("kiln_schedule_next_run_timestamp_seconds");
+    assert_eq!(scraped_next.len(), 1, "{scraped_next:?}");
+    assert_eq!(scraped_next[0].1, next);
+    drop(child);
 }

@@ -15,6 +15,9 @@ use common::serving::{POLL_SECONDS, Server, instances, request};
 
 const PREDICT: &str = "/v1/models/daily_ctr:predict";
 
+/// What the looping client saw: the status code and the version that answered.
+type Answer = (u16, Option<u64>);
+
 fn run(spec: &str, date: &str) -> Value {
     let o = common::kiln(&["run", spec, "--date", date, "--json"]);
     assert!(
@@ -65,7 +68,7 @@ fn pipeline_publishes_and_the_running_server_swaps_without_a_failed_request() {
 
     // A client loops while the next day's run trains and publishes version 2.
     let stop = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<Vec<(u16, Option<u64>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let client = {
         let (stop, seen, addr, body) = (
             stop.clone(),

@@ -518,6 +518,7 @@ fn serve_answers_tf_serving_api_matches_predict_and_hot_swaps() {
     ] {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
     }
+    common::prom::promtool_check("kiln serve's /metrics", &m);
 
     // Request size limit.
     let big = format!("{{\"instances\": [\"{}\"]}}", "x".repeat(2 << 20));

@@ -370,7 +370,7 @@ fn ui_serves_the_grid_runs_models_training_and_datasets() {
         m.contains(r#"kiln_ui_requests_total{page="run",code="404"} 1"#),
         "{m}"
     );
-    promtool_check(&m);
+    common::prom::promtool_check("kiln ui's /metrics", &m);
 
     browser(&ui, failed, rejected, good);
 
@@ -412,35 +412,6 @@ fn ui_serves_the_grid_runs_models_training_and_datasets() {
         done.contains(r#"data-task="sensor:next_day" data-date="2026-11-23" data-status="failed""#)
     );
     assert!(!done.contains("http-equiv"));
-}
-
-/// `promtool check metrics` on `/metrics`: no errors, no lint warnings. Without promtool on
-/// PATH this part is skipped (printing why), except under `CI=true`, where it fails.
-fn promtool_check(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        assert!(!ci(), "promtool is not on PATH and CI=true");
-        eprintln!("promtool not on PATH: /metrics not linted here (scripts/test.sh installs it)");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success() && o.stdout.is_empty() && o.stderr.is_empty(),
-        "promtool check metrics:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 fn ci() -> bool {

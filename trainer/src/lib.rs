@@ -45,7 +45,7 @@ pub mod transform;
 
 pub use config::TrainConfig;
 pub use source::ShardSource;
-pub use train::{TrainOptions, TrainReport, train};
+pub use train::{StderrProgress, StepLog, TrainOptions, TrainProgress, TrainReport, train};
 
 use std::path::{Path, PathBuf};
 

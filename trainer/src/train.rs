@@ -37,8 +37,8 @@ pub struct TrainOptions {
     pub model_dir: PathBuf,
     /// Continue from the latest checkpoint if there is one.
     pub resume: bool,
-    /// Print progress to stderr (rank 0).
-    pub progress: bool,
+    /// Where rank 0 reports progress ([`StderrProgress`] prints lines); `None`: silent.
+    pub progress: Option<Arc<dyn TrainProgress>>,
     /// Stop right after the checkpoint of this step (tests of resuming).
     pub stop_after: Option<u64>,
     /// Socket timeout of collectives during training.
@@ -49,6 +49,51 @@ pub struct TrainOptions {
     /// timeout; a checkpoint due while the previous one is still being written replaces any
     /// checkpoint still waiting (the newest is kept; the last one of a run is always written).
     pub on_checkpoint: Option<CheckpointHook>,
+}
+
+/// Progress of a training run, reported by rank 0 ([`TrainOptions::progress`]).
+pub trait TrainProgress: Send + Sync {
+    /// A line about the run: its setup, the summary, the held-out metrics.
+    fn line(&self, text: &str);
+    /// Training finished `step` of `total`; `log` on logging steps (every `log_every` and
+    /// the last).
+    fn step(&self, step: u64, total: u64, log: Option<&StepLog>);
+}
+
+/// What a logging step reports: the loss, throughput and learning rate since the last one.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLog {
+    /// Mean training loss over the steps since the last logging step.
+    pub loss: f64,
+    /// Examples per second over those steps.
+    pub examples_per_sec: f64,
+    /// Learning rate of this step.
+    pub lr: f64,
+}
+
+/// [`TrainProgress`] as plain stderr lines: each line, and `step N/T  loss L  E examples/s
+/// lr R` per logging step.
+#[derive(Debug, Default)]
+pub struct StderrProgress;
+
+impl TrainProgress for StderrProgress {
+    fn line(&self, text: &str) {
+        eprintln!("{text}");
+    }
+
+    fn step(&self, step: u64, total: u64, log: Option<&StepLog>) {
+        if let Some(l) = log {
+            eprintln!("{}", step_line(step, total, l));
+        }
+    }
+}
+
+/// `step N/T  loss L  E examples/s  lr R`.
+pub fn step_line(step: u64, total: u64, l: &StepLog) -> String {
+    format!(
+        "step {step}/{total}  loss {:.5}  {:.0} examples/s  lr {:.2e}",
+        l.loss, l.examples_per_sec, l.lr
+    )
 }
 
 /// See [`TrainOptions::on_checkpoint`].
@@ -66,7 +111,7 @@ impl TrainOptions {
             source,
             model_dir: model_dir.into(),
             resume: false,
-            progress: false,
+            progress: None,
             stop_after: None,
             step_timeout: Duration::from_secs(30),
             on_checkpoint: None,
@@ -267,8 +312,10 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
             (p, o, 0, None)
         }
     };
-    if opts.progress && rank == 0 {
-        eprintln!(
+    // Rank 0 reports; the other ranks are silent.
+    let progress = opts.progress.as_deref().filter(|_| rank == 0);
+    if let Some(p) = progress {
+        p.line(&format!(
             "kiln train: {} workers, {} training rows ({} held out), {total_steps} steps of {} rows, model {:?} ({} dense + {} table floats){}; transform in {:.1}s",
             world,
             transform.train_rows,
@@ -283,7 +330,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
                 String::new()
             },
             t_fit.elapsed().as_secs_f64()
-        );
+        ));
     }
 
     let transform = Arc::new(transform);
@@ -352,13 +399,18 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
         if let Some(state) = batch.state_after {
             write_checkpoint(&run, comm, step, &params, &opt, state)?;
         }
-        if cfg.log_every > 0 && (step.is_multiple_of(cfg.log_every) || step == total_steps) {
+        let logging =
+            cfg.log_every > 0 && (step.is_multiple_of(cfg.log_every) || step == total_steps);
+        if logging {
             last_loss = window.0 / window.1.max(1) as f64;
             let window_eps = window.1 as f64 / window.2.elapsed().as_secs_f64().max(1e-9);
-            if opts.progress && rank == 0 {
-                eprintln!(
-                    "step {step}/{total_steps}  loss {last_loss:.5}  {window_eps:.0} examples/s  lr {lr:.2e}"
-                );
+            if let Some(p) = progress {
+                let log = StepLog {
+                    loss: last_loss,
+                    examples_per_sec: window_eps,
+                    lr,
+                };
+                p.step(step, total_steps, Some(&log));
             }
             if let Some(ev) = event_log.as_mut() {
                 ev.scalars(
@@ -371,6 +423,8 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
                 )?;
             }
             window = (0.0, 0, Instant::now());
+        } else if let Some(p) = progress {
+            p.step(step, total_steps, None);
         }
         if opts.stop_after == Some(step) {
             stopped_early = true;
@@ -385,11 +439,11 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
         w.finish()?;
     }
     let examples_per_sec = (step - start_step) as f64 * cfg.batch_size as f64 / elapsed.max(1e-9);
-    if opts.progress && rank == 0 {
-        eprintln!(
+    if let Some(p) = progress {
+        p.line(&format!(
             "trained {} steps in {elapsed:.1}s: {examples_per_sec:.0} examples/s",
             step - start_step
-        );
+        ));
     }
     let mut report = TrainReport {
         metrics: None,
@@ -414,8 +468,8 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
             let (logits, labels, _) =
                 export::score(&params, &transform, &opts.source, RowFilter::Eval)?;
             let m = metrics(&logits, &labels);
-            if opts.progress {
-                eprintln!(
+            if let Some(p) = progress {
+                p.line(&format!(
                     "held-out: {} rows  auc {}  logloss {:.4}  accuracy {:.4}  mean prediction {:.4} vs label {:.4}",
                     m.rows,
                     m.auc
@@ -424,7 +478,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
                     m.accuracy,
                     m.mean_prediction,
                     m.mean_label
-                );
+                ));
             }
             if let Some(ev) = event_log.as_mut() {
                 let mut scalars = vec![

@@ -81,6 +81,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
                 force: args.force,
                 trigger: Trigger::Backfill,
                 accept: Vec::new(),
+                quiet: crate::progress::quiet(),
             });
             match r {
                 Ok(s) => {

@@ -716,6 +716,25 @@ fn run_data_bench(
     Ok((runs, keras))
 }
 
+/// `spec_text` with `statistics = false` on every output (and so without its expectations,
+/// which are checked on the statistics): the baseline of the statistics' cost.
+pub(crate) fn without_statistics(spec_text: &str) -> anyhow::Result<String> {
+    let mut t: toml::Table = toml::from_str(spec_text)?;
+    for o in t
+        .get_mut("outputs")
+        .and_then(toml::Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(toml::Value::as_table_mut)
+    {
+        o.insert("statistics".into(), toml::Value::Boolean(false));
+        o.remove("expect");
+        o.remove("expect_file");
+        o.remove("baseline");
+    }
+    Ok(toml::to_string(&t)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,23 +771,4 @@ mod tests {
             .to_string();
         assert!(e.contains("not a local dataset"), "{e}");
     }
-}
-
-/// `spec_text` with `statistics = false` on every output (and so without its expectations,
-/// which are checked on the statistics): the baseline of the statistics' cost.
-pub(crate) fn without_statistics(spec_text: &str) -> anyhow::Result<String> {
-    let mut t: toml::Table = toml::from_str(spec_text)?;
-    for o in t
-        .get_mut("outputs")
-        .and_then(toml::Value::as_array_mut)
-        .into_iter()
-        .flatten()
-        .filter_map(toml::Value::as_table_mut)
-    {
-        o.insert("statistics".into(), toml::Value::Boolean(false));
-        o.remove("expect");
-        o.remove("expect_file");
-        o.remove("baseline");
-    }
-    Ok(toml::to_string(&t)?)
 }

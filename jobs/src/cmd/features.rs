@@ -171,6 +171,7 @@ fn run_features(
         sources: args.overrides.sources,
         out: args.overrides.out,
         kafka_replay,
+        progress: crate::progress::features(),
     };
     let mode = match (args.cluster, args.engine) {
         (Some(url), _) => kiln_engine::Mode::Cluster(url),

@@ -107,6 +107,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         force: args.force,
         trigger: Trigger::Run,
         accept: args.accept.clone(),
+        quiet: crate::progress::quiet(),
     });
     let summary = match result {
         Ok(s) => {

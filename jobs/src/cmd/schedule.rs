@@ -146,6 +146,7 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
                 force: false,
                 trigger: Trigger::Schedule,
                 accept: Vec::new(),
+                quiet: crate::progress::quiet(),
             });
             metrics.started += 1;
             match r {

@@ -267,7 +267,7 @@ fn run_rank(
         .with_context(|| format!("rank {} of {}", env.rank, env.world))?;
     let mut opts = TrainOptions::new(config, source.clone(), model_dir.local.clone());
     opts.resume = args.resume;
-    opts.progress = true;
+    opts.progress = crate::progress::train();
     opts.step_timeout = Duration::from_secs(args.peer_timeout);
     if env.rank == 0 {
         opts.on_checkpoint = model_dir.checkpoint_uploader();

@@ -14,6 +14,10 @@ pub struct Cluster {
     pub url: String,
     /// Port of the scheduler's status endpoint.
     pub status_port: u16,
+    /// `127.0.0.1:PORT` of the scheduler's Prometheus `/metrics`.
+    pub scheduler_metrics: String,
+    /// `127.0.0.1:PORT` of each executor's Prometheus `/metrics`.
+    pub executor_metrics: Vec<String>,
     logs: PathBuf,
 }
 
@@ -47,6 +51,7 @@ impl Cluster {
         std::fs::create_dir_all(logs).unwrap();
         let port = free_port();
         let status_port = free_port();
+        let scheduler_metrics = format!("127.0.0.1:{}", free_port());
         let scheduler = spawn(
             &[
                 "scheduler".into(),
@@ -58,6 +63,8 @@ impl Cluster {
                 "8".into(),
                 "--expire-interval".into(),
                 "1".into(),
+                "--metrics-bind".into(),
+                scheduler_metrics.clone(),
             ],
             env,
             &logs.join("scheduler.log"),
@@ -67,6 +74,8 @@ impl Cluster {
             executors: Vec::new(),
             url: format!("df://127.0.0.1:{port}"),
             status_port,
+            scheduler_metrics,
+            executor_metrics: Vec::new(),
             logs: logs.to_path_buf(),
         };
         cluster.wait_for(
@@ -75,6 +84,7 @@ impl Cluster {
         );
         for i in 0..executors {
             let work = logs.join(format!("executor-{i}-work"));
+            let metrics = format!("127.0.0.1:{}", free_port());
             let child = spawn(
                 &[
                     "executor".into(),
@@ -88,11 +98,14 @@ impl Cluster {
                     work.display().to_string(),
                     "--id".into(),
                     format!("executor-{i}"),
+                    "--metrics-bind".into(),
+                    metrics.clone(),
                 ],
                 env,
                 &logs.join(format!("executor-{i}.log")),
             );
             cluster.executors.push(Some(child));
+            cluster.executor_metrics.push(metrics);
         }
         cluster.wait_for(
             |s| s["executors"].as_array().map(Vec::len) == Some(executors),
@@ -141,6 +154,25 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// `/metrics` of the scheduler and of every executor still running (those killed are
+    /// skipped), each with its address.
+    pub fn metrics(&self) -> Vec<(String, String)> {
+        std::iter::once(&self.scheduler_metrics)
+            .chain(
+                self.executor_metrics
+                    .iter()
+                    .zip(&self.executors)
+                    .filter(|(_, c)| c.is_some())
+                    .map(|(a, _)| a),
+            )
+            .map(|a| {
+                let body = super::prom::http_get(a, "/metrics")
+                    .unwrap_or_else(|| panic!("GET http://{a}/metrics\n{}", self.logs()));
+                (a.clone(), body)
+            })
+            .collect()
     }
 
     /// SIGKILLs executor `i`.

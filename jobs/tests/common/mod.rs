@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod pipeline;
+pub mod prom;
 pub mod reference;
 pub mod serving;
 pub mod training;

@@ -172,7 +172,7 @@ pub fn run(req: &Request) -> anyhow::Result<Summary> {
         out: req.out.clone(),
         staging,
         run_id,
-        tty: std::io::stderr().is_terminal(),
+        tty: !req.quiet && std::io::stderr().is_terminal(),
         accept: req.accept.clone(),
     });
     let mut tasks: Vec<Box<dyn Task<TaskId>>> = Vec::new();

@@ -57,6 +57,8 @@ pub struct Request {
     pub trigger: Trigger,
     /// `--accept`: anomaly subjects (columns, `@rows`, `@all`) accepted by a human.
     pub accept: Vec<String>,
+    /// `--quiet`: no progress line on the terminal.
+    pub quiet: bool,
 }
 
 /// The result of a run (`kiln run --json`).
