@@ -589,7 +589,9 @@ async fn write_shards(
         shards_written: 0,
         bytes: 0,
         done: false,
+        elapsed: std::time::Duration::ZERO,
     };
+    let started = Instant::now();
     // A local plan's sink counts as it writes: report its counters while it runs.
     let ticker = match (progress, find_sink(&physical)) {
         (Some(hook), Some(sink)) => {
@@ -604,6 +606,7 @@ async fn write_shards(
                         rows: count(crate::sink::SINK_ROWS_WRITTEN),
                         shards_written: count(crate::sink::SINK_SHARDS_WRITTEN),
                         bytes: count(crate::sink::SINK_BYTES_WRITTEN),
+                        elapsed: started.elapsed(),
                         ..start.clone()
                     });
                 }
@@ -633,6 +636,7 @@ async fn write_shards(
             shards_written: shards,
             bytes: files.iter().map(|f| f.bytes).sum(),
             done: true,
+            elapsed: started.elapsed(),
             ..start
         });
     }

@@ -1,6 +1,7 @@
 //! Progress of a feature job's writes, for a terminal's progress bar or a log line.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How far one output's write has got. Reported about ten times a second while a local
 /// write runs, from the shard sink's live counters; a cluster's sink runs in the executors,
@@ -19,6 +20,8 @@ pub struct WriteProgress {
     pub bytes: u64,
     /// Every shard is written (not yet committed).
     pub done: bool,
+    /// Time since the write's plan started running.
+    pub elapsed: Duration,
 }
 
 /// Receives [`WriteProgress`] reports ([`crate::Overrides::progress`]).

@@ -71,33 +71,33 @@ pub fn features() -> Option<ProgressHook> {
     }
 }
 
-/// Rows per second since `started`.
-fn rate(rows: u64, started: Instant) -> f64 {
-    rows as f64 / started.elapsed().as_secs_f64().max(1e-3)
+/// Rows per second of the write so far.
+fn rate(p: &WriteProgress) -> f64 {
+    p.rows as f64 / p.elapsed.as_secs_f64().max(1e-3)
 }
 
 /// `N rows, S/T shards written, B MiB, R rows/s`.
-fn write_summary(p: &WriteProgress, started: Instant) -> String {
+fn write_summary(p: &WriteProgress) -> String {
     format!(
         "{} rows, {}/{} shards written, {:.1} MiB, {:.0} rows/s",
         p.rows,
         p.shards_written,
         p.shards,
         p.bytes as f64 / (1024.0 * 1024.0),
-        rate(p.rows, started)
+        rate(p)
     )
 }
 
 /// Feature write bars, one per output statement.
 struct FeatureBars {
     multi: MultiProgress,
-    bars: Mutex<BTreeMap<String, (ProgressBar, Instant)>>,
+    bars: Mutex<BTreeMap<String, ProgressBar>>,
 }
 
 impl FeatureBars {
     fn report(&self, p: &WriteProgress) {
         let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
-        let (bar, started) = bars.entry(p.statement.clone()).or_insert_with(|| {
+        let bar = bars.entry(p.statement.clone()).or_insert_with(|| {
             let bar = self.multi.add(ProgressBar::new(u64::from(p.shards)));
             bar.set_style(
                 ProgressStyle::with_template(
@@ -106,38 +106,34 @@ impl FeatureBars {
                 .expect("a valid template"),
             );
             bar.set_prefix(format!("features `{}`", p.statement));
-            (bar, Instant::now())
+            bar
         });
+        bar.set_message(format!("{} rows  {:.0} rows/s", p.rows, rate(p)));
         bar.set_position(p.shards_written);
-        bar.set_message(format!(
-            "{} rows  {:.0} rows/s",
-            p.rows,
-            rate(p.rows, *started)
-        ));
         if p.done {
-            bar.finish_with_message(write_summary(p, *started));
+            bar.finish_with_message(write_summary(p));
         }
     }
 }
 
 /// Feature write lines: one per output every [`PLAIN_LINE_EVERY`] and one at its end.
 struct FeatureLines {
-    /// Per statement: when its write started and when its last line was printed.
-    last: Mutex<BTreeMap<String, (Instant, Instant)>>,
+    /// Per statement: when its last line was printed.
+    last: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl FeatureLines {
     fn report(&self, p: &WriteProgress) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let (started, printed) = last.entry(p.statement.clone()).or_insert((now, now));
+        let printed = last.entry(p.statement.clone()).or_insert(now);
         if p.done || printed.elapsed() >= PLAIN_LINE_EVERY {
             *printed = now;
             let state = if p.done { "written" } else { "writing" };
             eprintln!(
                 "kiln features: `{}` {state}: {}",
                 p.statement,
-                write_summary(p, *started)
+                write_summary(p)
             );
         }
     }

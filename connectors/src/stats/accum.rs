@@ -12,7 +12,8 @@ use super::kll::Kll;
 use super::state::{Reader, put_blob, put_f64, put_u64};
 use super::{
     Bucket, ColumnKind, ColumnStats, HISTOGRAM_BUCKETS, HLL_LG_K, ListStats, MAX_TOP_VALUE_BYTES,
-    NON_UTF8_VALUE, NumericStats, QUANTILES, StringStats, TOP_K, TOP_VALUES_MAP_SIZE, ValueCount,
+    NON_UTF8_VALUE, NumericStats, QUANTILES, RANK_HISTOGRAM_VALUES, StringStats, TOP_K,
+    TOP_VALUES_MAP_SIZE, ValueCount,
 };
 use crate::error::{Error, Result};
 
@@ -424,14 +425,15 @@ impl BytesAcc {
                 .cmp(&a.estimate())
                 .then_with(|| a.item().cmp(b.item()))
         });
-        let top_values = rows
+        let rank_histogram: Vec<ValueCount> = rows
             .into_iter()
-            .take(TOP_K)
+            .take(RANK_HISTOGRAM_VALUES)
             .map(|r| ValueCount {
                 value: r.item().clone(),
                 count: r.estimate(),
             })
             .collect();
+        let top_values = rank_histogram.iter().take(TOP_K).cloned().collect();
         let has = self.count > 0;
         StringStats {
             count: self.count,
@@ -442,6 +444,7 @@ impl BytesAcc {
             },
             top_values,
             top_values_max_error: self.freq.maximum_error(),
+            rank_histogram,
             avg_length: if has {
                 self.total_len as f64 / self.count as f64
             } else {

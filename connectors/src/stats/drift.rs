@@ -1,9 +1,11 @@
 //! Drift between two [`DatasetStats`] (current vs baseline), as TFDV measures it.
 //!
 //! * String columns (and list-of-string items): **L-infinity distance** between the
-//!   value distributions given by `top_values`, each normalised by the sum of its own listed
-//!   counts (as TFDV's `LInftyDistance` does over the top values it has): the largest absolute
-//!   difference of one value's share, over the union of the values. In [0, 1].
+//!   value distributions given by the rank histogram (every value while there are fewer than
+//!   768; `top_values` for statistics written before it existed), each normalised by the sum
+//!   of its own listed counts (as TFDV's `LInftyDistance` does over the rank histogram it
+//!   has): the largest absolute difference of one value's share, over the union of the
+//!   values. In [0, 1].
 //! * Numeric columns: **Jensen–Shannon divergence** (log base 2, so in [0, 1]) between the
 //!   equal-width histograms. Both histograms are rebucketed onto the union of their bucket
 //!   boundaries assuming values are uniform inside a bucket (TFDV's rebucketing); a bucket of
@@ -59,16 +61,7 @@ pub fn drift(current: &DatasetStats, baseline: &DatasetStats) -> Vec<ColumnDrift
                 value: jensen_shannon(&cn.histogram, cn.nan_count, &bn.histogram, bn.nan_count),
             }),
             (ColumnKind::String, _, _, Some(cs), Some(bs)) => {
-                let a: Vec<(&str, u64)> = cs
-                    .top_values
-                    .iter()
-                    .map(|v| (v.value.as_str(), v.count))
-                    .collect();
-                let b: Vec<(&str, u64)> = bs
-                    .top_values
-                    .iter()
-                    .map(|v| (v.value.as_str(), v.count))
-                    .collect();
+                let (a, b) = (value_counts(cs), value_counts(bs));
                 out.push(ColumnDrift {
                     column: c.name.clone(),
                     measure: DriftMeasure::LInfinity,
@@ -79,6 +72,14 @@ pub fn drift(current: &DatasetStats, baseline: &DatasetStats) -> Vec<ColumnDrift
         }
     }
     out
+}
+
+/// A string column's values with their counts, most frequent first.
+fn value_counts(s: &super::StringStats) -> Vec<(&str, u64)> {
+    s.ranked()
+        .iter()
+        .map(|v| (v.value.as_str(), v.count))
+        .collect()
 }
 
 /// L-infinity distance between two value -> count maps, each normalised by its own total.

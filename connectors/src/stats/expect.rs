@@ -513,7 +513,7 @@ fn check_column(
             Some(s) => {
                 let allowed: BTreeSet<&str> = allowed.iter().map(String::as_str).collect();
                 let unexpected: Vec<_> = s
-                    .top_values
+                    .ranked()
                     .iter()
                     .filter(|t| !allowed.contains(t.value.as_str()))
                     .collect();

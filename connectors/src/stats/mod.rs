@@ -27,6 +27,7 @@
 //! | `string.count`, `avg_length`, `min_length`, `max_length` | values (items for lists) and their byte lengths | exact |
 //! | `string.distinct` | distinct values | HLL (lg k = 12, 8-bit): ~1.6% relative standard error, exact for small counts |
 //! | `string.top_values` | up to 20 most frequent values, most frequent first (ties by value) | frequent-items sketch (map 1024): each `count` overestimates the true count by at most `top_values_max_error` (≤ 3.5/1024 of all values); exact while < 768 distinct values |
+//! | `string.rank_histogram` | the same list up to 1000 values (TFDV's rank histogram) | as `top_values` |
 //!
 //! Numbers are all integer, float, decimal (value / 10^scale), date, time, timestamp and
 //! duration types (the integer in the column's unit) and booleans (0 / 1); strings are the
@@ -116,6 +117,9 @@ pub const HISTOGRAM_BUCKETS: usize = 10;
 pub const QUANTILES: usize = 10;
 /// Number of top values kept per string column.
 pub const TOP_K: usize = 20;
+/// Most values listed in a string column's `rank_histogram` (TFDV's default
+/// `num_rank_histogram_buckets`).
+pub const RANK_HISTOGRAM_VALUES: usize = 1000;
 /// Maximum map size of the frequent-items sketch (power of two).
 pub const TOP_VALUES_MAP_SIZE: usize = 1024;
 /// log2 of the number of HLL registers.
@@ -204,12 +208,29 @@ pub struct StringStats {
     pub top_values: Vec<ValueCount>,
     /// Largest possible overestimate of a `top_values` count.
     pub top_values_max_error: u64,
+    /// Every value the frequent-items sketch vouches for (no false positives), most frequent
+    /// first, up to [`RANK_HISTOGRAM_VALUES`]: all values while there are fewer than 768. The
+    /// TFDV export's rank histogram, from which TFDV infers a string column's domain.
+    #[serde(default)]
+    pub rank_histogram: Vec<ValueCount>,
     /// Mean length in bytes.
     pub avg_length: f64,
     /// Shortest length in bytes.
     pub min_length: u64,
     /// Longest length in bytes.
     pub max_length: u64,
+}
+
+impl StringStats {
+    /// The values with their counts, most frequent first: the rank histogram, or
+    /// `top_values` for statistics written before the rank histogram existed.
+    pub fn ranked(&self) -> &[ValueCount] {
+        if self.rank_histogram.is_empty() {
+            &self.top_values
+        } else {
+            &self.rank_histogram
+        }
+    }
 }
 
 /// Lengths of the non-null lists of a list column.

@@ -617,6 +617,73 @@ fn tfdv_proto_round_trip() {
 }
 
 #[test]
+fn rank_histogram_lists_every_value_top_values_the_first_twenty() {
+    // 24 cities, city k occurring k + 1 times: TFDV infers a string domain from the rank
+    // histogram, so the export must list all 24, while `top_values` keeps the 20 most frequent.
+    let schema = Arc::new(Schema::new(vec![Field::new("city", DataType::Utf8, true)]));
+    let values: Vec<String> = (0..24)
+        .flat_map(|k| std::iter::repeat_n(format!("city-{k:02}"), k + 1))
+        .collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(StringArray::from_iter_values(&values)) as ArrayRef],
+    )
+    .unwrap();
+    let mut b = DatasetStatsBuilder::new(&schema);
+    b.update(&batch).unwrap();
+    let s = b.finish();
+    let st = s.columns[0].string.as_ref().unwrap();
+    assert_eq!(st.top_values.len(), TOP_K);
+    assert_eq!(st.rank_histogram.len(), 24);
+    assert_eq!(st.rank_histogram[..TOP_K], st.top_values[..]);
+    assert_eq!(
+        (
+            st.rank_histogram[0].value.as_str(),
+            st.rank_histogram[0].count
+        ),
+        ("city-23", 24)
+    );
+    assert_eq!(
+        (
+            st.rank_histogram[23].value.as_str(),
+            st.rank_histogram[23].count
+        ),
+        ("city-00", 1)
+    );
+    let list = DatasetFeatureStatisticsList::decode(s.to_tfdv_proto("d").as_slice()).unwrap();
+    let Some(feature_name_statistics::Stats::StringStats(p)) = &list.datasets[0].features[0].stats
+    else {
+        panic!("string_stats")
+    };
+    assert_eq!(p.top_values.len(), TOP_K);
+    let buckets = &p.rank_histogram.as_ref().unwrap().buckets;
+    assert_eq!(buckets.len(), 24);
+    assert_eq!(
+        (
+            buckets[23].label.as_str(),
+            buckets[23].low_rank,
+            buckets[23].sample_count
+        ),
+        ("city-00", 23, 1.0)
+    );
+    // Statistics written before the field existed still load.
+    let mut v: serde_json::Value = serde_json::from_slice(&s.to_json().unwrap()).unwrap();
+    v["columns"][0]["string"]
+        .as_object_mut()
+        .unwrap()
+        .remove("rank_histogram");
+    let old = DatasetStats::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert!(
+        old.columns[0]
+            .string
+            .as_ref()
+            .unwrap()
+            .rank_histogram
+            .is_empty()
+    );
+}
+
+#[test]
 fn states_can_cross_threads() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<DatasetStatsBuilder>();

@@ -5,7 +5,7 @@
 //! Mapping: numeric columns -> `num_stats` (type `INT` for integers, booleans and temporal
 //! types, `FLOAT` for floats and decimals) with the standard and quantiles histograms and
 //! `median` = the 0.5 quantile; string columns -> `string_stats` (`unique`, `top_values`,
-//! `avg_length`, a rank histogram of the top values); binary columns -> `bytes_stats`; other
+//! `avg_length`, a rank histogram of up to 1000 values); binary columns -> `bytes_stats`; other
 //! columns -> `struct_stats`. `common_stats` counts rows: `num_non_missing` = non-null rows,
 //! `num_missing` = null rows, `min/max/avg/tot_num_values` = list lengths (1 per row for
 //! scalar columns). The histograms' `num_nan` is the NaN count.
@@ -416,7 +416,7 @@ fn feature(c: &ColumnStats) -> FeatureNameStatistics {
                 .collect();
             let rank_histogram = RankHistogram {
                 buckets: s
-                    .top_values
+                    .rank_histogram
                     .iter()
                     .enumerate()
                     .map(|(i, v)| RankHistogramBucket {
