@@ -6,7 +6,7 @@
 //! `kiln schedule`. See `docs/observability.md`.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 pub use kiln_metrics::Exposition;
@@ -57,48 +57,18 @@ pub fn write_if_asked(path: Option<&Path>, m: &Exposition) {
     }
 }
 
-/// What `GET /metrics` answers: the owner's last text, or rendered on each request.
+/// What `GET /metrics` answers, rendered on each request.
 type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// `GET /metrics` on a background thread (axum on a single-threaded runtime), answering with
-/// the text the owner last [`set`](MetricsServer::set) (`kiln schedule --metrics-bind`), or
-/// with what a render function returns on each request ([`start_live`](MetricsServer::start_live):
-/// `kiln scheduler` and `kiln executor`).
-pub struct MetricsServer {
-    addr: std::net::SocketAddr,
-    text: Arc<Mutex<String>>,
-}
-
-impl MetricsServer {
-    /// Binds `bind` (`HOST:PORT`; port 0 picks a free one) and starts serving an empty page.
-    pub fn start(bind: &str) -> anyhow::Result<MetricsServer> {
-        let text = Arc::new(Mutex::new(String::new()));
-        let shared = Arc::clone(&text);
-        let addr = serve(
-            bind,
-            Arc::new(move || shared.lock().unwrap_or_else(|p| p.into_inner()).clone()),
-        )?;
-        Ok(MetricsServer { addr, text })
-    }
-
-    /// Binds `bind` and answers each `GET /metrics` with `render()` at that moment; returns
-    /// the address it listens on.
-    pub fn start_live(
-        bind: &str,
-        render: impl Fn() -> Exposition + Send + Sync + 'static,
-    ) -> anyhow::Result<std::net::SocketAddr> {
-        serve(bind, Arc::new(move || render().render()))
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.addr
-    }
-
-    /// Replaces what `GET /metrics` answers.
-    pub fn set(&self, m: &Exposition) {
-        *self.text.lock().unwrap_or_else(|p| p.into_inner()) = m.render();
-    }
+/// Serves `GET /metrics` on `bind` (`HOST:PORT`; port 0 picks a free one) from a background
+/// thread (axum on a single-threaded runtime), answering each request with `render()` at that
+/// moment (`kiln schedule`, `kiln scheduler`, `kiln executor`); returns the address it
+/// listens on.
+pub fn serve_metrics(
+    bind: &str,
+    render: impl Fn() -> Exposition + Send + Sync + 'static,
+) -> anyhow::Result<std::net::SocketAddr> {
+    serve(bind, Arc::new(move || render().render()))
 }
 
 /// Serves `GET /metrics` with `render()` on `bind` from a thread of its own.
@@ -273,13 +243,15 @@ mod tests {
     #[test]
     fn serves_get_metrics() {
         use std::io::Read;
-        let server = MetricsServer::start("127.0.0.1:0").unwrap();
-        let mut m = Exposition::new();
-        m.gauge("kiln_x", "X.", &[], 2.0);
-        server.set(&m);
+        let addr = serve_metrics("127.0.0.1:0", || {
+            let mut m = Exposition::new();
+            m.gauge("kiln_x", "X.", &[], 2.0);
+            m
+        })
+        .unwrap();
         let get = |req: &str| {
             use std::io::Write;
-            let mut c = std::net::TcpStream::connect(server.addr()).unwrap();
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
             c.write_all(req.as_bytes()).unwrap();
             let mut out = String::new();
             c.read_to_string(&mut out).unwrap();

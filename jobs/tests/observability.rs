@@ -407,6 +407,13 @@ fn schedule_serves_metrics() {
         .unwrap()
         .as_secs_f64();
     assert!(next > now && next <= now + 86_400.0, "{next} vs {now}");
+    // Nothing succeeded: the daily data has been overdue since today's midnight fire.
+    let since_midnight = now - (now / 86_400.0).floor() * 86_400.0;
+    let lag = sample(&body, &format!("kiln_schedule_lag_seconds{l}"));
+    assert!(
+        (lag - since_midnight).abs() < 120.0,
+        "lag {lag} s, midnight {since_midnight} s ago"
+    );
     promtool_check("kiln schedule's /metrics", &body);
 
     // A real Prometheus scrapes it: the target is up and the samples arrive as served.
@@ -425,5 +432,10 @@ fn schedule_serves_metrics() {
     let scraped_next = prometheus.query("kiln_schedule_next_run_timestamp_seconds");
     assert_eq!(scraped_next.len(), 1, "{scraped_next:?}");
     assert_eq!(scraped_next[0].1, next);
+    // The lag is computed on each scrape: it grows between two of them.
+    let first = prometheus.wait_for("kiln_schedule_lag_seconds", |r| r.len() == 1)[0].1;
+    prometheus.wait_for("kiln_schedule_lag_seconds", |r| {
+        r.len() == 1 && r[0].1 > first
+    });
     drop(child);
 }

@@ -121,6 +121,50 @@ impl Schedule {
         None
     }
 
+    /// The first fire time whose run date is `date`.
+    pub fn first_fire_of(&self, date: NaiveDate) -> anyhow::Result<Option<DateTime<Utc>>> {
+        // Its local day is date - offset; start just before that day's local midnight.
+        let day = date - chrono::TimeDelta::days(self.offset);
+        let local_midnight = self
+            .tz
+            .from_local_datetime(&day.and_hms_opt(0, 0, 0).context("midnight")?)
+            .earliest()
+            .context("local midnight does not exist")?;
+        let begin = local_midnight - chrono::TimeDelta::seconds(1);
+        Ok(self
+            .cron
+            .after(&begin)
+            .map(|f| f.with_timezone(&Utc))
+            .take_while(|f| self.run_date(*f) <= date)
+            .find(|f| self.run_date(*f) == date))
+    }
+
+    /// How far the daily data is behind the schedule at `now`, given the newest run date
+    /// that succeeded: zero while the latest due run date succeeded, else the time since the
+    /// fire time of the first run date after `last_success` (after `start_date`, or the
+    /// latest due one, when nothing succeeded yet).
+    pub fn lag(
+        &self,
+        last_success: Option<NaiveDate>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<chrono::TimeDelta> {
+        let Some(latest) = self.latest_at_or_before(now) else {
+            return Ok(chrono::TimeDelta::zero());
+        };
+        let latest_date = self.run_date(latest);
+        let first = match (last_success, self.start_date) {
+            (Some(l), _) if l >= latest_date => return Ok(chrono::TimeDelta::zero()),
+            (Some(l), _) => l + chrono::Days::new(1),
+            (None, Some(s)) if s < latest_date => s,
+            (None, _) => latest_date,
+        };
+        let fire = self
+            .first_fire_of(first)?
+            .filter(|f| *f <= latest)
+            .unwrap_or(latest);
+        Ok(now - fire)
+    }
+
     /// Run dates due at `now`, oldest first, given the newest date already run.
     /// Catch-up on: every fire time since the one after `last_done` (or since `start_date`
     /// when nothing ran yet). Catch-up off: only the latest fire time, if not done.
@@ -240,6 +284,26 @@ mod tests {
         // Before today's fire time, yesterday's is the latest.
         let early = utc("2026-11-25T02:00:00Z");
         assert_eq!(off.due(None, early).unwrap(), [d("2026-11-22")]);
+    }
+
+    #[test]
+    fn lag_behind_the_schedule() {
+        // Fires at 03:00 UTC; run date = fire date - 2.
+        let s = sched("0 3 * * *", "UTC", true, None);
+        let now = utc("2026-11-25T12:00:00Z");
+        // The latest fire (25th 03:00) is run date 23rd: done, no lag.
+        assert_eq!(s.lag(Some(d("2026-11-23")), now).unwrap().num_seconds(), 0);
+        // Last success the 21st: the 22nd's fire was the 24th 03:00, 33 hours ago.
+        assert_eq!(s.lag(Some(d("2026-11-21")), now).unwrap().num_hours(), 33);
+        // Nothing succeeded, no start date: since the latest fire, 9 hours ago.
+        assert_eq!(s.lag(None, now).unwrap().num_hours(), 9);
+        let from = sched("0 3 * * *", "UTC", true, Some("2026-11-20"));
+        // Since the start date's fire, the 22nd 03:00.
+        assert_eq!(from.lag(None, now).unwrap().num_hours(), 81);
+        assert_eq!(
+            s.first_fire_of(d("2026-11-20")).unwrap(),
+            Some(utc("2026-11-22T03:00:00Z"))
+        );
     }
 
     #[test]

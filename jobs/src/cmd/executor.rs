@@ -21,7 +21,7 @@ use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::prelude::SessionConfig;
 use kiln_engine::codec::{KilnLogicalCodec, KilnPhysicalCodec};
 
-use crate::metrics::{DurationHistogram, Exposition, MetricsServer};
+use crate::metrics::{DurationHistogram, Exposition};
 
 /// Arguments of `kiln executor`.
 #[derive(clap::Args)]
@@ -154,7 +154,7 @@ fn serve_metrics(
 ) -> anyhow::Result<std::net::SocketAddr> {
     crate::metrics::process_start();
     let id = id.to_string();
-    MetricsServer::start_live(bind, move || {
+    crate::metrics::serve_metrics(bind, move || {
         let mut m = Exposition::new();
         let l = [("executor", id.as_str())];
         crate::metrics::add_process(&mut m, "executor");

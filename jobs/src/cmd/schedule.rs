@@ -2,6 +2,7 @@
 //! cron time in its time zone, with catch-up of missed runs on or off.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use kiln_pipeline::config;
 use kiln_pipeline::metastore::Store;
 use kiln_pipeline::runner::{self, Request};
 use kiln_pipeline::schedule::Schedule;
-use kiln_pipeline::status::Trigger;
+use kiln_pipeline::status::{RunStatus, Trigger};
 
 /// Arguments of `kiln schedule`.
 #[derive(clap::Args, Debug, Clone)]
@@ -40,12 +41,31 @@ struct ScheduleMetrics {
     failed: u64,
     next: Option<chrono::DateTime<chrono::Utc>>,
     last_run: Option<crate::metrics::Exposition>,
+    /// The newest run date that succeeded.
+    last_success: Option<chrono::NaiveDate>,
 }
 
 impl ScheduleMetrics {
-    fn exposition(&self, job: &str) -> crate::metrics::Exposition {
+    /// The exposition at `now` (the lag is computed on each scrape).
+    fn exposition(
+        &self,
+        job: &str,
+        sched: &Schedule,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> crate::metrics::Exposition {
         let mut m = self.last_run.clone().unwrap_or_default();
         let l: &[(&str, &str)] = &[("kiln_job", job)];
+        match sched.lag(self.last_success, now) {
+            Ok(lag) => m.gauge(
+                "kiln_schedule_lag_seconds",
+                "How long the daily data is overdue: 0 while the latest due run date \
+                 succeeded, else seconds since the scheduled start of the first run date after \
+                 the newest success.",
+                l,
+                lag.num_milliseconds() as f64 / 1000.0,
+            ),
+            Err(e) => tracing::warn!("kiln schedule: lag: {e:#}"),
+        }
         m.counter(
             "kiln_schedule_runs_started_total",
             "Runs this scheduler started.",
@@ -76,6 +96,16 @@ fn last_done(store: &mut Store, job: &str) -> anyhow::Result<Option<chrono::Naiv
         .list_runs(Some(job), None, 1000)?
         .into_iter()
         .filter(|r| r.status.is_done())
+        .filter_map(|r| r.run_date.parse().ok())
+        .max())
+}
+
+/// The newest run date of this job that succeeded, from the metadata store.
+fn last_success(store: &mut Store, job: &str) -> anyhow::Result<Option<chrono::NaiveDate>> {
+    Ok(store
+        .list_runs(Some(job), None, 1000)?
+        .into_iter()
+        .filter(|r| r.status == RunStatus::Success)
         .filter_map(|r| r.run_date.parse().ok())
         .max())
 }
@@ -114,21 +144,24 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
         cfg.timezone,
         if sched.catch_up { "on" } else { "off" }
     );
-    let server = match &args.metrics_bind {
-        Some(bind) => {
-            let s = crate::metrics::MetricsServer::start(bind)?;
-            eprintln!("kiln schedule: metrics at http://{}/metrics", s.addr());
-            Some(s)
-        }
-        None => None,
+    let metrics = Arc::new(Mutex::new(ScheduleMetrics {
+        last_success: last_success(&mut store, &spec.name)?,
+        ..Default::default()
+    }));
+    if let Some(bind) = &args.metrics_bind {
+        let (shared, sched, job) = (Arc::clone(&metrics), sched.clone(), spec.name.clone());
+        let addr = crate::metrics::serve_metrics(bind, move || {
+            shared.lock().unwrap_or_else(|p| p.into_inner()).exposition(
+                &job,
+                &sched,
+                chrono::Utc::now(),
+            )
+        })?;
+        eprintln!("kiln schedule: metrics at http://{addr}/metrics");
+    }
+    let update = |f: &dyn Fn(&mut ScheduleMetrics)| {
+        f(&mut metrics.lock().unwrap_or_else(|p| p.into_inner()));
     };
-    let mut metrics = ScheduleMetrics::default();
-    let publish = |m: &ScheduleMetrics| {
-        if let Some(s) = &server {
-            s.set(&m.exposition(&spec.name));
-        }
-    };
-    publish(&metrics);
     let mut runs = 0usize;
     loop {
         let now = chrono::Utc::now();
@@ -148,15 +181,19 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
                 accept: Vec::new(),
                 quiet: crate::progress::quiet(),
             });
-            metrics.started += 1;
+            update(&|m| m.started += 1);
             match r {
                 Ok(s) => {
-                    if !s.status.is_done()
-                        || s.status == kiln_pipeline::status::RunStatus::Anomalies
-                    {
-                        metrics.failed += 1;
-                    }
-                    metrics.last_run = Some(super::run::summary_metrics(&s));
+                    let (status, summary) = (s.status, super::run::summary_metrics(&s));
+                    update(&|m| {
+                        if !status.is_done() || status == RunStatus::Anomalies {
+                            m.failed += 1;
+                        }
+                        if status == RunStatus::Success {
+                            m.last_success = m.last_success.max(Some(date));
+                        }
+                        m.last_run = Some(summary.clone());
+                    });
                     eprintln!(
                         "kiln schedule: run {} for {date}: {}{}",
                         s.run_id,
@@ -165,11 +202,10 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
                     )
                 }
                 Err(e) => {
-                    metrics.failed += 1;
+                    update(&|m| m.failed += 1);
                     eprintln!("kiln schedule: {date}: {e:#}")
                 }
             }
-            publish(&metrics);
             // A failed date is not retried by the scheduler (its alert went out); rerun it
             // with `kiln run` or `kiln backfill`.
             done = done.max(Some(date));
@@ -181,8 +217,7 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
             eprintln!("kiln schedule: the cron expression never fires again");
             return Ok(());
         };
-        metrics.next = Some(next);
-        publish(&metrics);
+        update(&|m| m.next = Some(next));
         eprintln!(
             "kiln schedule: next run at {} (date {})",
             next.to_rfc3339(),

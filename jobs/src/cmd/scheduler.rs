@@ -23,7 +23,7 @@ use kiln_engine::codec::{KilnLogicalCodec, KilnPhysicalCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cluster::{ClusterStatus, ExecutorStatus, JobProgress, STATUS_PATH};
-use crate::metrics::{DurationHistogram, Exposition, MetricsServer};
+use crate::metrics::{DurationHistogram, Exposition};
 
 /// Arguments of `kiln scheduler`.
 #[derive(clap::Args)]
@@ -227,7 +227,7 @@ fn serve_metrics(
         }
     });
     let state = Arc::clone(&scheduler.state);
-    MetricsServer::start_live(bind, move || {
+    crate::metrics::serve_metrics(bind, move || {
         let mut m = Exposition::new();
         crate::metrics::add_process(&mut m, "scheduler");
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
