@@ -332,23 +332,65 @@ pub fn resolve_url(url_or_path: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     Ok((l.store, l.path))
 }
 
+/// How far a directory transfer ([`upload_dir_with`], [`download_dir_with`]) has got:
+/// reported before the first file and after each one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// Files transferred so far.
+    pub files_done: usize,
+    /// Files to transfer.
+    pub files: usize,
+    /// Bytes transferred so far.
+    pub bytes_done: u64,
+    /// Bytes to transfer.
+    pub bytes: u64,
+}
+
 /// Uploads every file under the local directory `dir` to `dest` (same relative paths).
 /// Files named in `last` are uploaded after all others, in that order, so a reader that waits
 /// for them sees everything else first. Returns the number of files.
 pub fn upload_dir(dir: &std::path::Path, dest: &Location, last: &[&str]) -> Result<usize> {
+    upload_dir_with(dir, dest, last, &|_| {})
+}
+
+/// [`upload_dir`], reporting its progress to `progress`.
+pub fn upload_dir_with(
+    dir: &std::path::Path,
+    dest: &Location,
+    last: &[&str],
+    progress: &(dyn Fn(&Transfer) + Sync),
+) -> Result<usize> {
     let mut files = Vec::new();
     collect_files(dir, dir, &mut files)?;
     files.sort_by_key(|rel| (last.iter().position(|l| l == rel), rel.clone()));
+    let mut sizes = Vec::with_capacity(files.len());
+    for rel in &files {
+        let local = dir.join(rel);
+        let meta =
+            std::fs::metadata(&local).map_err(|e| Error::io(local.display().to_string(), e))?;
+        sizes.push(meta.len());
+    }
+    let mut t = Transfer {
+        files_done: 0,
+        files: files.len(),
+        bytes_done: 0,
+        bytes: sizes.iter().sum(),
+    };
+    progress(&t);
     block_on(async {
         for rel in &files {
             let local = dir.join(rel);
             let bytes =
                 std::fs::read(&local).map_err(|e| Error::io(local.display().to_string(), e))?;
+            let len = bytes.len() as u64;
             let to = dest.child(rel);
             to.store
                 .put(&to.path, bytes.into())
                 .await
                 .map_err(|e| Error::store(&to.url, e))?;
+            t.files_done += 1;
+            t.bytes_done += len;
+            progress(&t);
         }
         Ok(files.len())
     })
@@ -357,6 +399,15 @@ pub fn upload_dir(dir: &std::path::Path, dest: &Location, last: &[&str]) -> Resu
 /// Downloads every object under `src` into the local directory `dir` (created if needed),
 /// replacing files of the same name. Returns the number of files.
 pub fn download_dir(src: &Location, dir: &std::path::Path) -> Result<usize> {
+    download_dir_with(src, dir, &|_| {})
+}
+
+/// [`download_dir`], reporting its progress to `progress` (sizes from the listing).
+pub fn download_dir_with(
+    src: &Location,
+    dir: &std::path::Path,
+    progress: &(dyn Fn(&Transfer) + Sync),
+) -> Result<usize> {
     use futures::TryStreamExt;
     block_on(async {
         let objects: Vec<_> = src
@@ -365,6 +416,13 @@ pub fn download_dir(src: &Location, dir: &std::path::Path) -> Result<usize> {
             .try_collect()
             .await
             .map_err(|e| Error::store(&src.url, e))?;
+        let mut t = Transfer {
+            files_done: 0,
+            files: objects.len(),
+            bytes_done: 0,
+            bytes: objects.iter().map(|m| m.size).sum(),
+        };
+        progress(&t);
         for meta in &objects {
             let rel: Vec<_> = meta
                 .location
@@ -384,6 +442,9 @@ pub fn download_dir(src: &Location, dir: &std::path::Path) -> Result<usize> {
             }
             std::fs::write(&local, &bytes)
                 .map_err(|e| Error::io(local.display().to_string(), e))?;
+            t.files_done += 1;
+            t.bytes_done += bytes.len() as u64;
+            progress(&t);
         }
         Ok(objects.len())
     })

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_connectors::store::Transfer;
 use kiln_engine::progress::{ProgressHook, WriteProgress};
 use kiln_trainer::train::step_line;
 use kiln_trainer::{StderrProgress, StepLog, TrainProgress};
@@ -187,6 +188,52 @@ impl TrainProgress for TrainBar {
         }
         if step >= total {
             bar.finish();
+        }
+    }
+}
+
+/// The progress reporter of a directory upload or download (`what`: e.g. `uploading the
+/// model to s3://...`): a bar of bytes with the rate and ETA, or a line every ten seconds and
+/// one at the end.
+pub fn transfer(what: String) -> Box<dyn Fn(&Transfer) + Send + Sync> {
+    let started = Instant::now();
+    match output() {
+        Output::Off => Box::new(|_| {}),
+        Output::Bars => {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes}  {bytes_per_sec}  ETA {eta}  {msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar.set_prefix(what);
+            Box::new(move |t: &Transfer| {
+                bar.set_length(t.bytes);
+                bar.set_message(format!("{}/{} files", t.files_done, t.files));
+                bar.set_position(t.bytes_done);
+                if t.files_done == t.files {
+                    bar.finish();
+                }
+            })
+        }
+        Output::Lines => {
+            let printed = Mutex::new(started);
+            Box::new(move |t: &Transfer| {
+                let mut printed = printed.lock().unwrap_or_else(|e| e.into_inner());
+                let done = t.files_done == t.files;
+                if done || printed.elapsed() >= PLAIN_LINE_EVERY {
+                    *printed = Instant::now();
+                    eprintln!(
+                        "kiln: {what}: {}/{} files, {:.1}/{:.1} MiB in {:.1} s",
+                        t.files_done,
+                        t.files,
+                        t.bytes_done as f64 / (1024.0 * 1024.0),
+                        t.bytes as f64 / (1024.0 * 1024.0),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            })
         }
     }
 }

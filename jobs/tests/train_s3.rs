@@ -55,6 +55,15 @@ fn model_dir_on_s3_trains_uploads_and_predicts() {
         stderr.contains("ckpt-0000000060.safetensors"),
         "the last checkpoint is uploaded:\n{stderr}"
     );
+    // Not a terminal: the model's upload ends with a plain progress line, every file sent.
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("kiln: uploading the model to {model}: ")))
+        .unwrap_or_else(|| panic!("no upload progress line in:\n{stderr}"));
+    let counts = line.split(": ").nth(2).unwrap().split(' ').next().unwrap();
+    let (sent, total) = counts.split_once('/').unwrap();
+    assert_eq!(sent, total, "{line}");
+    assert!(total.parse::<usize>().unwrap() >= 4, "{line}");
 
     // Everything a model directory holds is in the bucket, metrics.json equal to the report.
     let (store, base) = kiln_connectors::store::resolve_url(model).unwrap();

@@ -80,7 +80,9 @@ impl ModelDir {
             // An earlier run's TensorBoard event files (`logs/`) go too, as they do locally.
             store::block_on(delete_under(&remote.child(kiln_trainer::events::LOGS_DIR)))?;
         } else if !local_ckpt.join("latest").exists() {
-            let n = store::download_dir(&remote.child("checkpoints"), &local_ckpt)?;
+            let from = remote.child("checkpoints");
+            let progress = crate::progress::transfer(format!("downloading {}", from.url));
+            let n = store::download_dir_with(&from, &local_ckpt, &*progress)?;
             tracing::info!(files = n, from = %remote.url, "downloaded checkpoints");
         }
         std::fs::create_dir_all(&self.local)
@@ -132,7 +134,9 @@ impl ModelDir {
                 }
                 anyhow::Ok(())
             })?;
-            let n = store::upload_dir(&self.local, remote, &UPLOAD_LAST)?;
+            let progress =
+                crate::progress::transfer(format!("uploading the model to {}", remote.url));
+            let n = store::upload_dir_with(&self.local, remote, &UPLOAD_LAST, &*progress)?;
             let pruned = store::block_on(prune_checkpoints(remote))?;
             tracing::info!(files = n, pruned, to = %remote.url, "uploaded the model directory");
         }
@@ -159,7 +163,8 @@ impl ModelDir {
                 .with_context(|| format!("clearing {}", self.local.display()))?;
         }
         self.downloaded = true;
-        let n = store::download_dir(remote, &self.local)?;
+        let progress = crate::progress::transfer(format!("downloading {}", remote.url));
+        let n = store::download_dir_with(remote, &self.local, &*progress)?;
         if n == 0 || !self.local.join("model.json").exists() {
             anyhow::bail!(
                 "{}: no model.json (not a complete model directory)",
