@@ -305,7 +305,7 @@ tf_compat() {
 
 # The Kubernetes manifests and the image, checked offline (deploy/k8s/README.md): every
 # overlay rendered by kubectl kustomize and a 4-worker GPU `kiln k8s train` Job validated
-# against Kubernetes 1.32's schemas (strict), checkov's policies, hadolint.
+# against Kubernetes 1.33's schemas (strict), checkov's policies, hadolint.
 # shellcheck disable=SC2317 # invoked through peer
 deploy_checks() {
   local bin=$CARGO_TARGET_DIR/debug/kiln out=$tmp/deploy rc=0 o
@@ -315,10 +315,11 @@ deploy_checks() {
     echo "kubectl kustomize deploy/k8s/overlays/$o"
     kubectl kustomize "deploy/k8s/overlays/$o" >"$out/$o.yaml" || { rc=1; continue; }
   done
+  # With its spec ConfigMap: the three objects `train_on = "kubernetes"` creates.
   "$bin" k8s train examples/daily_ctr/job.toml --date 2026-11-20 --workers 4 \
-    --gpus-per-worker 1 >"$out/train-gpu-4.yaml" || rc=1
+    --gpus-per-worker 1 --include-spec >"$out/train-gpu-4.yaml" || rc=1
   local files=("$out"/*.yaml)
-  kubernetes-validate --strict --quiet -k 1.32.0 "${files[@]}" || rc=1
+  kubernetes-validate --strict --quiet -k 1.33.0 "${files[@]}" || rc=1
   checkov --config-file deploy/k8s/.checkov.yaml -d "$out" || rc=1
   hadolint deploy/docker/Dockerfile || rc=1
   [ "$rc" = 0 ] && echo "deploy checks: ${#files[@]} rendered files valid, checkov and hadolint clean"

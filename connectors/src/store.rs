@@ -396,6 +396,27 @@ pub fn upload_dir_with(
     })
 }
 
+/// Deletes every object under `dir` (a "directory" of an object store, or a local one).
+/// Returns the number of objects deleted; a missing directory deletes none.
+pub fn remove_dir(dir: &Location) -> Result<usize> {
+    use futures::TryStreamExt;
+    block_on(async {
+        let objects: Vec<_> = dir
+            .store
+            .list(Some(&dir.path))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(&dir.url, e))?;
+        for meta in &objects {
+            dir.store
+                .delete(&meta.location)
+                .await
+                .map_err(|e| Error::store(format!("{}: {}", dir.url, meta.location), e))?;
+        }
+        Ok(objects.len())
+    })
+}
+
 /// Downloads every object under `src` into the local directory `dir` (created if needed),
 /// replacing files of the same name. Returns the number of files.
 pub fn download_dir(src: &Location, dir: &std::path::Path) -> Result<usize> {
@@ -506,6 +527,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_dir_deletes_everything_under_it_and_nothing_beside_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+        std::fs::write(dir.join("model.json"), "{}").unwrap();
+        std::fs::write(dir.join("checkpoints/step-10.safetensors"), "x").unwrap();
+        std::fs::write(tmp.path().join("run2"), "beside").unwrap();
+        let loc = resolve(dir.to_str().unwrap()).unwrap();
+        assert_eq!(remove_dir(&loc).unwrap(), 2);
+        assert_eq!(download_dir(&loc, &tmp.path().join("copy")).unwrap(), 0);
+        assert!(tmp.path().join("run2").is_file());
+        assert_eq!(remove_dir(&loc).unwrap(), 0);
+    }
 
     #[test]
     fn resolves_paths() {

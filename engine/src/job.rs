@@ -88,7 +88,7 @@ pub enum Mode {
 
 /// Builds the local DataFusion session for a spec's `[engine]` settings.
 pub fn session(spec: &JobSpec) -> Result<SessionContext> {
-    let config = session_config(spec);
+    let config = session_config(spec)?;
     let limit = memory_limit(spec)?;
     let mut runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
@@ -115,15 +115,16 @@ pub async fn session_for(spec: &JobSpec, mode: &Mode, date: NaiveDate) -> Result
         Mode::Cluster(url) => {
             memory_limit(spec)?;
             let name = format!("kiln {} {date}", spec.name);
-            crate::cluster::client_context(url, session_config(spec), &name)
+            crate::cluster::client_context(url, session_config(spec)?, &name)
                 .await
                 .map_err(|e| EngineError::url_failed(url, "cannot use the cluster", e))
         }
     }
 }
 
-/// DataFusion settings of a spec (the same locally and on a cluster).
-fn session_config(spec: &JobSpec) -> SessionConfig {
+/// DataFusion settings of a spec (the same locally and on a cluster): Kiln's defaults, then
+/// `[engine] options`.
+fn session_config(spec: &JobSpec) -> Result<SessionConfig> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let engine = &spec.engine;
     let mut config = SessionConfig::new()
@@ -136,8 +137,16 @@ fn session_config(spec: &JobSpec) -> SessionConfig {
         opts.execution.parquet.coerce_int96_tz = Some("UTC".into());
         // Plain Utf8 columns, so output schemas are the standard Arrow types.
         opts.execution.parquet.schema_force_view_types = false;
+        for (key, value) in &engine.options {
+            opts.set(key, value).map_err(|e| {
+                spec.error(format!(
+                    "[engine] options: `{key}` = \"{value}\": {}",
+                    root_message(&e)
+                ))
+            })?;
+        }
     }
-    config
+    Ok(config)
 }
 
 /// `engine.memory_limit`, or half of physical memory.
@@ -614,9 +623,22 @@ async fn write_shards(
         }
         _ => None,
     };
-    let results = datafusion::physical_plan::collect(physical, task_ctx).await;
+    let results = datafusion::physical_plan::collect(Arc::clone(&physical), task_ctx).await;
     if let Some(t) = ticker {
         t.abort();
+    }
+    // The profile of the write (`RUST_LOG=kiln_engine=debug`): every operator with its rows,
+    // elapsed compute time, spills and memory, as EXPLAIN ANALYZE prints them.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug!(
+            "executed plan of `{}` ({:.2} s):\n{}",
+            o.statement,
+            started.elapsed().as_secs_f64(),
+            datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                physical.as_ref()
+            )
+            .indent(true)
+        );
     }
     let files = shard_files_from_batches(&results.map_err(failed)?)?;
     if let Some(hook) = progress {
@@ -807,6 +829,52 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn engine_options_reach_datafusion_and_bad_ones_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let example = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml"),
+        )
+        .unwrap();
+        let load = |engine: &str| {
+            let p = dir.path().join("job.toml");
+            std::fs::write(
+                &p,
+                example.replacen("[engine]\n", &format!("[engine]\n{engine}\n"), 1),
+            )
+            .unwrap();
+            crate::JobSpec::load(&p).unwrap()
+        };
+        let spec = load(
+            "options = { \"datafusion.execution.parquet.pushdown_filters\" = \"true\", \
+             \"datafusion.execution.parquet.schema_force_view_types\" = \"true\" }",
+        );
+        let c = super::session_config(&spec).unwrap();
+        assert!(c.options().execution.parquet.pushdown_filters);
+        // An option overrides Kiln's own default.
+        assert!(c.options().execution.parquet.schema_force_view_types);
+        let defaults = super::session_config(&load("")).unwrap();
+        assert!(!defaults.options().execution.parquet.schema_force_view_types);
+        let e = super::session_config(&load(
+            "options = { \"datafusion.execution.no_such_thing\" = \"1\" }",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[engine] options: `datafusion.execution.no_such_thing` = \"1\""),
+            "{e}"
+        );
+        let e = super::session_config(&load(
+            "options = { \"datafusion.execution.batch_size\" = \"many\" }",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`datafusion.execution.batch_size` = \"many\""),
+            "{e}"
+        );
+    }
+
     #[test]
     fn memory_limit_sources() {
         assert_eq!(super::cgroup_limit("max\n"), None);

@@ -122,6 +122,11 @@ pub struct EngineConfig {
     pub memory_limit: Option<String>,
     /// Directory for spill files (default: the system temporary directory).
     pub spill_dir: Option<String>,
+    /// Any other DataFusion setting by its full key, e.g.
+    /// `"datafusion.execution.parquet.pushdown_filters" = "true"` (applied after Kiln's own;
+    /// an unknown key or a bad value is an error naming it).
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// Input file formats.
@@ -576,6 +581,32 @@ impl JobSpec {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// The spec file's text under its file name, then the files it names relative to its
+    /// directory (each output's `expect_file`), once each: what a copy of the job elsewhere
+    /// (a Kubernetes ConfigMap) must carry for the spec to load there.
+    pub fn files(&self) -> Result<Vec<(String, String)>, SpecError> {
+        let read = |rel: &str, p: &Path| {
+            std::fs::read_to_string(p)
+                .map(|text| (rel.to_string(), text))
+                .map_err(|e| self.error_caused(format!("reading {}", p.display()), e))
+        };
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut files = vec![read(&name, &self.path)?];
+        let dir = self.base_dir();
+        for o in &self.outputs {
+            if let Some(f) = &o.expect_file
+                && !files.iter().any(|(n, _)| n == f)
+            {
+                files.push(read(f, &dir.join(f))?);
+            }
+        }
+        Ok(files)
     }
 
     fn check_spark_source(&self, s: &SourceSpec) -> Result<(), SpecError> {

@@ -217,6 +217,34 @@ fn spec_copies_and_schedule_match_the_example() {
     assert_eq!(gpu.lines().count(), example.lines().count() + 1);
     let spec: toml::Table = toml::from_str(&gpu).unwrap();
     assert_eq!(spec["train"]["device"].as_str(), Some("cuda"));
+    // gpu-multinode: the gpu spec plus train_on and the appended [pipeline.kubernetes].
+    let multi_path = root().join("deploy/k8s/overlays/gpu-multinode/job.toml");
+    let multi = std::fs::read_to_string(&multi_path).unwrap();
+    let section = multi
+        .find("\n\n# gpu-multinode overlay: the pipeline pod creates")
+        .expect("gpu-multinode/job.toml: the [pipeline.kubernetes] section at the end");
+    let inserted: Vec<&str> = multi[..section]
+        .lines()
+        .filter(|l| !gpu.lines().any(|e| e == *l))
+        .collect();
+    assert_eq!(inserted.len(), 1, "gpu-multinode/job.toml: {inserted:?}");
+    assert!(
+        inserted[0].starts_with("train_on = \"kubernetes\""),
+        "{inserted:?}"
+    );
+    assert_eq!(
+        multi[..section].lines().count(),
+        gpu.trim_end_matches('\n').lines().count() + 1
+    );
+    // The pipeline reads it as training on the cluster, one GPU per pod.
+    let loaded = kiln_engine::JobSpec::load(&multi_path).unwrap();
+    let pipeline = kiln_pipeline::config::Pipeline::from_spec(&loaded).unwrap();
+    assert_eq!(
+        pipeline.config.train_on,
+        kiln_pipeline::config::TrainOn::Kubernetes
+    );
+    let k = pipeline.config.kubernetes.unwrap();
+    assert_eq!((k.workers, k.gpus_per_worker), (2, 1));
     // kiln loads it: the spec and its [train] (device included) parse.
     let gpu_spec = root().join("deploy/k8s/overlays/gpu/job.toml");
     let docs = render_train(&[

@@ -64,9 +64,16 @@ pub struct PipelineConfig {
     /// Where runs keep logs, training staging directories and evaluation outputs.
     #[serde(default = "default_work_dir")]
     pub work_dir: String,
-    /// Training worker processes (`kiln train --workers`).
+    /// Training worker processes (`kiln train --workers`) when training locally.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Where the `train` task trains: `local` (worker processes beside `kiln run`) or
+    /// `kubernetes` (an indexed Job through the Kubernetes API, `[pipeline.kubernetes]`).
+    #[serde(default)]
+    pub train_on: TrainOn,
+    /// The training Job's pods under `train_on = "kubernetes"`.
+    #[serde(default)]
+    pub kubernetes: Option<kiln_k8s::TrainCluster>,
     /// Held-out examples the publish step scores again to verify a version.
     #[serde(default = "default_verify_rows")]
     pub verify_rows: usize,
@@ -101,6 +108,18 @@ pub struct PipelineConfig {
     /// The schedule (`kiln schedule`).
     #[serde(default)]
     pub schedule: Option<ScheduleConfig>,
+}
+
+/// Where the pipeline's `train` task trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainOn {
+    /// `kiln train --workers N` as child processes of `kiln run`.
+    #[default]
+    Local,
+    /// An indexed Job on the cluster (`[pipeline.kubernetes]`), created and watched through
+    /// the Kubernetes API; the model comes back from its shared model directory.
+    Kubernetes,
 }
 
 impl Default for PipelineConfig {
@@ -442,6 +461,28 @@ impl Pipeline {
         }
         if config.workers == 0 {
             return Err(spec.error("[pipeline] workers must be at least 1").into());
+        }
+        match (config.train_on, &config.kubernetes) {
+            (TrainOn::Kubernetes, Some(k)) => k
+                .check()
+                .map_err(|e| spec.error(format!("[pipeline.kubernetes] {e}")))?,
+            (TrainOn::Kubernetes, None) => {
+                return Err(spec
+                    .error(
+                        "[pipeline] train_on = \"kubernetes\" needs [pipeline.kubernetes] \
+                         (image, workers, models_dir: where the pods write the model)",
+                    )
+                    .into());
+            }
+            (TrainOn::Local, Some(_)) => {
+                return Err(spec
+                    .error(
+                        "[pipeline.kubernetes] is set but train_on is \"local\": set \
+                         train_on = \"kubernetes\" or remove the section",
+                    )
+                    .into());
+            }
+            (TrainOn::Local, None) => {}
         }
         if config.lock_stale_seconds == 0 {
             return Err(spec
@@ -802,6 +843,51 @@ mod tests {
             ],
             "kind = \"kafka\" needs `source`",
         );
+    }
+
+    #[test]
+    fn training_on_kubernetes_needs_its_section_and_a_shared_models_dir() {
+        const WORKERS: &str = "workers = 2 ";
+        const TRAIN_ON: &str = "workers = 2\ntrain_on = \"kubernetes\"\n";
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily_ctr/job.toml"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // The section goes at the end of the file, after every other [pipeline.*] table.
+        let load = |section: &str| {
+            let p = dir.path().join("k8s.toml");
+            std::fs::write(&p, text.replacen(WORKERS, TRAIN_ON, 1) + section).unwrap();
+            Pipeline::from_spec(&JobSpec::load(&p).unwrap())
+        };
+        let pl = load(
+            "\n[pipeline.kubernetes]\nimage = \"r.example/kiln:1\"\nworkers = 4\n\
+             gpus_per_worker = 1\nmodels_dir = \"s3://models/train\"\n",
+        )
+        .unwrap();
+        assert_eq!(pl.config.train_on, TrainOn::Kubernetes);
+        let k = pl.config.kubernetes.unwrap();
+        assert_eq!((k.workers, k.gpus_per_worker, k.world()), (4, 1, 4));
+        assert_eq!((k.namespace.as_str(), k.poll_seconds), ("kiln", 10.0));
+        let e = format!(
+            "{:#}",
+            load("\n[pipeline.kubernetes]\nmodels_dir = \"/var/models\"\n").unwrap_err()
+        );
+        assert!(
+            e.contains("[pipeline.kubernetes] models_dir `/var/models`: the pods write there"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            load("\n[pipeline.kubernetes]\nworker = 4\n").unwrap_err()
+        );
+        assert!(e.contains("unknown field `worker`"), "{e}");
+        check_example_edit(
+            WORKERS,
+            TRAIN_ON,
+            "train_on = \"kubernetes\" needs [pipeline.kubernetes]",
+        );
+        check_example_edit(WORKERS, "train_on = \"moon\"\n", "unknown variant `moon`");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use chrono::NaiveDate;
-use serde_json::{Value, json};
+use kiln_k8s::{TrainCluster, TrainRun, to_documents, train_manifests};
 
 /// `kiln k8s ...`.
 // Parsed once per process: the size difference of the variants costs nothing.
@@ -82,6 +82,11 @@ pub struct K8sTrainArgs {
     /// Failed pods per index (rank) before the whole Job fails.
     #[arg(long, default_value_t = 3)]
     pub backoff_limit_per_index: u32,
+    /// Also print the ConfigMap `--spec-configmap` holding SPEC (as `job.toml`) and the files
+    /// it names beside it (`expect_file`): the pods then train exactly this spec. The
+    /// pipeline's `train_on = "kubernetes"` creates the same three objects.
+    #[arg(long)]
+    pub include_spec: bool,
 }
 
 /// Runs `kiln k8s ...`.
@@ -98,11 +103,47 @@ pub fn run(cmd: K8sCommand) -> anyhow::Result<()> {
             let _: kiln_trainer::TrainConfig = toml::Value::Table(train)
                 .try_into()
                 .with_context(|| format!("{}: [train]", args.spec.display()))?;
-            print!("{}", to_documents(&train_manifests(&args, &spec.name)?)?);
+            let run = train_run(&args, &spec.name)?;
+            let mut docs = Vec::new();
+            if args.include_spec {
+                let mut files = spec.files()?;
+                files[0].0 = kiln_k8s::manifests::SPEC_KEY.to_string();
+                docs.push(kiln_k8s::spec_configmap(&run, &files)?);
+            }
+            docs.extend(train_manifests(&run)?);
+            print!("{}", to_documents(&docs)?);
             Ok(())
         }
         K8sCommand::CheckArgs { args } => check_args(&args),
     }
+}
+
+/// The training run `args` describe, for job `job`.
+pub fn train_run(args: &K8sTrainArgs, job: &str) -> anyhow::Result<TrainRun> {
+    let cluster = TrainCluster {
+        namespace: args.namespace.clone(),
+        image: args.image.clone(),
+        workers: args.workers,
+        gpus_per_worker: args.gpus_per_worker,
+        cpu: args.cpu.clone(),
+        memory: args.memory.clone(),
+        master_port: args.master_port,
+        s3_secret: args.s3_secret.clone(),
+        backoff_limit_per_index: args.backoff_limit_per_index,
+        ..TrainCluster::default()
+    };
+    let mut run = TrainRun::new(job, args.date, cluster);
+    if let Some(n) = &args.name {
+        run.name = n.clone();
+    }
+    if let Some(d) = &args.data {
+        run.data = d.clone();
+    }
+    if let Some(m) = &args.model_dir {
+        run.model_dir = m.clone();
+    }
+    run.spec_configmap = args.spec_configmap.clone();
+    Ok(run)
 }
 
 /// Parses `args` (without the program name) with kiln's own command-line parser.
@@ -112,222 +153,6 @@ pub fn check_args(args: &[String]) -> anyhow::Result<()> {
     match crate::Cli::try_parse_from(argv) {
         Ok(_) => Ok(()),
         Err(e) => bail!("`kiln {}` does not parse:\n{e}", args.join(" ")),
-    }
-}
-
-/// JSON documents separated by `---` lines: a multi-document YAML stream.
-pub fn to_documents(docs: &[Value]) -> anyhow::Result<String> {
-    let mut out = String::new();
-    for d in docs {
-        out.push_str("---\n");
-        out.push_str(&serde_json::to_string_pretty(d)?);
-        out.push('\n');
-    }
-    Ok(out)
-}
-
-/// A DNS-1123 label from `s`: lower case, `[a-z0-9-]`, at most `max` characters.
-fn dns_label(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() { c } else { '-' }
-        })
-        .collect();
-    out.truncate(max);
-    out.trim_matches('-').to_string()
-}
-
-/// The indexed Job and its headless Service for one training run.
-pub fn train_manifests(args: &K8sTrainArgs, job: &str) -> anyhow::Result<Vec<Value>> {
-    if args.workers == 0 {
-        bail!("--workers must be at least 1");
-    }
-    let date = args.date.format("%Y-%m-%d").to_string();
-    // Pod host names are `<job name>-<index>` and must stay a DNS label (63 characters).
-    let name = match &args.name {
-        Some(n) => {
-            let l = dns_label(n, 56);
-            if l != *n {
-                bail!("--name {n}: must be a DNS label of at most 56 characters ([a-z0-9-])");
-            }
-            l
-        }
-        None => dns_label(&format!("{job}-train-{date}"), 56),
-    };
-    let service = dns_label(&format!("{name}-ranks"), 63);
-    let ns = &args.namespace;
-    let model_dir = args
-        .model_dir
-        .clone()
-        .unwrap_or_else(|| format!("s3://kiln-models/{job}/train/{date}"));
-    let data = args
-        .data
-        .clone()
-        .unwrap_or_else(|| format!("s3://kiln-data/{job}/dt={date}/examples/"));
-    let gpus = args.gpus_per_worker;
-    let ranks_per_pod = gpus.max(1);
-    let world = args.workers * ranks_per_pod;
-    let labels = json!({
-        "app.kubernetes.io/name": "kiln",
-        "app.kubernetes.io/component": "train",
-        "kiln.dev/train-run": name,
-    });
-    let mut train = vec![
-        "kiln".to_string(),
-        "train".into(),
-        "/etc/kiln/job.toml".into(),
-        "--date".into(),
-        date.clone(),
-        "--data".into(),
-        data,
-        "--model-dir".into(),
-        model_dir,
-        "--resume".into(),
-        "--json".into(),
-    ];
-    if gpus > 0 {
-        train.extend(["--device".into(), "cuda".into()]);
-    }
-    let mut env = vec![
-        json!({"name": "WORLD_SIZE", "value": world.to_string()}),
-        json!({"name": "MASTER_ADDR", "value": format!("{name}-0.{service}.{ns}.svc")}),
-        json!({"name": "MASTER_PORT", "value": args.master_port.to_string()}),
-        json!({"name": "RUST_LOG", "value": "info"}),
-        json!({"name": "TMPDIR", "value": "/tmp"}),
-    ];
-    let command = if ranks_per_pod == 1 {
-        // One rank per pod: RANK is the pod's completion index, from the annotation the Job
-        // controller sets (the same value as JOB_COMPLETION_INDEX).
-        env.insert(
-            0,
-            json!({"name": "RANK", "valueFrom": {"fieldRef": {"fieldPath":
-                "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}),
-        );
-        env.insert(1, json!({"name": "LOCAL_RANK", "value": "0"}));
-        train
-    } else {
-        // G ranks per pod, one per GPU: RANK = index * G + LOCAL_RANK. When one rank dies
-        // the others fail with `lost rank R` within the peer timeout, so waiting for all of
-        // them is enough; the pod fails if any did.
-        let quoted: Vec<String> = train.iter().map(|a| shell_quote(a)).collect();
-        let script = format!(
-            "set -u\npids=\"\"\nfor l in $(seq 0 {last}); do\n  RANK=$((JOB_COMPLETION_INDEX * {g} + l)) LOCAL_RANK=$l {cmd} &\n  pids=\"$pids $!\"\ndone\nrc=0\nfor p in $pids; do wait \"$p\" || rc=1; done\nexit $rc\n",
-            last = ranks_per_pod - 1,
-            g = ranks_per_pod,
-            cmd = quoted.join(" "),
-        );
-        env.insert(
-            0,
-            json!({"name": "LOCAL_WORLD_SIZE", "value": ranks_per_pod.to_string()}),
-        );
-        vec!["/bin/sh".to_string(), "-c".into(), script]
-    };
-    let mut limits = json!({"cpu": args.cpu, "memory": args.memory});
-    let mut requests = json!({"cpu": args.cpu, "memory": args.memory});
-    if gpus > 0 {
-        limits["nvidia.com/gpu"] = json!(gpus.to_string());
-        requests["nvidia.com/gpu"] = json!(gpus.to_string());
-    }
-    let mut pod_spec = json!({
-        "subdomain": service,
-        "restartPolicy": "Never",
-        // On SIGTERM (eviction, preemption) the trainer writes a checkpoint first.
-        "terminationGracePeriodSeconds": 120,
-        "automountServiceAccountToken": false,
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [{
-            "name": "train",
-            "image": args.image,
-            "imagePullPolicy": "Always",
-            "command": command,
-            "env": env,
-            "envFrom": [{"secretRef": {"name": args.s3_secret, "optional": true}}],
-            "ports": [{"name": "rendezvous", "containerPort": args.master_port}],
-            "resources": {"requests": requests, "limits": limits},
-            "securityContext": {
-                "allowPrivilegeEscalation": false,
-                "readOnlyRootFilesystem": true,
-                "capabilities": {"drop": ["ALL"]},
-            },
-            "volumeMounts": [
-                {"name": "spec", "mountPath": "/etc/kiln", "readOnly": true},
-                {"name": "scratch", "mountPath": "/tmp"},
-            ],
-        }],
-        "volumes": [
-            {"name": "spec", "configMap": {"name": args.spec_configmap}},
-            {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}},
-        ],
-    });
-    if gpus > 0 {
-        pod_spec["tolerations"] = json!([
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-        ]);
-        pod_spec["nodeSelector"] = json!({"nvidia.com/gpu.present": "true"});
-    }
-    let job_doc = json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {
-            "completionMode": "Indexed",
-            "completions": args.workers,
-            "parallelism": args.workers,
-            // A lost worker is replaced (same index, same host name); every rank of the
-            // group then fails with `lost rank R` and is replaced too, and all resume from
-            // the model directory's latest checkpoint (`--resume`).
-            "backoffLimitPerIndex": args.backoff_limit_per_index,
-            "maxFailedIndexes": 0,
-            "podFailurePolicy": {"rules": [
-                // Evictions, preemptions and node drains do not count against the limit.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                // Exit status 2 is a command-line error (clap): retrying cannot help.
-                {"action": "FailJob", "onExitCodes": {
-                    "containerName": "train", "operator": "In", "values": [2]}},
-            ]},
-            "ttlSecondsAfterFinished": 604800,
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {"kubectl.kubernetes.io/default-container": "train"},
-                },
-                "spec": pod_spec,
-            },
-        },
-    });
-    let service_doc = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": service, "namespace": ns, "labels": labels},
-        "spec": {
-            "clusterIP": "None",
-            // Rank 0 must be resolvable before it is ready: the others rendezvous with it.
-            "publishNotReadyAddresses": true,
-            "selector": {"kiln.dev/train-run": name},
-            "ports": [{"name": "rendezvous", "port": args.master_port,
-                       "targetPort": args.master_port}],
-        },
-    });
-    Ok(vec![service_doc, job_doc])
-}
-
-/// `s` quoted for a POSIX shell (single quotes; plain words stay as they are).
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -347,94 +172,45 @@ mod tests {
         }
     }
 
-    fn container(docs: &[Value]) -> &Value {
-        &docs[1]["spec"]["template"]["spec"]["containers"][0]
-    }
-
-    fn env<'a>(c: &'a Value, name: &str) -> &'a Value {
-        c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .unwrap_or_else(|| panic!("no env {name}"))
-    }
-
     #[test]
-    fn one_rank_per_pod() {
-        let docs = train_manifests(
-            &args(&["--workers", "4", "--gpus-per-worker", "1"]),
+    fn flags_reach_the_manifests_and_the_command_parses() {
+        let run = train_run(
+            &args(&[
+                "--workers",
+                "4",
+                "--gpus-per-worker",
+                "1",
+                "--image",
+                "r.example/kiln:1",
+                "--model-dir",
+                "s3://m/x",
+                "--name",
+                "nightly",
+            ]),
             "daily_ctr",
         )
         .unwrap();
+        let docs = train_manifests(&run).unwrap();
         let job = &docs[1];
+        assert_eq!(job["metadata"]["name"], "nightly");
         assert_eq!(job["spec"]["completions"], 4);
-        assert_eq!(job["spec"]["parallelism"], 4);
-        assert_eq!(job["spec"]["completionMode"], "Indexed");
-        assert_eq!(job["metadata"]["name"], "daily-ctr-train-2026-11-20");
-        let svc = &docs[0];
-        assert_eq!(svc["spec"]["clusterIP"], "None");
-        assert_eq!(
-            job["spec"]["template"]["spec"]["subdomain"],
-            svc["metadata"]["name"]
-        );
-        let c = container(&docs);
-        assert_eq!(
-            env(c, "MASTER_ADDR")["value"],
-            "daily-ctr-train-2026-11-20-0.daily-ctr-train-2026-11-20-ranks.kiln.svc"
-        );
-        assert_eq!(env(c, "WORLD_SIZE")["value"], "4");
-        assert_eq!(env(c, "LOCAL_RANK")["value"], "0");
-        assert!(
-            env(c, "RANK")["valueFrom"]["fieldRef"]["fieldPath"]
-                .as_str()
-                .unwrap()
-                .contains("job-completion-index")
-        );
-        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+        let c = &job["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "r.example/kiln:1");
         let cmd: Vec<String> = serde_json::from_value(c["command"].clone()).unwrap();
-        assert!(cmd.contains(&"--resume".to_string()));
+        assert!(cmd.windows(2).any(|w| w == ["--model-dir", "s3://m/x"]));
         assert_eq!(cmd[0], "kiln");
         check_args(&cmd[1..]).unwrap();
+        assert_eq!(
+            job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"],
+            "kiln-job-spec"
+        );
     }
 
     #[test]
-    fn several_gpus_per_pod_start_one_rank_each() {
-        let docs =
-            train_manifests(&args(&["--workers", "2", "--gpus-per-worker", "4"]), "j").unwrap();
-        let c = container(&docs);
-        assert_eq!(env(c, "WORLD_SIZE")["value"], "8");
-        let script = c["command"][2].as_str().unwrap();
-        assert!(
-            script.contains("RANK=$((JOB_COMPLETION_INDEX * 4 + l))"),
-            "{script}"
-        );
-        assert!(script.contains("$(seq 0 3)"), "{script}");
-    }
-
-    #[test]
-    fn cpu_runs_have_no_gpu_and_check_args_rejects_bad_lines() {
-        let docs = train_manifests(&args(&["--workers", "2"]), "j").unwrap();
-        let c = container(&docs);
-        assert!(c["resources"]["limits"].get("nvidia.com/gpu").is_none());
-        assert!(
-            docs[1]["spec"]["template"]["spec"]
-                .get("tolerations")
-                .is_none()
-        );
+    fn check_args_rejects_bad_lines() {
         assert!(check_args(&["run".into(), "x.toml".into()]).is_err());
         assert!(check_args(&["train".into(), "--no-such-flag".into()]).is_err());
-        assert!(train_manifests(&args(&["--workers", "0"]), "j").is_err());
-        assert!(train_manifests(&args(&["--workers", "2", "--name", "Bad_Name"]), "j").is_err());
-    }
-
-    #[test]
-    fn shell_quoting() {
-        assert_eq!(
-            shell_quote("s3://b/x/dt=2026-11-20/"),
-            "s3://b/x/dt=2026-11-20/"
-        );
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        let bad = train_run(&args(&["--workers", "2", "--name", "Bad_Name"]), "j").unwrap();
+        assert!(train_manifests(&bad).is_err());
     }
 }
