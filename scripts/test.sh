@@ -39,6 +39,9 @@ Runs Kiln's whole test suite, installing what it needs on the way:
   deploy checks      kubectl kustomize on every deploy/k8s overlay and `kiln k8s train`
                      (4 GPU workers) through kubernetes-validate --strict, checkov
                      (deploy/k8s/.checkov.yaml) and hadolint on deploy/docker/Dockerfile
+  oci image          debootstrap and buildah (apt-get, if missing): the image built without a
+                     daemon by deploy/docker/build-oci.sh (Debian trixie rootfs cached in
+                     $KILN_CACHE/oci) with this build's kiln; `kiln --version` runs in it
 Every server it starts is stopped and its temporary files removed on exit, on failure and on
 Ctrl-C. Prints each phase's time, a table of them, and as the last line "N passed, N failed"
 summed over the test groups and peer checks; exits non-zero if anything failed.
@@ -326,6 +329,25 @@ deploy_checks() {
   return "$rc"
 }
 
+# The image without a Docker daemon (deploy/docker/build-oci.sh): the Dockerfile's runtime
+# stage from a debootstrapped Debian trixie and this build's `kiln` (debug, stripped),
+# committed by buildah as an OCI archive; `kiln --version` must print the binary's own
+# version inside it, as uid 10001.
+# shellcheck disable=SC2317 # invoked through peer
+oci_image() {
+  local bin=$CARGO_TARGET_DIR/debug/kiln copy=$tmp/kiln-stripped out want
+  if ! command -v debootstrap >/dev/null || ! command -v buildah >/dev/null; then
+    kiln_apt_install debootstrap buildah || return 1
+  fi
+  cp "$bin" "$copy" && strip "$copy" || return 1
+  want="as uid 10001: $("$copy" --version)"
+  out=$(bash deploy/docker/build-oci.sh --binary "$copy" --out "$tmp/kiln-oci.tar" --tag kiln:test) \
+    || return 1
+  echo "$out"
+  STORAGE_DRIVER=vfs buildah rmi -f kiln:test >/dev/null 2>&1 || true
+  grep -qF "$want" <<<"$out" || { echo "expected \"$want\" in the image's output" >&2; return 1; }
+}
+
 # --- the run ---------------------------------------------------------------------------------
 
 need cargo "install the Rust toolchain (https://rustup.rs)"
@@ -427,6 +449,7 @@ if [ "$fast" = 0 ]; then
     phase "deploy checks"
     missing kubectl "not on PATH (kubectl 1.32+ renders the kustomize overlays)"
   fi
+  peer "oci image" oci_image
 fi
 
 finish
