@@ -172,7 +172,10 @@ async fn train_async(
         .with_context(|| format!("reading {job_ref}"))?
     {
         let state = job_state(&existing);
-        if watch.fresh || matches!(state, JobState::Failed { .. }) {
+        if existing.metadata.deletion_timestamp.is_some() {
+            // Being deleted (an earlier attempt's timeout, or by hand): start anew once gone.
+            wait_gone(&jobs, &job_ref, job_name).await?;
+        } else if watch.fresh || matches!(state, JobState::Failed { .. }) {
             delete_job(&jobs, &job_ref, job_name).await?;
             wait_gone(&jobs, &job_ref, job_name).await?;
         } else {
@@ -234,12 +237,17 @@ async fn train_async(
     loop {
         if (watch.cancelled)() {
             delete_job(&jobs, &job_ref, job_name).await?;
+            wait_gone(&jobs, &job_ref, job_name).await?;
             bail!("stopped: {job_ref} deleted (its ranks checkpoint on SIGTERM)");
         }
-        let job = jobs
-            .get_status(job_name)
-            .await
-            .with_context(|| format!("reading {job_ref}"))?;
+        let job = match jobs.get_status(job_name).await {
+            Ok(j) => j,
+            Err(kube::Error::Api(s)) if s.code == 404 => bail!(
+                "{job_ref} was deleted while this attempt waited for it (by hand, or by the \
+                 timeout of an earlier attempt)"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("reading {job_ref}")),
+        };
         let state = job_state(&job);
         if last.as_ref() != Some(&state) {
             (watch.progress)(&state);

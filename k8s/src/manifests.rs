@@ -86,8 +86,14 @@ impl TrainCluster {
                 self.namespace
             );
         }
-        if !(self.poll_seconds.is_finite() && self.poll_seconds > 0.0) {
-            bail!("poll_seconds = {}: must be > 0", self.poll_seconds);
+        if !(self.poll_seconds.is_finite()
+            && self.poll_seconds > 0.0
+            && self.poll_seconds <= 3600.0)
+        {
+            bail!(
+                "poll_seconds = {}: must be > 0 and at most 3600",
+                self.poll_seconds
+            );
         }
         if !self.models_dir.contains("://") || self.models_dir.starts_with("file://") {
             bail!(
@@ -520,6 +526,12 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("Job name `Bad_Name`")
+        );
+        let mut slow = run(2, 0);
+        slow.cluster.poll_seconds = 1e30;
+        assert_eq!(
+            train_manifests(&slow).unwrap_err().to_string(),
+            "poll_seconds = 1000000000000000000000000000000: must be > 0 and at most 3600"
         );
         let mut local = run(2, 0);
         local.cluster.models_dir = "/var/models".into();
