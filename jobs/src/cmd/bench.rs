@@ -296,16 +296,16 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     // The statistics' cost: the full job without them.
     let no_stats_spec = work.join("job-full-no-statistics.toml");
     std::fs::write(&no_stats_spec, without_statistics(&spec_text)?)?;
-    // The DEFLATE level's cost: the full job at level 1 instead of TensorFlow's 6.
-    let level1_spec = work.join("job-full-gzip-level-1.toml");
-    let gzip = "tfrecord_compression = \"gzip\"\n";
-    if !spec_text.contains(gzip) {
-        bail!("the example spec no longer sets {gzip:?}");
-    }
+    // The DEFLATE level's cost: the full job at the other of levels 1 and 6 (TensorFlow's).
+    let level = tfrecord_level(&spec_text)?;
+    let other_level = if level == 1 { 6 } else { 1 };
+    let other_level_spec = work.join(format!("job-full-gzip-level-{other_level}.toml"));
     std::fs::write(
-        &level1_spec,
-        spec_text.replace(gzip, &format!("{gzip}tfrecord_compression_level = 1\n")),
+        &other_level_spec,
+        with_tfrecord_level(&spec_text, other_level)?,
     )?;
+    let full_name = format!("tfrecord_gzip level {level}+parquet");
+    let other_level_name = format!("tfrecord_gzip level {other_level}+parquet");
     let mut results = Vec::new();
     let cluster = if a.cluster {
         Some(super::local_cluster::LocalCluster::start(
@@ -317,17 +317,9 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     };
     let mut variants = vec![
         ("parquet".to_string(), &parquet_spec, None),
-        ("tfrecord_gzip+parquet".to_string(), &full_spec, None),
-        (
-            "tfrecord_gzip+parquet, no statistics".to_string(),
-            &no_stats_spec,
-            None,
-        ),
-        (
-            "tfrecord_gzip level 1+parquet".to_string(),
-            &level1_spec,
-            None,
-        ),
+        (full_name.clone(), &full_spec, None),
+        (format!("{full_name}, no statistics"), &no_stats_spec, None),
+        (other_level_name.clone(), &other_level_spec, None),
     ];
     if let Some(c) = &cluster {
         variants.push((
@@ -336,7 +328,7 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
             Some(c.url.clone()),
         ));
         variants.push((
-            "tfrecord_gzip+parquet, cluster 1+2".into(),
+            format!("{full_name}, cluster 1+2"),
             &full_spec,
             Some(c.url.clone()),
         ));
@@ -384,19 +376,38 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
             "median_seconds": secs[secs.len() / 2],
             "input_rows_per_sec": a.rows as f64 / secs[0],
             "peak_rss_bytes": peak,
+            "output_bytes": runs[0]["outputs"][0]["bytes"].as_u64().unwrap_or(0),
         }));
     }
+    let find = |name: &str| results.iter().find(|r| r["variant"] == name);
     let best = |name: &str| {
-        results.iter().find(|r| r["variant"] == name).map(|r| {
+        find(name).map(|r| {
             (
                 r["best_seconds"].as_f64().unwrap_or(0.0),
                 r["peak_rss_bytes"].as_u64().unwrap_or(0),
             )
         })
     };
+    // The full example's cost over Parquet-only, and the TFRecord bytes at each level (the
+    // full output's bytes less the Parquet-only output's).
+    let full_vs_parquet = match (best("parquet"), best(&full_name), best(&other_level_name)) {
+        (Some((parquet, _)), Some((full, _)), Some((other, _))) if parquet > 0.0 => {
+            let bytes = |name: &str| find(name).and_then(|r| r["output_bytes"].as_u64());
+            let tfrecord_bytes = |name: &str| Some(bytes(name)?.saturating_sub(bytes("parquet")?));
+            Some(serde_json::json!({
+                "level": level,
+                "wall_time_ratio": full / parquet,
+                "tfrecord_bytes": tfrecord_bytes(&full_name),
+                "other_level": other_level,
+                "other_level_wall_time_ratio": other / parquet,
+                "other_level_tfrecord_bytes": tfrecord_bytes(&other_level_name),
+            }))
+        }
+        _ => None,
+    };
     let statistics_cost = match (
-        best("tfrecord_gzip+parquet"),
-        best("tfrecord_gzip+parquet, no statistics"),
+        best(&full_name),
+        best(&format!("{full_name}, no statistics")),
     ) {
         (Some((with, rss_with)), Some((without, rss_without))) if without > 0.0 => {
             Some(serde_json::json!({
@@ -411,7 +422,11 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({ "features": results, "statistics_cost": statistics_cost })
+            serde_json::json!({
+                "features": results,
+                "full_vs_parquet": full_vs_parquet,
+                "statistics_cost": statistics_cost,
+            })
         );
     } else {
         println!(
@@ -434,6 +449,23 @@ fn bench_features(a: BenchFeaturesArgs) -> anyhow::Result<()> {
                 super::human_bytes(r["peak_rss_bytes"].as_u64().unwrap_or(0)),
                 r["output_rows"]
             );
+        }
+        if let Some(f) = &full_vs_parquet {
+            for (level, ratio, bytes) in [
+                ("level", "wall_time_ratio", "tfrecord_bytes"),
+                (
+                    "other_level",
+                    "other_level_wall_time_ratio",
+                    "other_level_tfrecord_bytes",
+                ),
+            ] {
+                println!(
+                    "  tfrecord_gzip level {}+parquet / parquet: {:.2}x wall time (best vs best); TFRecord shards {}",
+                    f[level],
+                    f[ratio].as_f64().unwrap_or(0.0),
+                    super::human_bytes(f[bytes].as_u64().unwrap_or(0))
+                );
+            }
         }
         if let Some(c) = &statistics_cost {
             println!(
@@ -716,23 +748,52 @@ fn run_data_bench(
     Ok((runs, keras))
 }
 
-/// `spec_text` with `statistics = false` on every output (and so without its expectations,
-/// which are checked on the statistics): the baseline of the statistics' cost.
-pub(crate) fn without_statistics(spec_text: &str) -> anyhow::Result<String> {
+/// The DEFLATE level of the example's TFRecord shards (`tfrecord_compression_level` of its
+/// output, 6 when unset).
+fn tfrecord_level(spec_text: &str) -> anyhow::Result<i64> {
+    let t: toml::Table = toml::from_str(spec_text)?;
+    let output = t
+        .get("outputs")
+        .and_then(toml::Value::as_array)
+        .and_then(|o| o.first())
+        .context("the example spec has no [[outputs]]")?;
+    Ok(output
+        .get("tfrecord_compression_level")
+        .and_then(toml::Value::as_integer)
+        .unwrap_or(6))
+}
+
+/// The spec with every output's TFRecord DEFLATE level set to `level`.
+fn with_tfrecord_level(spec_text: &str, level: i64) -> anyhow::Result<String> {
+    edit_outputs(spec_text, |o| {
+        o.insert(
+            "tfrecord_compression_level".into(),
+            toml::Value::Integer(level),
+        );
+    })
+}
+
+/// The spec with `edit` applied to every `[[outputs]]` table.
+fn edit_outputs(spec_text: &str, edit: impl Fn(&mut toml::Table)) -> anyhow::Result<String> {
     let mut t: toml::Table = toml::from_str(spec_text)?;
-    for o in t
-        .get_mut("outputs")
+    t.get_mut("outputs")
         .and_then(toml::Value::as_array_mut)
         .into_iter()
         .flatten()
         .filter_map(toml::Value::as_table_mut)
-    {
+        .for_each(edit);
+    Ok(toml::to_string(&t)?)
+}
+
+/// `spec_text` with `statistics = false` on every output (and so without its expectations,
+/// which are checked on the statistics): the baseline of the statistics' cost.
+pub(crate) fn without_statistics(spec_text: &str) -> anyhow::Result<String> {
+    edit_outputs(spec_text, |o| {
         o.insert("statistics".into(), toml::Value::Boolean(false));
         o.remove("expect");
         o.remove("expect_file");
         o.remove("baseline");
-    }
-    Ok(toml::to_string(&t)?)
+    })
 }
 
 #[cfg(test)]
