@@ -88,9 +88,9 @@ fn spark_spec(dir: &Path, url: &str, table: &str, read: &str) -> std::path::Path
             1,
         )
         .replacen(
-            "\n# Per (user, item) pre-aggregation",
+            "\n# The H7 window once",
             &format!(
-                "\n[sources.spark]\ntable = \"{table}\"\nread = \"{read}\"\n\n# Per (user, item) pre-aggregation"
+                "\n[sources.spark]\ntable = \"{table}\"\nread = \"{read}\"\n\n# The H7 window once"
             ),
             1,
         );
