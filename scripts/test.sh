@@ -27,10 +27,14 @@ Runs Kiln's whole test suite, installing what it needs on the way:
                      the --metrics-textfile output (TensorBoard, in the venv, the event files)
   browser            Debian's chromium, nodejs and npm (apt-get, if missing) and npm's
                      playwright-core in $KILN_CACHE/node: the `kiln ui` pages in a browser
+  software gpu       Debian's mesa-vulkan-drivers and libvulkan1 (apt-get, if lavapipe's
+                     driver is missing): a software Vulkan device on which the wgpu training
+                     tests run real GPU kernels on the CPU (--device wgpu:cpu)
   build              pkg-config and libssl-dev (apt-get) if OpenSSL's headers are missing
                      (librdkafka's TLS), protobuf-compiler if protoc is (the Spark Connect
-                     protos), then cargo test --workspace --locked --no-run
-                     cargo build --workspace --locked --examples
+                     protos), then cargo test --workspace --locked --features kiln-jobs/wgpu
+                     --no-run, cargo build --workspace --locked --features kiln-jobs/wgpu
+                     --examples (every cargo command below passes the same features)
   unit tests         cargo test --workspace --locked --no-fail-fast --lib --bins
   integration tests  cargo test --workspace --locked --no-fail-fast --test '*'
   doc tests          cargo test --workspace --locked --no-fail-fast --doc
@@ -97,8 +101,13 @@ source scripts/lib/hdfs.sh
 source scripts/lib/spark.sh
 # shellcheck source=scripts/lib/browser.sh
 source scripts/lib/browser.sh
+# shellcheck source=scripts/lib/lavapipe.sh
+source scripts/lib/lavapipe.sh
 
 ci=false
+# The tests are built with the wgpu backend, whose tests run on lavapipe (see below). Every
+# cargo command here passes the same features, so the test build is made once.
+features=(--features kiln-jobs/wgpu)
 if [ "${CI:-}" = true ]; then ci=true; fi
 venv=$KILN_CACHE/venv
 requirements=scripts/requirements-test.txt
@@ -268,7 +277,7 @@ group() {
   shift
   log="$tmp/$(echo "$name" | tr ' ' '-').log"
   phase "$name"
-  cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || rc=$?
+  cargo test --workspace --locked "${features[@]}" --no-fail-fast "$@" 2>&1 | tee "$log" || rc=$?
   read -r p f < <(grep -oE 'test result: (ok|FAILED)\. [0-9]+ passed; [0-9]+ failed;' "$log" \
     | awk '{ p += $4; f += $6 } END { print p + 0, f + 0 }')
   note="$p passed, $f failed"
@@ -351,6 +360,17 @@ oci_image() {
 # --- the run ---------------------------------------------------------------------------------
 
 need cargo "install the Rust toolchain (https://rustup.rs)"
+
+# lavapipe (Mesa's software Vulkan device) runs the wgpu training tests' GPU kernels on the CPU
+# (trainer/tests/wgpu.rs, jobs/tests/train_wgpu.rs).
+phase "software gpu"
+rc=0
+kiln_lavapipe_install || rc=$?
+case $rc in
+  0) phase_done "$kiln_lavapipe_note" ;;
+  2) missing "software gpu" "mesa-vulkan-drivers (lavapipe) missing: no apt-get, or not root and no passwordless sudo" ;;
+  *) abort "apt-get install mesa-vulkan-drivers failed" ;;
+esac
 if [ "$fast" = 1 ]; then
   echo "test.sh --fast: no venv, no PostgreSQL, Kafka or HDFS, no peer checks; KILN_TEST_FAST=1"
   export KILN_TEST_FAST=1
@@ -430,8 +450,8 @@ case $rc in
   2) abort "OpenSSL's development files (libssl-dev, pkg-config) or protoc (protobuf-compiler) are missing and cannot be installed here (no apt-get, or not root and no passwordless sudo)" ;;
   *) abort "apt-get install pkg-config libssl-dev failed" ;;
 esac
-cargo test --workspace --locked --no-run || abort "cargo test --no-run failed"
-cargo build --workspace --locked --examples || abort "cargo build --examples failed"
+cargo test --workspace --locked "${features[@]}" --no-run || abort "cargo test --no-run failed"
+cargo build --workspace --locked "${features[@]}" --examples || abort "cargo build --examples failed"
 phase_done
 
 group "unit tests" --lib --bins

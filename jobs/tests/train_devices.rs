@@ -1,9 +1,9 @@
 //! Devices of `kiln train` and `kiln predict`, and `kiln bench train --data`: each local worker
 //! of `kiln train --workers N --device cuda` asks for its own GPU (`LOCAL_RANK`), `kiln
 //! predict` reports where the model was trained and where it scored, and the benchmark trains
-//! a `[train]` table on a committed dataset with 1 and 2 workers (this build has no GPU
-//! backend (the test build never has one), so GPU requests end in the "built without" error
-//! that names the device).
+//! a `[train]` table on a committed dataset with 1 and 2 workers (the test build has no CUDA
+//! backend, so CUDA requests end in the "built without" error that names the device; the wgpu
+//! path is tested in train_wgpu.rs).
 
 use std::process::Command;
 

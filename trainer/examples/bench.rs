@@ -13,9 +13,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string(&r)?);
     }
     if what == "all" || what == "train" {
-        for workers in [1, 2] {
-            let r = kiln_trainer::bench::bench_train(workers, 300, 400_000)?;
-            println!("{}", serde_json::to_string(&r)?);
+        for lazy in [false, true] {
+            for workers in [1, 2] {
+                let r = kiln_trainer::bench::bench_train(
+                    workers,
+                    300,
+                    400_000,
+                    kiln_trainer::device::ComputeDevice::Cpu,
+                    lazy,
+                )?;
+                println!("{}", serde_json::to_string(&r)?);
+            }
         }
     }
     Ok(())

@@ -10,6 +10,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::comm::Comm;
+use crate::config::OptimizerConfig;
+use crate::device::ComputeDevice;
 use crate::fixtures::{synthetic_config, synthetic_ctr, with_local_ring};
 use crate::train::{TrainOptions, TrainReport, train};
 use crate::{Error, Result};
@@ -187,6 +189,10 @@ pub fn threads_world(world: usize, sizes: &[usize]) -> Result<Vec<f64>> {
 /// Training throughput report.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {
+    /// Where the step ran (`cpu`, `wgpu:cpu`, ...).
+    pub device: String,
+    /// `dense` (Keras's Adam: every table row at every step) or `lazy` (touched rows only).
+    pub adam: &'static str,
     /// Ranks (threads of this process).
     pub workers: usize,
     /// Steps timed.
@@ -200,11 +206,23 @@ pub struct TrainBench {
 }
 
 /// Trains the synthetic wide & deep model (user and item ids hashed to 100k buckets, 16-dim
-/// embeddings, 2 numeric columns, MLP 256-128-1, batch 1024, Adam) for `steps` steps with
-/// `workers` ranks as threads of this process, and reports examples/s.
-pub fn bench_train(workers: usize, steps: u64, rows: usize) -> Result<TrainBench> {
+/// embeddings, 2 numeric columns, MLP 256-128-1, batch 1024, Adam, dense or `lazy`) for
+/// `steps` steps on `device` with `workers` ranks as threads of this process, and reports
+/// examples/s. (The device is chosen once per process: every call of a process must pass the
+/// same one.)
+pub fn bench_train(
+    workers: usize,
+    steps: u64,
+    rows: usize,
+    device: ComputeDevice,
+    lazy: bool,
+) -> Result<TrainBench> {
     let data = synthetic_ctr(rows, 8, 1);
     let mut cfg = synthetic_config();
+    cfg.device = device;
+    if let OptimizerConfig::Adam { lazy: l, .. } = &mut cfg.optimizer {
+        *l = lazy;
+    }
     cfg.steps = Some(steps);
     cfg.log_every = 0;
     cfg.checkpoint_every = 0;
@@ -222,6 +240,8 @@ pub fn bench_train(workers: usize, steps: u64, rows: usize) -> Result<TrainBench
     };
     let _ = std::fs::remove_dir_all(&dir);
     Ok(TrainBench {
+        device: device.to_string(),
+        adam: if lazy { "lazy" } else { "dense" },
         workers,
         steps,
         batch_size: cfg.batch_size,

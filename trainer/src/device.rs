@@ -1,6 +1,7 @@
-//! Where the dense network runs: Burn's `flex` CPU backend (always built), or a GPU through
-//! Burn's CUDA or wgpu backend when the `cuda` / `wgpu` cargo feature is on. The same model
-//! code runs on every device; embeddings and the lazy Adam stay in host memory.
+//! Where training runs: Burn's `flex` CPU backend (always built), or a GPU through Burn's CUDA
+//! or wgpu backend when the `cuda` / `wgpu` cargo feature is on. On the CPU the dense network
+//! runs in Burn and the embedding table and optimizers on host buffers; on any other device the
+//! whole step is device-resident ([`crate::resident`]). Both share one model definition.
 //!
 //! The choice is process-wide (one rank = one process = one device), set once by
 //! [`select_device`] before training; multi-GPU nodes run one rank per GPU
@@ -25,12 +26,18 @@ pub enum ComputeDevice {
     Cuda(usize),
     /// wgpu discrete GPU with this index (`wgpu:N`; `wgpu` alone: `LOCAL_RANK`, else 0).
     Wgpu(usize),
+    /// wgpu's CPU adapter (`wgpu:cpu`): a software Vulkan device such as Mesa's lavapipe,
+    /// which runs the same GPU kernels on the CPU (for tests on machines without a GPU).
+    WgpuCpu,
 }
 
 impl FromStr for ComputeDevice {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
+        if s == "wgpu:cpu" {
+            return Ok(ComputeDevice::WgpuCpu);
+        }
         let (kind, index) = match s.split_once(':') {
             Some((k, i)) => {
                 let i = i.parse::<usize>().map_err(|_| {
@@ -46,7 +53,7 @@ impl FromStr for ComputeDevice {
             "cuda" => Ok(ComputeDevice::Cuda(pick())),
             "wgpu" => Ok(ComputeDevice::Wgpu(pick())),
             _ => Err(Error::Config(format!(
-                "device `{s}`: expected cpu, cuda, cuda:N, wgpu or wgpu:N"
+                "device `{s}`: expected cpu, cuda, cuda:N, wgpu, wgpu:N or wgpu:cpu"
             ))),
         }
     }
@@ -58,6 +65,7 @@ impl std::fmt::Display for ComputeDevice {
             ComputeDevice::Cpu => write!(f, "cpu"),
             ComputeDevice::Cuda(i) => write!(f, "cuda:{i}"),
             ComputeDevice::Wgpu(i) => write!(f, "wgpu:{i}"),
+            ComputeDevice::WgpuCpu => write!(f, "wgpu:cpu"),
         }
     }
 }
@@ -93,6 +101,7 @@ pub fn scoring_device(trained_on: ComputeDevice) -> ComputeDevice {
         ComputeDevice::Cpu => ComputeDevice::Cpu,
         ComputeDevice::Cuda(_) => ComputeDevice::Cuda(local_rank()),
         ComputeDevice::Wgpu(_) => ComputeDevice::Wgpu(local_rank()),
+        ComputeDevice::WgpuCpu => ComputeDevice::WgpuCpu,
     };
     if backend_device(same_kind).is_ok() {
         same_kind
@@ -171,7 +180,10 @@ static SELECTED: OnceLock<ComputeDevice> = OnceLock::new();
 /// Chooses this process's device; fails if the binary was built without the backend, or if a
 /// different device was already chosen.
 pub fn select_device(device: ComputeDevice) -> Result<()> {
-    backend_device(device)?;
+    let backend = backend_device(device)?;
+    if device != ComputeDevice::Cpu && SELECTED.get().is_none() {
+        probe(device, &backend)?;
+    }
     let chosen = *SELECTED.get_or_init(|| device);
     if chosen != device {
         return Err(Error::Config(format!(
@@ -179,6 +191,29 @@ pub fn select_device(device: ComputeDevice) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Runs one tiny kernel on `backend`, so that a GPU that is not there (no CUDA device of that
+/// index, no wgpu adapter of that kind) is a clear error when training starts, not a panic in
+/// the middle of a step.
+fn probe(device: ComputeDevice, backend: &Device) -> Result<()> {
+    let backend = backend.clone();
+    std::panic::catch_unwind(move || {
+        burn::tensor::Tensor::<1>::from_data([1.0f32], &backend)
+            .into_data()
+            .try_to_vec::<f32>()
+            .ok()
+    })
+    .ok()
+    .flatten()
+    .filter(|v| v == &[1.0])
+    .map(|_| ())
+    .ok_or_else(|| {
+        Error::Config(format!(
+            "device {device}: no usable device of that kind here (for wgpu: a Vulkan driver, \
+             e.g. Debian's mesa-vulkan-drivers for `wgpu:cpu`; for cuda: the NVIDIA driver)"
+        ))
+    })
 }
 
 /// The selected device (CPU unless [`select_device`] chose another).
@@ -204,8 +239,10 @@ fn backend_device(device: ComputeDevice) -> Result<Device> {
         ComputeDevice::Cuda(_) => Err(missing("cuda")),
         #[cfg(feature = "wgpu")]
         ComputeDevice::Wgpu(i) => Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(i))),
+        #[cfg(feature = "wgpu")]
+        ComputeDevice::WgpuCpu => Ok(Device::wgpu(burn::tensor::DeviceKind::Cpu)),
         #[cfg(not(feature = "wgpu"))]
-        ComputeDevice::Wgpu(_) => Err(missing("wgpu")),
+        ComputeDevice::Wgpu(_) | ComputeDevice::WgpuCpu => Err(missing("wgpu")),
     }
 }
 
@@ -234,6 +271,9 @@ mod tests {
             "wgpu:1".parse::<ComputeDevice>().unwrap(),
             ComputeDevice::Wgpu(1)
         );
+        for d in ["cpu", "cuda:2", "wgpu:0", "wgpu:cpu"] {
+            assert_eq!(d.parse::<ComputeDevice>().unwrap().to_string(), d);
+        }
         let e = "tpu".parse::<ComputeDevice>().unwrap_err().to_string();
         assert!(e.contains("expected cpu, cuda"), "{e}");
         let e = "cuda:x".parse::<ComputeDevice>().unwrap_err().to_string();

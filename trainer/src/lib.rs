@@ -1,7 +1,7 @@
 //! # kiln-trainer — multi-worker training on Kiln's committed shards, on Burn
 //!
 //! * [`config`]: the job spec's `[train]` table ([`TrainConfig`]).
-//! * [`device`]: where the dense network runs (CPU `flex`; CUDA / wgpu behind cargo features).
+//! * [`device`]: where training runs (CPU `flex`; CUDA / wgpu behind cargo features).
 //! * [`source`]: where rows come from ([`ShardSource`]: a committed dataset or in-memory
 //!   batches for tests).
 //! * [`transform`]: the feature transform (hash buckets, vocabularies, normalisation) fitted on
@@ -11,6 +11,7 @@
 //! * [`model`]: logistic / MLP / wide & deep. Embedding tables are plain f32 rows owned by
 //!   Kiln (lazy, sparse updates); the dense MLP runs on Burn with autodiff.
 //! * [`optim`]: Adam / SGD with momentum on flat buffers, lazy Adam on embedding rows.
+//! * [`resident`]: the device-resident step (parameters, table and optimizer state on a GPU).
 //! * [`comm`]: rendezvous through rank 0 and a ring all-reduce over TCP.
 //! * [`checkpoint`], [`eval`], [`export`], [`train`]: the training job end to end.
 //! * [`bench`]: throughput and all-reduce bandwidth benchmarks.
@@ -38,6 +39,7 @@ pub mod loader;
 pub mod model;
 pub mod optim;
 pub mod predictions;
+pub mod resident;
 pub mod source;
 pub mod tensorfile;
 pub mod train;

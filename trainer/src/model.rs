@@ -242,7 +242,7 @@ impl DeepNet {
     }
 }
 
-fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
         .try_to_vec::<f32>()
         .map_err(|e| Error::BurnData(Box::new(e)))
@@ -363,6 +363,32 @@ fn gather(params: &Params, rows: &Prepared) -> (Vec<f32>, Vec<f32>) {
     (x, wide)
 }
 
+/// The MLP over `x` (`[n, deep_inputs]`): `h = relu(h W + b)` layer after layer, no ReLU
+/// after the last. `layer(offset, in, out)` gives a layer's weight (`[in, out]`) and bias
+/// (`[1, out]`) from wherever the parameters live: host buffers uploaded for this step
+/// ([`forward_backward`]) or views of the device-resident parameter tensor
+/// ([`crate::resident`]). Returns the output (`[n, 1]`) and the layers used.
+pub(crate) fn mlp_forward(
+    spec: &ModelSpec,
+    x: Tensor<2>,
+    mut layer: impl FnMut(usize, usize, usize) -> (Tensor<2>, Tensor<2>),
+) -> (Tensor<2>, Vec<(Tensor<2>, Tensor<2>)>) {
+    let mut h = x;
+    let mut ws = Vec::new();
+    let offs = spec.layer_offsets();
+    for (k, &(off, i, o)) in offs.iter().enumerate() {
+        let (w, b) = layer(off, i, o);
+        h = h.matmul(w.clone()) + b.clone();
+        if k + 1 < offs.len() {
+            h = relu(h);
+        }
+        ws.push((w, b));
+    }
+    (h, ws)
+}
+
+/// [`mlp_forward`] with the layers uploaded from the host buffer `dense` (leaves that require
+/// grad when `grad`).
 fn mlp(
     spec: &ModelSpec,
     dense: &[f32],
@@ -370,10 +396,7 @@ fn mlp(
     device: &Device,
     grad: bool,
 ) -> (Tensor<2>, Vec<(Tensor<2>, Tensor<2>)>) {
-    let mut h = x;
-    let mut ws = Vec::new();
-    let offs = spec.layer_offsets();
-    for (k, &(off, i, o)) in offs.iter().enumerate() {
+    mlp_forward(spec, x, |off, i, o| {
         let mut w = Tensor::<2>::from_data(
             TensorData::new(dense[off..off + i * o].to_vec(), [i, o]),
             device,
@@ -386,13 +409,8 @@ fn mlp(
             w = w.require_grad();
             b = b.require_grad();
         }
-        h = h.matmul(w.clone()) + b.clone();
-        if k + 1 < offs.len() {
-            h = relu(h);
-        }
-        ws.push((w, b));
-    }
-    (h, ws)
+        (w, b)
+    })
 }
 
 /// Logits of `rows` (no gradients). Used by evaluation and `kiln predict` alike.

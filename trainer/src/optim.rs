@@ -61,8 +61,7 @@ impl Optimizer {
                 ..
             } => {
                 let (b1, b2) = (beta1 as f32, beta2 as f32);
-                let lr_t = (lr * (1.0 - beta2.powi(t as i32)).sqrt() / (1.0 - beta1.powi(t as i32)))
-                    as f32;
+                let lr_t = adam_step_size(lr, beta1, beta2, t);
                 let eps = epsilon as f32;
                 adam(
                     &mut params.dense,
@@ -74,21 +73,17 @@ impl Optimizer {
                     lr_t,
                     eps,
                 );
-                if !lazy {
+                if !lazy && width > 0 {
                     // Every row decays and moves; touched rows get their gradient below, so
                     // untouched rows are first brought forward with a zero gradient.
-                    let mut touched = vec![false; params.table.len() / width.max(1)];
-                    for &id in &sparse.ids {
-                        touched[id as usize] = true;
-                    }
-                    let rows = params
-                        .table
-                        .chunks_mut(width)
-                        .zip(self.table_m.chunks_mut(width))
-                        .zip(self.table_v.chunks_mut(width));
-                    for (((p, m), v), _) in rows.zip(&touched).filter(|(_, t)| !**t) {
-                        adam_zero_grad(p, m, v, b1, b2, lr_t, eps);
-                    }
+                    adam_zero_grad_untouched(
+                        &mut params.table,
+                        &mut self.table_m,
+                        &mut self.table_v,
+                        width,
+                        &sparse.ids,
+                        [b1, b2, lr_t, eps],
+                    );
                 }
                 for (k, &id) in sparse.ids.iter().enumerate() {
                     let r = id as usize * width..(id as usize + 1) * width;
@@ -120,6 +115,12 @@ impl Optimizer {
             }
         }
     }
+}
+
+/// Adam's bias-corrected step size at the 1-based step `t`:
+/// `lr sqrt(1 - beta2^t) / (1 - beta1^t)`.
+pub(crate) fn adam_step_size(lr: f64, beta1: f64, beta2: f64, t: u64) -> f32 {
+    (lr * (1.0 - beta2.powi(t as i32)).sqrt() / (1.0 - beta1.powi(t as i32))) as f32
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -155,6 +156,53 @@ fn adam_zero_grad(
         *v *= b2;
         *p -= lr_t * *m / (v.sqrt() + eps);
     }
+}
+
+/// Table rows per parallel task of [`adam_zero_grad_untouched`].
+const ZERO_GRAD_CHUNK_ROWS: usize = 8192;
+
+/// [`adam_zero_grad`] on every row of a `width`-wide table except the sorted unique `touched`
+/// rows. The rows between two touched ones are one contiguous run (one vectorised loop), and
+/// chunks of the table run in parallel on Rayon's pool; every element gets the same
+/// operations as one row-by-row loop, so the result is the same bits.
+fn adam_zero_grad_untouched(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    width: usize,
+    touched: &[u32],
+    [b1, b2, lr_t, eps]: [f32; 4],
+) {
+    use rayon::prelude::*;
+    let chunk = ZERO_GRAD_CHUNK_ROWS * width;
+    p.par_chunks_mut(chunk)
+        .zip(m.par_chunks_mut(chunk))
+        .zip(v.par_chunks_mut(chunk))
+        .enumerate()
+        .for_each(|(k, ((p, m), v))| {
+            let first = k * ZERO_GRAD_CHUNK_ROWS;
+            let end = first + p.len() / width;
+            let lo = touched.partition_point(|&id| (id as usize) < first);
+            let hi = touched.partition_point(|&id| (id as usize) < end);
+            let mut run = |from: usize, to: usize| {
+                let r = (from - first) * width..(to - first) * width;
+                adam_zero_grad(
+                    &mut p[r.clone()],
+                    &mut m[r.clone()],
+                    &mut v[r],
+                    b1,
+                    b2,
+                    lr_t,
+                    eps,
+                );
+            };
+            let mut start = first;
+            for &id in &touched[lo..hi] {
+                run(start, id as usize);
+                start = id as usize + 1;
+            }
+            run(start, end);
+        });
 }
 
 fn sgd(p: &mut [f32], m: &mut [f32], g: &[f32], lr: f32, mu: f32) {
@@ -205,6 +253,55 @@ mod tests {
         opt.step(&mut params, &[0.0], &both, 0.1, 1);
         opt.step(&mut params, &[0.0], &one, 0.1, 2);
         params
+    }
+
+    #[test]
+    fn the_parallel_zero_gradient_pass_is_the_row_by_row_loop_bit_for_bit() {
+        let (rows, width) = (3 * ZERO_GRAD_CHUNK_ROWS + 17, 5);
+        let start: Vec<f32> = (0..rows * width)
+            .map(|k| ((k * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        // Touched rows: both ends of the table, chunk edges, neighbours, and a scatter.
+        let mut touched: Vec<u32> = vec![0, 1, 5, 8191, 8192, 8193, 16_383, (rows - 1) as u32];
+        touched.extend((0..rows as u32).step_by(997));
+        touched.sort_unstable();
+        touched.dedup();
+        let consts = [0.9f32, 0.999, 0.01, 1e-7];
+        let (mut p, mut m, mut v) = (
+            start.clone(),
+            start.clone(),
+            start.iter().map(|x| x * x).collect::<Vec<f32>>(),
+        );
+        adam_zero_grad_untouched(&mut p, &mut m, &mut v, width, &touched, consts);
+        let (mut p2, mut m2, mut v2) = (
+            start.clone(),
+            start.clone(),
+            start.iter().map(|x| x * x).collect::<Vec<f32>>(),
+        );
+        for row in 0..rows {
+            if touched.binary_search(&(row as u32)).is_err() {
+                let r = row * width..(row + 1) * width;
+                let [b1, b2, lr_t, eps] = consts;
+                adam_zero_grad(
+                    &mut p2[r.clone()],
+                    &mut m2[r.clone()],
+                    &mut v2[r],
+                    b1,
+                    b2,
+                    lr_t,
+                    eps,
+                );
+            }
+        }
+        assert!(p.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(m.iter().zip(&m2).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(v.iter().zip(&v2).all(|(a, b)| a.to_bits() == b.to_bits()));
+        // Touched rows are left alone; the others moved.
+        for &id in &touched {
+            let r = id as usize * width..(id as usize + 1) * width;
+            assert_eq!(p[r.clone()], start[r]);
+        }
+        assert_ne!(p[2 * width..3 * width], start[2 * width..3 * width]);
     }
 
     #[test]

@@ -17,12 +17,14 @@ use crate::checkpoint::{
 };
 use crate::comm::Comm;
 use crate::config::{EvalSplit, TrainConfig};
+use crate::device::ComputeDevice;
 use crate::eval::{Metrics, metrics};
 use crate::events::{self, EventWriter};
 use crate::export::{self, ModelFile};
 use crate::loader::{Loader, LoaderConfig, LoaderState, assign_shards};
-use crate::model::{ModelSpec, Params, SparseGrad, forward_backward};
+use crate::model::{ModelSpec, Params, SparseGrad, StepGrads, forward_backward};
 use crate::optim::Optimizer;
+use crate::resident::ResidentModel;
 use crate::source::ShardSource;
 use crate::transform::{RowFilter, Stats, Transform};
 use crate::{Error, Result};
@@ -177,6 +179,67 @@ fn fit_transform(
     merged.finish(config)
 }
 
+/// Where the parameters and the optimizer state live while training: host buffers (the CPU
+/// path: the MLP in Burn `flex`, the table and the optimizers on the host), or a device
+/// ([`ResidentModel`]: everything on the GPU).
+// One value per run, made once and never moved in the step loop: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Trainable {
+    Host { params: Params, opt: Optimizer },
+    Device(ResidentModel),
+}
+
+impl Trainable {
+    /// Keeps the state on the host for the CPU, else uploads it to `device` (selected).
+    fn place(params: Params, opt: Optimizer, device: ComputeDevice) -> Result<Self> {
+        Ok(match device {
+            ComputeDevice::Cpu => Trainable::Host { params, opt },
+            _ => Trainable::Device(ResidentModel::upload(
+                &params,
+                &opt,
+                &crate::device::infer_device(),
+            )?),
+        })
+    }
+
+    fn forward_backward(&self, rows: &crate::transform::Prepared, scale: f32) -> Result<StepGrads> {
+        match self {
+            Trainable::Host { params, .. } => forward_backward(params, rows, scale),
+            Trainable::Device(m) => m.forward_backward(rows, scale),
+        }
+    }
+
+    fn apply(&mut self, dense: &[f32], sparse: &SparseGrad, lr: f64, t: u64) {
+        match self {
+            Trainable::Host { params, opt } => opt.step(params, dense, sparse, lr, t),
+            Trainable::Device(m) => m.apply(dense, sparse, lr, t),
+        }
+    }
+
+    /// The parameters (read back from the device there).
+    fn params(&self) -> Result<std::borrow::Cow<'_, Params>> {
+        Ok(match self {
+            Trainable::Host { params, .. } => std::borrow::Cow::Borrowed(params),
+            Trainable::Device(m) => std::borrow::Cow::Owned(m.to_host()?.0),
+        })
+    }
+
+    /// Copies of the parameters and optimizer state, for a checkpoint.
+    fn state(&self) -> Result<(Params, Optimizer)> {
+        match self {
+            Trainable::Host { params, opt } => Ok((params.clone(), opt.clone())),
+            Trainable::Device(m) => m.to_host(),
+        }
+    }
+
+    fn into_params(self) -> Result<Params> {
+        match self {
+            Trainable::Host { params, .. } => Ok(params),
+            Trainable::Device(m) => Ok(m.to_host()?.0),
+        }
+    }
+}
+
 fn check_same(comm: &mut Comm, step: u64, params: &Params) -> Result<u64> {
     let c = params.checksum();
     let all = comm.allgather_bytes(&c.to_le_bytes())?;
@@ -283,7 +346,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
         end_batch: total_steps,
         snapshot_every: cfg.checkpoint_every,
     };
-    let (mut params, mut opt, start_step, loader_state) = match ckpt {
+    let (params, opt, start_step, loader_state) = match ckpt {
         Some((path, c)) => {
             if c.total_steps != total_steps || c.params.spec != spec {
                 return Err(Error::Resume {
@@ -364,6 +427,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     let scale = 1.0 / cfg.batch_size as f32;
     let width = spec.row_width();
     let mut dense_buf = vec![0.0f32; params.dense.len() + 1];
+    let mut model = Trainable::place(params, opt, cfg.device)?;
     let t0 = Instant::now();
     let mut window = (0.0f64, 0u64, Instant::now());
     let mut last_loss = f64::NAN;
@@ -372,7 +436,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     while step < total_steps {
         let batch = next_batch(&mut loader, comm)?;
         debug_assert_eq!(batch.index, step);
-        let g = forward_backward(&params, &batch.rows, scale)?;
+        let g = model.forward_backward(&batch.rows, scale)?;
         dense_buf[..g.dense.len()].copy_from_slice(&g.dense);
         dense_buf[g.dense.len()] = g.loss_sum as f32;
         comm.allreduce_sum(&mut dense_buf)?;
@@ -387,17 +451,17 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
             g.sparse
         };
         let lr = cfg.optimizer.lr() * cfg.lr_schedule.factor(step, total_steps);
-        let n = params.dense.len();
-        opt.step(&mut params, &dense_buf[..n], &sparse, lr, step + 1);
+        let n = dense_buf.len() - 1;
+        model.apply(&dense_buf[..n], &sparse, lr, step + 1);
         window.0 += dense_buf[n] as f64;
         window.1 += cfg.batch_size as u64;
         step += 1;
 
         if cfg.checksum_every > 0 && step.is_multiple_of(cfg.checksum_every) && world > 1 {
-            check_same(comm, step, &params)?;
+            check_same(comm, step, model.params()?.as_ref())?;
         }
         if let Some(state) = batch.state_after {
-            write_checkpoint(&run, comm, step, &params, &opt, state)?;
+            write_checkpoint(&run, comm, step, &model, state)?;
         }
         let logging =
             cfg.log_every > 0 && (step.is_multiple_of(cfg.log_every) || step == total_steps);
@@ -433,6 +497,7 @@ pub fn train(opts: &TrainOptions, comm: &mut Comm) -> Result<TrainReport> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     drop(loader);
+    let params = model.into_params()?;
     let checksum = check_same(comm, step, &params)?;
     // Every checkpoint is on disk (and through the hook) before the model is exported.
     if let Some(w) = run.writer {
@@ -571,12 +636,12 @@ fn write_checkpoint(
     run: &CheckpointRun,
     comm: &mut Comm,
     step: u64,
-    params: &Params,
-    opt: &Optimizer,
+    model: &Trainable,
     mine: LoaderState,
 ) -> Result<()> {
     let states = comm.allgather_bytes(&loader_state_bytes(&mine))?;
     if let Some(w) = &run.writer {
+        let (params, optimizer) = model.state()?;
         let loaders = states
             .iter()
             .map(|b| loader_state_from_bytes(b))
@@ -586,8 +651,8 @@ fn write_checkpoint(
             step,
             total_steps: run.total_steps,
             transform: (*run.transform).clone(),
-            params: params.clone(),
-            optimizer: opt.clone(),
+            params,
+            optimizer,
             loaders,
         })?;
     }

@@ -56,9 +56,12 @@ pub struct BenchTrainArgs {
     /// example job, examples/daily_ctr/job.toml.
     #[arg(long)]
     pub spec: Option<PathBuf>,
-    /// Worker counts to run with `--data`.
+    /// Worker counts to run.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub workers: Vec<usize>,
+    /// Where to train (`kiln train --device`): cpu, cuda[:N], wgpu[:N] or wgpu:cpu.
+    #[arg(long, default_value = "cpu")]
+    pub device: kiln_trainer::device::ComputeDevice,
     /// A Python with TensorFlow: with `--data` (a local dataset), also run the Keras reference
     /// (bench/keras_ctr.py) on the same shards, model and steps, and print Kiln's speed as a
     /// multiple of Keras's.
@@ -125,19 +128,32 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
             if a.keras.is_some() {
                 bail!("--keras needs --data DATASET (a committed dataset of the example job)");
             }
-            for workers in [1, 2] {
-                let r = kiln_trainer::bench::bench_train(workers, a.steps.unwrap_or(300), a.rows)?;
-                if a.json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "train: {} worker(s), batch {}, {} steps: {:.0} examples/s (held-out AUC {})",
-                        r.workers,
-                        r.batch_size,
-                        r.steps,
-                        r.examples_per_sec,
-                        r.auc.map_or("-".into(), |a| format!("{a:.4}"))
-                    );
+            if a.workers.is_empty() || a.workers.contains(&0) {
+                bail!("--workers: give worker counts of 1 or more");
+            }
+            for lazy in [false, true] {
+                for &workers in &a.workers {
+                    let r = kiln_trainer::bench::bench_train(
+                        workers,
+                        a.steps.unwrap_or(300),
+                        a.rows,
+                        a.device,
+                        lazy,
+                    )?;
+                    if a.json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        println!(
+                            "train on {}: Adam {}, {} worker(s), batch {}, {} steps: {:.0} examples/s (held-out AUC {})",
+                            r.device,
+                            r.adam,
+                            r.workers,
+                            r.batch_size,
+                            r.steps,
+                            r.examples_per_sec,
+                            r.auc.map_or("-".into(), |a| format!("{a:.4}"))
+                        );
+                    }
                 }
             }
             Ok(())
@@ -590,14 +606,15 @@ fn bench_train_data(a: BenchTrainArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "data": data, "spec": spec.display().to_string(), "cores": cores,
-                "kiln": runs, "keras": keras, "ratios": ratios,
+                "device": a.device.to_string(), "kiln": runs, "keras": keras, "ratios": ratios,
             })
         );
         return Ok(());
     }
     println!(
-        "kiln train on {data} ([train] of {}), {cores} cores:",
-        spec.display()
+        "kiln train on {data} ([train] of {}), {cores} cores, device {}:",
+        spec.display(),
+        a.device
     );
     for r in &runs {
         println!(
@@ -676,6 +693,7 @@ fn run_data_bench(
                 .arg(workers.to_string())
                 .arg("--model-dir")
                 .arg(work.join(format!("model-{name}-{workers}")))
+                .args(["--device", &a.device.to_string()])
                 .env("RUST_LOG", "warn");
             if let Some(s) = a.steps {
                 cmd.args(["--steps", &s.to_string()]);

@@ -27,8 +27,8 @@ pub struct PredictArgs {
     /// Print one JSON object (row count, metrics when labels are present) to stdout.
     #[arg(long)]
     pub json: bool,
-    /// Where to score: cpu, cuda[:N] or wgpu[:N]. Default: the kind of device the model was
-    /// trained on (`model.json`), when this build has it, else the CPU.
+    /// Where to score: cpu, cuda[:N], wgpu[:N] or wgpu:cpu. Default: the kind of device the
+    /// model was trained on (`model.json`), when this build has it, else the CPU.
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<kiln_trainer::device::ComputeDevice>,
 }

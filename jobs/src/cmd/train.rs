@@ -42,8 +42,9 @@ pub struct TrainArgs {
     /// Override `[train] steps`.
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Override `[train] device`: cpu, cuda[:N] or wgpu[:N] (`cuda` alone: GPU `LOCAL_RANK`).
-    /// GPU devices need a build with `--features kiln-trainer/cuda` or `kiln-trainer/wgpu`.
+    /// Override `[train] device`: cpu, cuda[:N], wgpu[:N] (`cuda` / `wgpu` alone: GPU
+    /// `LOCAL_RANK`) or wgpu:cpu (a software Vulkan device such as lavapipe). GPU devices need a
+    /// build with `--features kiln-jobs/cuda` or `kiln-jobs/wgpu`.
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<kiln_trainer::device::ComputeDevice>,
     /// Print one JSON object with the results to stdout.
