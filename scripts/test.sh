@@ -450,7 +450,8 @@ case $rc in
   2) abort "OpenSSL's development files (libssl-dev, pkg-config) or protoc (protobuf-compiler) are missing and cannot be installed here (no apt-get, or not root and no passwordless sudo)" ;;
   *) abort "apt-get install pkg-config libssl-dev failed" ;;
 esac
-cargo test --workspace --locked "${features[@]}" --no-run || abort "cargo test --no-run failed"
+# --timings: where a cold build spends its time, in $CARGO_TARGET_DIR/cargo-timings/.
+cargo test --workspace --locked "${features[@]}" --no-run --timings || abort "cargo test --no-run failed"
 cargo build --workspace --locked "${features[@]}" --examples || abort "cargo build --examples failed"
 phase_done
 
