@@ -33,8 +33,10 @@ Runs Kiln's whole test suite, installing what it needs on the way:
   build              pkg-config and libssl-dev (apt-get) if OpenSSL's headers are missing
                      (librdkafka's TLS), protobuf-compiler if protoc is (the Spark Connect
                      protos), then cargo test --workspace --locked --features kiln-jobs/wgpu
-                     --no-run, cargo build --workspace --locked --features kiln-jobs/wgpu
-                     --examples (every cargo command below passes the same features)
+                     --no-run --all-targets (the benches and examples too, so that .ci/run's
+                     lints see every target), cargo build --workspace --locked --features
+                     kiln-jobs/wgpu --examples (every cargo command below passes the same
+                     features)
   unit tests         cargo test --workspace --locked --no-fail-fast --lib --bins
   integration tests  cargo test --workspace --locked --no-fail-fast --test '*'
   doc tests          cargo test --workspace --locked --no-fail-fast --doc
@@ -451,7 +453,7 @@ case $rc in
   *) abort "apt-get install pkg-config libssl-dev failed" ;;
 esac
 # --timings: where a cold build spends its time, in $CARGO_TARGET_DIR/cargo-timings/.
-cargo test --workspace --locked "${features[@]}" --no-run --timings || abort "cargo test --no-run failed"
+cargo test --workspace --locked "${features[@]}" --no-run --all-targets --timings || abort "cargo test --no-run failed"
 cargo build --workspace --locked "${features[@]}" --examples || abort "cargo build --examples failed"
 phase_done
 

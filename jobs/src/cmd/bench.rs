@@ -1,6 +1,6 @@
 //! `kiln bench`: benchmarks that print figures (never timed tests).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use std::time::Duration;
@@ -35,6 +35,10 @@ pub enum BenchCommand {
     /// Rows/s of a Spark table through Spark Connect, as an Arrow stream and as its files,
     /// next to the same events read as plain Parquet, in one run.
     Spark(super::bench_spark::BenchSparkArgs),
+    /// `tf.train.Example` TFRecords written and read + decoded on one thread from a committed
+    /// dataset's rows, next to TensorFlow on one thread with `--tf` (each side's file checked
+    /// against the other's), with the ratios.
+    Tfrecord(super::bench_tfrecord::BenchTfrecordArgs),
 }
 
 /// Arguments of `kiln bench train`.
@@ -162,6 +166,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Serve(a) => super::serve::bench(a),
         BenchCommand::Kafka(a) => super::bench_kafka::run(a),
         BenchCommand::Spark(a) => super::bench_spark::run(a),
+        BenchCommand::Tfrecord(a) => super::bench_tfrecord::run(a),
         BenchCommand::Allreduce(a) => {
             let r = kiln_trainer::bench::bench_allreduce(
                 &ALLREDUCE_SIZES,
@@ -734,36 +739,42 @@ fn run_data_bench(
                 "kiln bench train: Keras ({}), {steps} steps...",
                 python.display()
             );
-            let out = Command::new(python)
-                .arg(&script)
-                .arg(dir)
-                .arg("--config")
-                .arg(&cfg)
-                .args(["--steps", &steps.to_string()])
-                .env("TF_CPP_MIN_LOG_LEVEL", "2")
-                .output()
-                .with_context(|| format!("running {} {}", python.display(), script.display()))?;
-            if !out.status.success() {
-                bail!(
-                    "{} failed: {}",
-                    script.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let line = stdout
-                .lines()
-                .rev()
-                .find(|l| l.starts_with('{'))
-                .with_context(|| format!("{} printed no JSON", script.display()))?;
-            Some(
-                serde_json::from_str(line)
-                    .with_context(|| format!("{}: its JSON", script.display()))?,
-            )
+            Some(python_json(
+                Command::new(python)
+                    .arg(&script)
+                    .arg(dir)
+                    .arg("--config")
+                    .arg(&cfg)
+                    .args(["--steps", &steps.to_string()]),
+                &script,
+            )?)
         }
         _ => None,
     };
     Ok((runs, keras))
+}
+
+/// Runs a Python peer script (`cmd`: the interpreter with the script and its arguments) with
+/// TensorFlow's C++ logging quiet, and parses the last line of its output that is a JSON object.
+pub(super) fn python_json(cmd: &mut Command, script: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = cmd
+        .env("TF_CPP_MIN_LOG_LEVEL", "2")
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{} printed no JSON", script.display()))?;
+    serde_json::from_str(line).with_context(|| format!("{}: its JSON", script.display()))
 }
 
 /// The DEFLATE level of the example's TFRecord shards (`tfrecord_compression_level` of its

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_kafka;
 pub mod bench_peers;
 pub mod bench_spark;
+pub mod bench_tfrecord;
 pub mod cluster;
 pub mod executor;
 pub mod features;
